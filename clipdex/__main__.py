@@ -1,0 +1,3 @@
+from clipdex.cli import main
+
+main()

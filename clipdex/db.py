@@ -1,0 +1,112 @@
+"""The library's SQLite schema (SQLAlchemy 2.0 style) and engine setup.
+
+The database is the source of truth: each picture's row holds its metadata *and* its
+vector, so the FAISS index can always be rebuilt from it without re-encoding.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import (
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+SCHEMA_VERSION = "1"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class Meta(Base):
+    """Key/value facts about the library: model, embedding size, generation counter."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    value: Mapped[str] = mapped_column(String)
+
+
+class ImageRow(Base):
+    """One indexed picture. ``id`` is the FAISS id and is never reused."""
+
+    __tablename__ = "images"
+    __table_args__ = (Index("ix_images_hash", "content_hash"), {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(String, unique=True)
+    size: Mapped[int] = mapped_column(Integer)
+    mtime: Mapped[float] = mapped_column(Float)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    captured_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    indexed_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+    tags: Mapped[list[TagRow]] = relationship(
+        back_populates="image", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    def vector_array(self) -> np.ndarray:
+        return np.frombuffer(self.vector, dtype=np.float32)
+
+
+class SkippedRow(Base):
+    """A file the indexer could not use, with the reason; retried when it changes."""
+
+    __tablename__ = "skipped"
+    path: Mapped[str] = mapped_column(String, primary_key=True)
+    reason: Mapped[str] = mapped_column(String)
+    size: Mapped[int] = mapped_column(Integer, default=-1)
+    mtime: Mapped[float] = mapped_column(Float, default=-1.0)
+    recorded_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class TagRow(Base):
+    """A label given to a picture by a tagging pass (``source`` says which)."""
+
+    __tablename__ = "tags"
+    __table_args__ = (Index("ix_tags_label", "label"),)
+    image_id: Mapped[int] = mapped_column(
+        ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
+    )
+    label: Mapped[str] = mapped_column(String, primary_key=True)
+    source: Mapped[str] = mapped_column(String, primary_key=True)
+    probability: Mapped[float] = mapped_column(Float)
+    tagged_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    image: Mapped[ImageRow] = relationship(back_populates="tags")
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DBAPI types
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def make_engine(path: Path) -> Engine:
+    """An engine on ``path`` with WAL (readers never block the indexer) and foreign keys on."""
+    engine = create_engine(f"sqlite:///{path}", future=True)
+    event.listen(engine, "connect", _sqlite_pragmas)
+    Base.metadata.create_all(engine)
+    return engine

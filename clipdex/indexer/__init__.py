@@ -1,0 +1,5 @@
+"""Walk, decode, encode and store pictures incrementally."""
+
+from clipdex.indexer.run import Indexer, IndexStats
+
+__all__ = ["Indexer", "IndexStats"]

@@ -1,0 +1,230 @@
+"""Decode image files in worker processes, each file under a time limit.
+
+A decoder that crashes (segfault, abort) or hangs on one file costs that file, not the
+run: the worker is killed, the file is reported with a reason, a fresh worker takes its
+place and carries on with the rest. Each worker has its own pipe, so killing one never
+corrupts a queue the others share.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import multiprocessing as mp
+import os
+import queue
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+
+import numpy as np
+
+from clipdex.errors import DecodeError
+from clipdex.imaging import DEFAULT_MAX_PIXELS, load_for_model
+
+
+@dataclass
+class Decoded:
+    """A file decoded to model pixels, or the reason it could not be."""
+
+    path: str
+    pixels: np.ndarray | None = None
+    width: int = 0
+    height: int = 0
+    captured_at: object = None
+    content_hash: str = ""
+    error: str | None = None
+
+
+def hash_bytes(data: bytes) -> str:
+    """Content hash used to recognise moved and duplicate files."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def hash_file(path: str) -> str:
+    """:func:`hash_bytes` of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def decode_file(path: str, size: int, mode: str, max_pixels: int) -> Decoded:
+    """Read ``path`` once, hash it and decode it to ``size x size`` pixels."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except PermissionError:
+        return Decoded(path, error="permission denied")
+    except FileNotFoundError:
+        return Decoded(path, error="file disappeared")
+    except OSError as exc:
+        return Decoded(path, error=f"cannot read: {exc.strerror or exc}")
+    if not data:
+        return Decoded(path, error="empty file")
+    try:
+        pixels, dec = load_for_model(io.BytesIO(data), size, mode, max_pixels)
+    except DecodeError as exc:
+        return Decoded(path, error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - a decoder bug costs this file only
+        return Decoded(path, error=f"cannot decode: {type(exc).__name__}: {exc}")
+    return Decoded(path, pixels, dec.width, dec.height, dec.captured_at, hash_bytes(data))
+
+
+DecodeFn = Callable[[str, int, str, int], Decoded]
+
+
+def _worker(conn: Connection, fn: DecodeFn, size: int, mode: str, max_pixels: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        task_id, path = task
+        conn.send((task_id, fn(path, size, mode, max_pixels)))
+
+
+@dataclass
+class _Slot:
+    proc: mp.process.BaseProcess
+    conn: Connection
+    inflight: deque
+    started: float = 0.0
+
+
+class DecodePool:
+    """Decode many files in ``workers`` processes; iterate :meth:`run` for results.
+
+    Results come in completion order. ``timeout`` bounds the seconds one file may take.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        mode: str = "shortest",
+        workers: int | None = None,
+        timeout: float = 60.0,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        decode_fn: DecodeFn = decode_file,
+        prefetch: int = 2,
+        buffer: int = 256,
+    ):
+        self.size, self.mode, self.max_pixels = size, mode, max_pixels
+        self.workers = max(1, workers or os.cpu_count() or 1)
+        self.timeout = timeout
+        self.decode_fn = decode_fn
+        self.prefetch = prefetch
+        self.buffer = buffer
+        self._ctx = mp.get_context("spawn")
+
+    def _spawn(self) -> _Slot:
+        parent, child = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(
+            target=_worker,
+            args=(child, self.decode_fn, self.size, self.mode, self.max_pixels),
+            daemon=True,
+        )
+        proc.start()
+        child.close()
+        return _Slot(proc, parent, deque())
+
+    @staticmethod
+    def _kill(slot: _Slot) -> None:
+        if slot.proc.is_alive():
+            slot.proc.kill()
+        slot.proc.join(timeout=5)
+        slot.conn.close()
+
+    def run(self, paths: Iterable[str]) -> Iterator[Decoded]:
+        """Yield one :class:`Decoded` per path."""
+        todo = deque(enumerate(paths))
+        if not todo:
+            return
+        out: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        n = min(self.workers, len(todo))
+        errors: list[BaseException] = []
+
+        def manage() -> None:
+            slots = [self._spawn() for _ in range(n)]
+            try:
+                self._manage(slots, todo, out, stop)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+                errors.append(exc)
+            finally:
+                for slot in slots:
+                    try:
+                        slot.conn.send(None)
+                    except OSError:
+                        pass
+                for slot in slots:
+                    slot.proc.join(timeout=1)
+                    self._kill(slot)
+                out.put(None)
+
+        thread = threading.Thread(target=manage, name="clipdex-decode", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = out.get()
+                if item is None:
+                    break
+                yield item
+        finally:
+            stop.set()
+            thread.join()
+        if errors:
+            raise errors[0]
+
+    def _manage(self, slots: list[_Slot], todo: deque, out: queue.Queue, stop: threading.Event) -> None:
+        def send(slot: _Slot) -> None:
+            while todo and len(slot.inflight) < self.prefetch and out.qsize() < self.buffer:
+                task = todo.popleft()
+                if not slot.inflight:
+                    slot.started = time.monotonic()
+                slot.conn.send(task)
+                slot.inflight.append(task)
+
+        def replace(i: int, reason: str) -> None:
+            slot = slots[i]
+            self._kill(slot)
+            _, path = slot.inflight.popleft()
+            out.put(Decoded(path, error=reason))
+            todo.extendleft(reversed(slot.inflight))
+            slots[i] = self._spawn()
+
+        while not stop.is_set() and (todo or any(s.inflight for s in slots)):
+            for slot in slots:
+                send(slot)
+            by_conn = {s.conn: i for i, s in enumerate(slots) if s.inflight}
+            if not by_conn:  # the consumer is behind: let it catch up
+                time.sleep(0.01)
+                continue
+            for conn in wait(list(by_conn), timeout=0.05):
+                i = by_conn[conn]
+                slot = slots[i]
+                try:
+                    _, result = conn.recv()
+                except (EOFError, OSError):
+                    continue  # the liveness check below reports it
+                slot.inflight.popleft()
+                slot.started = time.monotonic()
+                out.put(result)
+            now = time.monotonic()
+            for i, slot in enumerate(slots):
+                if not slot.inflight:
+                    continue
+                if not slot.proc.is_alive():
+                    code = slot.proc.exitcode
+                    why = f"signal {-code}" if code and code < 0 else f"exit code {code}"
+                    replace(i, f"decoder crashed ({why})")
+                elif now - slot.started > self.timeout:
+                    replace(i, f"decoder timed out after {self.timeout:g}s")

@@ -1,0 +1,220 @@
+"""A library: one directory holding the SQLite database and the FAISS index.
+
+The database is the truth; the index file is a cache of its vectors, valid only for
+the database *generation* it was saved for (bumped by every commit that changes a
+vector). A stale or missing index is rebuilt from SQLite without re-encoding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from clipdex.db import SCHEMA_VERSION, ImageRow, Meta, SkippedRow, TagRow, make_engine
+from clipdex.errors import LibraryError, ModelMismatch
+from clipdex.models import DEFAULT_MODEL, Encoder, ModelSpec, parse_model_spec
+from clipdex.vectorindex import INDEX_TYPE, VectorIndex, index_files
+
+DB_NAME = "clipdex.db"
+LOCK_NAME = ".write.lock"
+
+
+def default_library_path() -> Path:
+    """``$CLIPDEX_LIBRARY``, else the per-user data directory of the platform."""
+    env = os.environ.get("CLIPDEX_LIBRARY")
+    if env:
+        return Path(env).expanduser()
+    if sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    elif os.name == "nt":
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "clipdex" / "library"
+
+
+class Library:
+    """Open with :meth:`open` (existing) or :meth:`create` (for indexing)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path).expanduser().resolve()
+        self.engine = make_engine(self.path / DB_NAME)
+        self._index: VectorIndex | None = None
+        self._index_generation = -1
+
+    # -- opening ----------------------------------------------------------------
+    @classmethod
+    def open(cls, path: Path | str) -> Library:
+        """Open an existing library; :class:`LibraryError` if there is none."""
+        path = Path(path).expanduser()
+        if not (path / DB_NAME).is_file():
+            raise LibraryError(f"no library at {path} (create one with: clipdex index PATH --library {path})")
+        lib = cls(path)
+        if lib.get_meta("model_identity") is None:
+            raise LibraryError(f"library at {path} is empty (run: clipdex index PATH --library {path})")
+        return lib
+
+    @classmethod
+    def create(cls, path: Path | str) -> Library:
+        """Open a library for writing, creating the directory and database if needed."""
+        path = Path(path).expanduser()
+        if path.exists() and not path.is_dir():
+            raise LibraryError(f"library path {path} is a file, not a directory")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LibraryError(f"cannot create library at {path}: {exc.strerror}") from None
+        return cls(path)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    @contextlib.contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """Exclusive lock for writers (index, tag); readers never need it."""
+        fh = open(self.path / LOCK_NAME, "w")
+        try:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LibraryError(
+                    f"another clipdex process is writing to {self.path}; wait for it to finish"
+                ) from None
+            yield
+        finally:
+            fh.close()
+
+    # -- meta -------------------------------------------------------------------
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        with self.session() as s:
+            row = s.get(Meta, key)
+            return row.value if row else default
+
+    @staticmethod
+    def set_meta(session: Session, key: str, value: str) -> None:
+        session.merge(Meta(key=key, value=str(value)))
+
+    @property
+    def generation(self) -> int:
+        return int(self.get_meta("generation", "0"))
+
+    @staticmethod
+    def bump_generation(session: Session) -> None:
+        """Mark the stored vectors as changed (call inside the transaction that changes them)."""
+        row = session.get(Meta, "generation")
+        Library.set_meta(session, "generation", str(int(row.value) + 1 if row else 1))
+
+    @property
+    def model_spec(self) -> ModelSpec | None:
+        spec = self.get_meta("model_spec")
+        return parse_model_spec(spec) if spec else None
+
+    @property
+    def dim(self) -> int | None:
+        dim = self.get_meta("dim")
+        return int(dim) if dim else None
+
+    def bind_model(self, session: Session, spec: ModelSpec, dim: int) -> None:
+        """Record which model builds this library (first index, or ``--rebuild`` with a new model)."""
+        self.set_meta(session, "model_spec", str(spec))
+        self.set_meta(session, "model_identity", spec.identity)
+        self.set_meta(session, "dim", str(dim))
+        self.set_meta(session, "schema_version", SCHEMA_VERSION)
+
+    def encoder_for(self, requested: str | None = None, device: str | None = None) -> Encoder:
+        """The encoder to query this library with; refuses a model other than the one that built it."""
+        stored = self.model_spec
+        if requested is None:
+            return Encoder(stored or parse_model_spec(DEFAULT_MODEL), device=device)
+        spec = parse_model_spec(requested)
+        if stored is not None and spec.identity != stored.identity:
+            raise ModelMismatch(
+                f"library {self.path} was built with model {stored}, not {spec}: "
+                f"its vectors cannot be compared (omit --model, or re-index with --rebuild --model {spec})"
+            )
+        return Encoder(spec, device=device)
+
+    # -- vectors ----------------------------------------------------------------
+    def load_vectors(self, ids: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, vectors)`` from SQLite, all or the given ids."""
+        dim = self.dim or 0
+        stmt = select(ImageRow.id, ImageRow.vector).order_by(ImageRow.id)
+        if ids is not None:
+            stmt = stmt.where(ImageRow.id.in_(ids))
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        if not rows:
+            return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+        out_ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+        vectors = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), -1)
+        return out_ids, vectors
+
+    def index(self, save: bool = False) -> VectorIndex:
+        """The FAISS index for the current generation: cached, loaded from disk, or rebuilt."""
+        generation = self.generation
+        if self._index is not None and self._index_generation == generation:
+            return self._index
+        dim = self.dim
+        if dim is None:
+            raise LibraryError(f"library at {self.path} is empty")
+        index = VectorIndex.load(self.path, generation, dim)
+        if index is None:
+            index = VectorIndex(dim)
+            index.add(*self.load_vectors())
+            if save:
+                index.save(self.path, generation)
+        self._index, self._index_generation = index, generation
+        return index
+
+    def adopt_index(self, index: VectorIndex, generation: int) -> None:
+        """Save an index kept up to date in memory (by the indexer) for ``generation``."""
+        index.save(self.path, generation)
+        self._index, self._index_generation = index, generation
+
+    def reset_index(self) -> None:
+        for path in index_files(self.path):
+            path.unlink(missing_ok=True)
+        self._index, self._index_generation = None, -1
+
+    # -- facts ------------------------------------------------------------------
+    def info(self) -> dict:
+        """Counts, model and sizes, as ``clipdex info`` prints them."""
+        with self.session() as s:
+            images = s.scalar(select(func.count(ImageRow.id))) or 0
+            skipped = s.scalar(select(func.count()).select_from(SkippedRow)) or 0
+            tagged = s.scalar(select(func.count(func.distinct(TagRow.image_id)))) or 0
+            labels = s.scalar(select(func.count(func.distinct(TagRow.label)))) or 0
+        size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        return {
+            "library": str(self.path),
+            "images": images,
+            "skipped": skipped,
+            "tagged_images": tagged,
+            "tag_labels": labels,
+            "model": str(self.model_spec) if self.model_spec else None,
+            "embedding_dim": self.dim,
+            "index_type": INDEX_TYPE,
+            "generation": self.generation,
+            "size_bytes": size,
+        }
+
+    def skipped(self) -> list[tuple[str, str]]:
+        """``(path, reason)`` of every skipped file, by path."""
+        with self.session() as s:
+            return [(r.path, r.reason) for r in s.scalars(select(SkippedRow).order_by(SkippedRow.path))]
+
+    def forget(self, session: Session, ids: list[int]) -> None:
+        """Delete image rows (their tags go with them)."""
+        for start in range(0, len(ids), 500):
+            session.execute(delete(ImageRow).where(ImageRow.id.in_(ids[start:start + 500])))

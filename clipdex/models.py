@@ -1,0 +1,260 @@
+"""Model specs, lazy loading of open_clip models and batch encoding.
+
+Importing this module is cheap: torch and open_clip are imported only when an
+:class:`Encoder` is first used, so ``clipdex --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from clipdex.errors import ModelUnavailable
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+#: Alias of the tiny model that ships with clipdex (trained on generated shapes).
+TINY_MODEL = "tiny"
+#: Default for real photo collections; see README "Choosing a model".
+DEFAULT_MODEL = "ViT-B-32:datacomp_xl_s13b_b90k"
+
+_OFFLINE_HINT = (
+    "download it on a connected machine and point --model local-dir:DIR at a folder "
+    "holding open_clip_config.json and the weights"
+)
+
+
+def tiny_model_dir() -> Path:
+    """Folder of the tiny model shipped as package data."""
+    return Path(str(resources.files("clipdex") / "data" / "tiny-shapes"))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed ``--model`` value.
+
+    ``kind`` is one of ``builtin`` (``ARCH:TAG``), ``hf-hub``, ``local-dir`` or ``tiny``.
+    """
+
+    kind: str
+    name: str
+    tag: str | None = None
+
+    @property
+    def identity(self) -> str:
+        """What a library records to recognise the model later."""
+        if self.kind == "builtin":
+            return f"{self.name}:{self.tag}"
+        if self.kind == "tiny":
+            return "clipdex:tiny-shapes"
+        return f"{self.kind}:{self.name}"
+
+    @property
+    def open_clip_name(self) -> str:
+        if self.kind == "builtin":
+            return self.name
+        if self.kind == "tiny":
+            return f"local-dir:{tiny_model_dir()}"
+        return f"{self.kind}:{self.name}"
+
+    def __str__(self) -> str:
+        return TINY_MODEL if self.kind == "tiny" else self.identity
+
+
+def parse_model_spec(spec: str) -> ModelSpec:
+    """Parse ``ARCH:TAG``, ``hf-hub:org/repo``, ``local-dir:/path`` or ``tiny``."""
+    spec = spec.strip()
+    if spec == TINY_MODEL:
+        return ModelSpec("tiny", TINY_MODEL)
+    if spec.startswith("hf-hub:"):
+        repo = spec[len("hf-hub:"):]
+        if repo.count("/") != 1 or not all(repo.split("/")):
+            raise ModelUnavailable(f"bad model spec {spec!r}: expected hf-hub:ORG/REPO")
+        return ModelSpec("hf-hub", repo)
+    if spec.startswith("local-dir:"):
+        path = spec[len("local-dir:"):]
+        if not path:
+            raise ModelUnavailable(f"bad model spec {spec!r}: expected local-dir:/path/to/folder")
+        return ModelSpec("local-dir", str(Path(path).expanduser().resolve()))
+    arch, sep, tag = spec.partition(":")
+    if not sep or not arch or not tag:
+        raise ModelUnavailable(
+            f"bad model spec {spec!r}: expected ARCH:PRETRAINED_TAG (e.g. {DEFAULT_MODEL}), "
+            "hf-hub:ORG/REPO, local-dir:/path or tiny"
+        )
+    return ModelSpec("builtin", arch, tag)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check of the Hugging Face endpoint, so an offline machine fails in seconds."""
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _preflight(spec: ModelSpec) -> None:
+    """Make sure the weights are on disk, failing with one actionable line if not."""
+    import open_clip
+    from open_clip import pretrained
+
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    if spec.kind in ("local-dir", "tiny"):
+        folder = Path(spec.open_clip_name[len("local-dir:"):])
+        if not folder.is_dir():
+            raise ModelUnavailable(f"model folder not found: {folder}")
+        if not (folder / "open_clip_config.json").is_file():
+            raise ModelUnavailable(f"model folder {folder} has no open_clip_config.json")
+        if not any(folder.glob(pat) for pat in ("*.safetensors", "*.bin", "*.pth", "*.pt")):
+            raise ModelUnavailable(f"model folder {folder} has no weights (*.safetensors, *.bin, *.pth)")
+        return
+    from huggingface_hub import constants as hub_constants
+
+    offline = hub_constants.HF_HUB_OFFLINE or not _hub_reachable()
+    saved, hub_constants.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE, offline
+    try:
+        if spec.kind == "hf-hub":
+            pretrained.download_pretrained_from_hf(spec.name, filename="open_clip_config.json")
+            pretrained.download_pretrained_from_hf(spec.name)
+            return
+        if spec.name not in open_clip.list_models():
+            raise ModelUnavailable(f"unknown model architecture {spec.name!r} (see open_clip.list_models())")
+        cfg = pretrained.get_pretrained_cfg(spec.name, spec.tag)
+        if not cfg:
+            tags = ", ".join(open_clip.list_pretrained_tags_by_model(spec.name)) or "none"
+            raise ModelUnavailable(f"unknown pretrained tag {spec.tag!r} for {spec.name} (known: {tags})")
+        pretrained.download_pretrained(cfg)
+    except ModelUnavailable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any fetch failure means the same to the user
+        if offline:
+            reason = "no network access and they are not in the local cache"
+        else:
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise ModelUnavailable(f"cannot fetch weights for {spec}: {reason}; {_OFFLINE_HINT}") from None
+    finally:
+        hub_constants.HF_HUB_OFFLINE = saved
+
+
+def pick_device(device: str | None = None) -> str:
+    """``cuda`` when a GPU is usable, else ``cpu``; an explicit choice wins."""
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Encoder:
+    """An open_clip model loaded on first use; encodes pictures and texts to unit vectors.
+
+    On CUDA the model runs in half precision (``fp16`` unless ``precision='bf16'``);
+    on the CPU in float32.
+    """
+
+    def __init__(self, spec: ModelSpec | str, device: str | None = None, precision: str | None = None):
+        self.spec = parse_model_spec(spec) if isinstance(spec, str) else spec
+        self._device = device
+        self._precision = precision
+        self._lock = threading.Lock()
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._cfg: dict[str, Any] = {}
+
+    def load(self) -> Encoder:
+        """Load weights now (idempotent); raises :class:`ModelUnavailable`."""
+        with self._lock:
+            if self._model is not None:
+                return self
+            _preflight(self.spec)
+            import open_clip
+            import torch
+
+            device = pick_device(self._device)
+            precision = self._precision or ("fp16" if device.startswith("cuda") else "fp32")
+            if device == "cpu" and not os.environ.get("OMP_NUM_THREADS"):
+                torch.set_num_threads(max(1, os.cpu_count() or 1))
+            kwargs: dict[str, Any] = {"device": device, "precision": precision}
+            if self.spec.kind == "builtin":
+                kwargs["pretrained"] = self.spec.tag
+            try:
+                model = open_clip.create_model(self.spec.open_clip_name, **kwargs)
+                tokenizer = open_clip.get_tokenizer(self.spec.open_clip_name)
+            except Exception as exc:  # noqa: BLE001
+                raise ModelUnavailable(f"cannot load model {self.spec}: {exc}") from None
+            model.eval()
+            cfg = dict(open_clip.get_model_preprocess_cfg(model))
+            size = cfg.get("size", 224)
+            cfg["size"] = int(size if isinstance(size, int) else size[0])
+            self._cfg = cfg
+            self._torch_device = torch.device(device)
+            self._dtype = next(model.parameters()).dtype
+            self._mean = torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1)
+            self._std = torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1)
+            self._tokenizer = tokenizer
+            self._model = model
+        return self
+
+    @property
+    def image_size(self) -> int:
+        """Side in pixels of the square the model sees."""
+        return self.load()._cfg["size"]
+
+    @property
+    def resize_mode(self) -> str:
+        return self.load()._cfg.get("resize_mode", "shortest")
+
+    @property
+    def logit_scale(self) -> float:
+        """The model's learned temperature (100 for CLIP), used for zero-shot softmax."""
+        return float(self.load()._model.logit_scale.exp().item())
+
+    @property
+    def dim(self) -> int:
+        """Length of the embedding vectors."""
+        if "dim" not in self._cfg:
+            self._cfg["dim"] = int(self.encode_texts(["a photo"]).shape[1])
+        return self._cfg["dim"]
+
+    @property
+    def device(self) -> str:
+        return str(self.load()._torch_device)
+
+    def _finish(self, features: torch.Tensor) -> np.ndarray:
+        import torch
+
+        features = torch.nn.functional.normalize(features.float(), dim=-1)
+        return features.cpu().numpy().astype(np.float32)
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Encode a ``N x S x S x 3`` uint8 batch (see :func:`clipdex.imaging.fit_square`)."""
+        import torch
+
+        self.load()
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self._torch_device, non_blocking=True)
+            x = x.permute(0, 3, 1, 2).float().div_(255)
+            x = ((x - self._mean) / self._std).to(self._dtype)
+            return self._finish(self._model.encode_image(x))
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """Encode a list of strings to unit vectors."""
+        import torch
+
+        self.load()
+        with torch.inference_mode():
+            tokens = self._tokenizer(list(texts)).to(self._torch_device)
+            return self._finish(self._model.encode_text(tokens))

@@ -1,0 +1,125 @@
+"""Search a library by text, by example image, or both, with optional filters."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import select
+
+from clipdex.db import ImageRow, TagRow
+from clipdex.errors import DecodeError, UsageError
+from clipdex.imaging import load_for_model
+from clipdex.library import Library
+from clipdex.models import Encoder
+
+MAX_K = 1000
+
+
+@dataclass
+class Hit:
+    """One search result."""
+
+    id: int
+    path: str
+    score: float
+    width: int
+    height: int
+    captured_at: dt.datetime | None
+
+    def as_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "path": self.path,
+            "score": round(self.score, 6),
+            "width": self.width,
+            "height": self.height,
+            "captured_at": self.captured_at.isoformat() if self.captured_at else None,
+        }
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm > 0 else v
+
+
+def encode_image_file(encoder: Encoder, path: str | Path) -> np.ndarray:
+    """Encode one picture the way the indexer does; :class:`UsageError` if unreadable."""
+    try:
+        pixels, _ = load_for_model(path, encoder.image_size, encoder.resize_mode)
+    except DecodeError as exc:
+        raise UsageError(f"cannot use {path} as a query image: {exc}") from None
+    return encoder.encode_pixels(pixels[None])[0]
+
+
+def build_query(
+    encoder: Encoder,
+    text: str | None = None,
+    image: str | Path | None = None,
+    negative: str | None = None,
+    image_vector: np.ndarray | None = None,
+) -> np.ndarray:
+    """One unit query vector: text and image add up, ``negative`` is subtracted."""
+    parts = []
+    if text is not None and text.strip():
+        parts.append(encoder.encode_texts([text])[0])
+    if image is not None:
+        parts.append(encode_image_file(encoder, image))
+    if image_vector is not None:
+        parts.append(_unit(np.asarray(image_vector, np.float32)))
+    if not parts:
+        raise UsageError("nothing to search for: give a text query, --image PATH, or both")
+    query = _unit(np.sum(parts, axis=0))
+    if negative is not None and negative.strip():
+        query = _unit(query - encoder.encode_texts([negative])[0])
+    return query.astype(np.float32)
+
+
+def allowed_ids(lib: Library, tag: str | None = None, folder: str | None = None) -> np.ndarray | None:
+    """Ids passing the filters, or None when there are none to apply."""
+    if tag is None and folder is None:
+        return None
+    stmt = select(ImageRow.id)
+    if tag is not None:
+        stmt = stmt.where(ImageRow.id.in_(select(TagRow.image_id).where(TagRow.label == tag)))
+    if folder is not None:
+        prefix = os.path.abspath(os.path.expanduser(folder)).rstrip(os.sep) + os.sep
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        stmt = stmt.where(ImageRow.path.like(escaped + "%", escape="\\"))
+    with lib.session() as s:
+        return np.fromiter(s.scalars(stmt), dtype=np.int64)
+
+
+def search(
+    lib: Library,
+    query: np.ndarray,
+    k: int = 20,
+    *,
+    offset: int = 0,
+    tag: str | None = None,
+    folder: str | None = None,
+    exclude: set[int] | None = None,
+) -> list[Hit]:
+    """Top ``k`` pictures (after ``offset``) for a unit query vector."""
+    if not 1 <= k <= MAX_K:
+        raise UsageError(f"k must be between 1 and {MAX_K}, got {k}")
+    if offset < 0:
+        raise UsageError(f"offset must not be negative, got {offset}")
+    want = k + offset + len(exclude or ())
+    ranked = lib.index().search(query, want, allowed_ids(lib, tag, folder))
+    ranked = [(i, s) for i, s in ranked if not exclude or i not in exclude][offset:offset + k]
+    if not ranked:
+        return []
+    with lib.session() as s:
+        rows = {r.id: r for r in s.execute(
+            select(ImageRow.id, ImageRow.path, ImageRow.width, ImageRow.height, ImageRow.captured_at)
+            .where(ImageRow.id.in_([i for i, _ in ranked]))
+        ).all()}
+    return [
+        Hit(i, rows[i].path, score, rows[i].width, rows[i].height, rows[i].captured_at)
+        for i, score in ranked
+        if i in rows
+    ]

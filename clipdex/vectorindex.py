@@ -1,0 +1,108 @@
+"""The FAISS inner-product index, keyed by database ids, saved atomically.
+
+Vectors are L2-normalised, so inner product is cosine similarity. The file name carries
+the database generation it was written for (``index.<generation>.faiss``); a file from
+any other generation is stale and the index is rebuilt from the vectors in SQLite.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+_FILE_RE = re.compile(r"^index\.(\d+)\.faiss$")
+INDEX_TYPE = "IndexIDMap2(IndexFlatIP)"
+
+
+class VectorIndex:
+    """Exact inner-product search over ``(id, vector)`` pairs."""
+
+    def __init__(self, dim: int, index: faiss.Index | None = None):
+        self.dim = dim
+        self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def ids(self) -> np.ndarray:
+        """All ids held, in insertion order."""
+        return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+
+    def add(self, ids: np.ndarray | list[int], vectors: np.ndarray) -> None:
+        if len(ids) == 0:
+            return
+        self.index.add_with_ids(
+            np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim),
+            np.asarray(ids, dtype=np.int64),
+        )
+
+    def remove(self, ids: np.ndarray | list[int]) -> None:
+        if len(ids) == 0:
+            return
+        self.index.remove_ids(np.asarray(ids, dtype=np.int64))
+
+    def vector(self, image_id: int) -> np.ndarray:
+        """The stored vector of one id (``KeyError`` if absent)."""
+        try:
+            return self.index.reconstruct(int(image_id))
+        except RuntimeError:
+            raise KeyError(image_id) from None
+
+    def search(
+        self, query: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> list[tuple[int, float]]:
+        """Top ``k`` ``(id, score)`` for one query vector, optionally only among ``allowed`` ids."""
+        if self.ntotal == 0 or k <= 0:
+            return []
+        q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, self.dim)
+        params = None
+        if allowed is not None:
+            if len(allowed) == 0:
+                return []
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64)))
+        scores, ids = self.index.search(q, min(k, self.ntotal), params=params)
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+
+    # -- persistence ---------------------------------------------------------------
+    def save(self, folder: Path, generation: int) -> Path:
+        """Write ``index.<generation>.faiss`` atomically and delete older files."""
+        target = folder / f"index.{generation}.faiss"
+        fd, tmp = tempfile.mkstemp(prefix=".index-", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(faiss.serialize_index(self.index).tobytes())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        for old in index_files(folder):
+            if old != target:
+                old.unlink(missing_ok=True)
+        return target
+
+    @classmethod
+    def load(cls, folder: Path, generation: int, dim: int) -> VectorIndex | None:
+        """The saved index for exactly ``generation``, or None when missing, stale or unreadable."""
+        path = folder / f"index.{generation}.faiss"
+        if not path.is_file():
+            return None
+        try:
+            index = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
+        except RuntimeError:
+            return None
+        if index.d != dim:
+            return None
+        return cls(dim, index)
+
+
+def index_files(folder: Path) -> list[Path]:
+    """The index files present in a library folder."""
+    return [p for p in folder.iterdir() if _FILE_RE.match(p.name)] if folder.is_dir() else []

@@ -1,0 +1,1 @@
+"""The browser UI and JSON API (see issue 3); nothing here yet."""
