@@ -73,6 +73,8 @@ class VectorIndex:
     def save(self, folder: Path, generation: int) -> Path:
         """Write ``index.<generation>.faiss`` atomically and delete older files."""
         target = folder / f"index.{generation}.faiss"
+        for leftover in folder.glob(".index-*.tmp"):  # from a run killed while saving
+            leftover.unlink(missing_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".index-", suffix=".tmp", dir=folder)
         try:
             with os.fdopen(fd, "wb") as fh:

@@ -109,7 +109,7 @@ class Indexer:
     def __init__(
         self,
         library: Library,
-        model: str | None = None,
+        model: str | Encoder | None = None,
         *,
         batch_size: int = 32,
         workers: int | None = None,
@@ -133,13 +133,15 @@ class Indexer:
         stored = self.lib.model_spec
         if self.requested is None:
             return Encoder(stored or parse_model_spec(DEFAULT_MODEL), device=self.device)
-        spec = parse_model_spec(self.requested)
-        if stored is not None and stored.identity != spec.identity and not rebuild:
+        encoder = self.requested
+        if not isinstance(encoder, Encoder):
+            encoder = Encoder(parse_model_spec(encoder), device=self.device)
+        if stored is not None and stored.identity != encoder.spec.identity and not rebuild:
             raise ModelMismatch(
-                f"library {self.lib.path} was built with model {stored}, not {spec} "
-                f"(use --rebuild to re-encode everything with {spec})"
+                f"library {self.lib.path} was built with model {stored}, not {encoder.spec} "
+                f"(use --rebuild to re-encode everything with {encoder.spec})"
             )
-        return Encoder(spec, device=self.device)
+        return encoder
 
     def run(self, paths: list[str], rebuild: bool = False) -> IndexStats:
         """Index ``paths`` (folders or files); returns what was done."""
@@ -162,7 +164,7 @@ class Indexer:
             self._apply_moves_and_removals(plan, index, stats)
             self._record_problems(found, stats)
             if plan.todo:
-                self._encode_all(encoder, plan, found, index, stats)
+                self._encode_all(encoder, plan, found, index, stats, reuse=not rebuild)
             if index is not None:
                 self.lib.adopt_index(index, self.lib.generation)
         stats.seconds = time.monotonic() - start
@@ -207,10 +209,12 @@ class Indexer:
         stats.skipped_files.update(found.problems)
 
     def _encode_all(
-        self, encoder: Encoder, plan: _Plan, found: Scan, index: VectorIndex, stats: IndexStats
+        self, encoder: Encoder, plan: _Plan, found: Scan, index: VectorIndex, stats: IndexStats, reuse: bool
     ) -> None:
-        with self.lib.session() as s:
-            by_hash = dict(s.execute(select(ImageRow.content_hash, ImageRow.id)).all())
+        by_hash: dict[str, int] = {}
+        if reuse:  # identical content already encoded (a copy) keeps its vector
+            with self.lib.session() as s:
+                by_hash = dict(s.execute(select(ImageRow.content_hash, ImageRow.id)).all())
         pool = DecodePool(
             encoder.image_size, encoder.resize_mode, workers=self.workers,
             timeout=self.timeout, decode_fn=self.decode_fn,

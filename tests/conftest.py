@@ -1,0 +1,47 @@
+"""Shared fixtures: the real tiny model, generated collections, real libraries on disk."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clipdex.indexer import Indexer
+from clipdex.library import Library
+from clipdex.models import TINY_MODEL, Encoder
+from clipdex.synthetic import write_collection
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach for the network
+
+
+@pytest.fixture(scope="session")
+def encoder() -> Encoder:
+    return Encoder(TINY_MODEL).load()
+
+
+@pytest.fixture(scope="session")
+def collection(tmp_path_factory) -> dict[Path, object]:
+    """4 JPEGs of each of the 24 colour-shape combinations (96 pictures)."""
+    return write_collection(tmp_path_factory.mktemp("pics"), per_class=4, seed=1)
+
+
+@pytest.fixture(scope="session")
+def library(tmp_path_factory, collection) -> Library:
+    """A library indexed once from ``collection``; tests must not modify it."""
+    lib = Library.create(tmp_path_factory.mktemp("lib"))
+    root = next(iter(collection)).parent.parent
+    Indexer(lib, TINY_MODEL, workers=2).run([str(root)])
+    return lib
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path | None = None
+            ) -> subprocess.CompletedProcess:
+    """Run the real ``clipdex`` entry point in a subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "clipdex", *args],
+        capture_output=True, text=True, env=full_env, timeout=timeout, cwd=cwd,
+    )

@@ -1,0 +1,108 @@
+"""Bad files never stop a run: each is skipped with a reason and the good ones are indexed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+
+from clipdex.indexer import Indexer
+from clipdex.library import Library
+from clipdex.models import TINY_MODEL
+from clipdex.synthetic import Sample, draw
+from tests.conftest import run_cli
+from tests.faulty import hang_or_crash
+
+
+def bomb_png(path: Path, width: int = 40_000, height: int = 40_000) -> None:
+    """A tiny PNG whose header claims 1.6 gigapixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.fixture()
+def messy(tmp_path):
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    for i, (c, s) in enumerate([("red", "circle"), ("blue", "square"), ("green", "star")]):
+        draw(Sample(c, s)).save(pics / f"good-{i}.jpg")
+    good = pics / "good-0.jpg"
+    (pics / "truncated.jpg").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (pics / "empty.png").write_bytes(b"")
+    (pics / "notes.jpg").write_text("this is not a picture\n")
+    bomb_png(pics / "bomb.png")
+    os.symlink("loop.jpg", pics / "loop.jpg")
+    os.symlink("missing.jpg", pics / "dangling.jpg")
+    (pics / "sub").mkdir()
+    os.symlink("..", pics / "sub" / "back")  # a folder loop
+    shutil.copy(good, pics / "hang.jpg")
+    shutil.copy(good, pics / "crash.jpg")
+    (pics / "README.txt").write_text("ignored: not an image extension")
+    return pics
+
+
+EXPECTED = {
+    "truncated.jpg": "cannot decode: image file is truncated",
+    "empty.png": "empty file",
+    "notes.jpg": "not a recognised image format",
+    "bomb.png": "refused: 40000x40000 pixels exceeds the 180,000,000 pixel limit (possible decompression bomb)",
+    "loop.jpg": "symlink loop",
+    "dangling.jpg": "broken symlink",
+    "back": "symlink loop (folder already visited)",
+    "hang.jpg": "decoder timed out after 2s",
+    "crash.jpg": "decoder crashed (signal 6)",
+}
+
+
+def test_every_bad_kind_is_skipped_with_its_reason(tmp_path, messy):
+    lib = Library.create(tmp_path / "lib")
+    stats = Indexer(lib, TINY_MODEL, workers=2, timeout=2, decode_fn=hang_or_crash).run([str(messy)])
+    assert stats.indexed == 3
+    reasons = {Path(p).name: r for p, r in lib.skipped()}
+    assert set(reasons) == set(EXPECTED)
+    for name, reason in EXPECTED.items():
+        assert reasons[name].startswith(reason), (name, reasons[name])
+    assert stats.skipped == len(EXPECTED)
+    # the same bad files are not retried on the next run, and the good ones are unchanged
+    again = Indexer(lib, TINY_MODEL, workers=2, timeout=2, decode_fn=hang_or_crash).run([str(messy)])
+    assert (again.indexed, again.unchanged) == (0, 3)
+    assert lib.index().ntotal == 3
+
+
+def test_a_fixed_file_is_retried_and_leaves_the_skip_list(tmp_path, messy):
+    lib = Library.create(tmp_path / "lib")
+    Indexer(lib, TINY_MODEL, workers=1).run([str(messy / "notes.jpg")])
+    assert [r for _, r in lib.skipped()] == ["not a recognised image format"]
+    draw(Sample("red", "circle")).save(messy / "notes.jpg")
+    stats = Indexer(lib, TINY_MODEL, workers=1).run([str(messy / "notes.jpg")])
+    assert stats.indexed == 1 and lib.skipped() == []
+
+
+def test_permission_denied_is_skipped(tmp_path):
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    draw(Sample("red", "circle")).save(pics / "ok.jpg")
+    draw(Sample("red", "circle")).save(pics / "secret.jpg")
+    os.chmod(pics / "secret.jpg", 0)
+    lib_dir = tmp_path / "lib"
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # root reads anything: run the real CLI as 'nobody' instead
+        for p in (tmp_path, pics, pics / "ok.jpg"):
+            os.chmod(p, 0o777 if p.is_dir() else 0o644)
+        prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+    import subprocess
+    env = {**os.environ, "HOME": str(tmp_path)}
+    out = subprocess.run([*prefix, sys.executable, "-m", "clipdex", "index", str(pics), "--library", str(lib_dir),
+                          "--model", "tiny", "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    done = run_cli("skipped", "--library", str(lib_dir), "--json")
+    assert [(Path(r["path"]).name, r["reason"]) for r in __import__("json").loads(done.stdout)] == [
+        ("secret.jpg", "permission denied")]
