@@ -28,6 +28,9 @@ from clipdex.errors import DecodeError
 
 #: Pictures above this many pixels are refused as likely decompression bombs.
 DEFAULT_MAX_PIXELS = 180_000_000
+# open_image checks the header size itself (with a clearer message and a configurable
+# limit) before any pixel is decoded, so Pillow's own global check is switched off.
+Image.MAX_IMAGE_PIXELS = None
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}

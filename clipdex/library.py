@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from clipdex.db import SCHEMA_VERSION, ImageRow, Meta, SkippedRow, TagRow, make_engine
@@ -66,13 +67,15 @@ class Library:
     def create(cls, path: Path | str) -> Library:
         """Open a library for writing, creating the directory and database if needed."""
         path = Path(path).expanduser()
-        if path.exists() and not path.is_dir():
-            raise LibraryError(f"library path {path} is a file, not a directory")
         try:
+            if path.exists() and not path.is_dir():
+                raise LibraryError(f"library path {path} is a file, not a directory")
             path.mkdir(parents=True, exist_ok=True)
+            return cls(path)
         except OSError as exc:
             raise LibraryError(f"cannot create library at {path}: {exc.strerror}") from None
-        return cls(path)
+        except SQLAlchemyError as exc:
+            raise LibraryError(f"cannot open the database in {path}: {exc.orig or exc}") from None
 
     def close(self) -> None:
         self.engine.dispose()

@@ -118,7 +118,7 @@ def _preflight(spec: ModelSpec) -> None:
             raise ModelUnavailable(f"model folder not found: {folder}")
         if not (folder / "open_clip_config.json").is_file():
             raise ModelUnavailable(f"model folder {folder} has no open_clip_config.json")
-        if not any(folder.glob(pat) for pat in ("*.safetensors", "*.bin", "*.pth", "*.pt")):
+        if not any(any(folder.glob(pat)) for pat in ("*.safetensors", "*.bin", "*.pth", "*.pt")):
             raise ModelUnavailable(f"model folder {folder} has no weights (*.safetensors, *.bin, *.pth)")
         return
     from huggingface_hub import constants as hub_constants
@@ -245,7 +245,7 @@ class Encoder:
 
         self.load()
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self._torch_device, non_blocking=True)
+            x = torch.from_numpy(np.require(pixels, np.uint8, ["C", "W"])).to(self._torch_device, non_blocking=True)
             x = x.permute(0, 3, 1, 2).float().div_(255)
             x = ((x - self._mean) / self._std).to(self._dtype)
             return self._finish(self._model.encode_image(x))

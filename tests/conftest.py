@@ -24,8 +24,8 @@ def encoder() -> Encoder:
 
 @pytest.fixture(scope="session")
 def collection(tmp_path_factory) -> dict[Path, object]:
-    """4 JPEGs of each of the 24 colour-shape combinations (96 pictures)."""
-    return write_collection(tmp_path_factory.mktemp("pics"), per_class=4, seed=1)
+    """5 JPEGs of each of the 24 colour-shape combinations (120 pictures)."""
+    return write_collection(tmp_path_factory.mktemp("pics"), per_class=5, seed=1)
 
 
 @pytest.fixture(scope="session")

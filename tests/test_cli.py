@@ -23,9 +23,10 @@ def test_help_is_instant_and_imports_no_model_code():
 
 
 def test_search_without_a_library(tmp_path):
-    out = run_cli("search", "a cat", "--library", str(tmp_path / "none"))
+    missing = tmp_path / "none"
+    out = run_cli("search", "a cat", "--library", str(missing))
     assert out.returncode == 1
-    assert out.stderr == f"Error: no library at {tmp_path / 'none'} (create one with: clipdex index PATH --library {tmp_path / 'none'})\n"
+    assert out.stderr == f"Error: no library at {missing} (create one with: clipdex index PATH --library {missing})\n"
 
 
 def test_index_a_missing_path(tmp_path):
@@ -63,7 +64,8 @@ def test_local_dir_without_weights(tmp_path):
     shutil.copy(tiny_model_dir() / "open_clip_config.json", model)
     (tmp_path / "pics").mkdir()
     out = run_cli("index", str(tmp_path / "pics"), "--library", str(tmp_path / "lib"), "--model", f"local-dir:{model}")
-    assert (out.returncode, out.stderr) == (2, f"Error: model folder {model} has no weights (*.safetensors, *.bin, *.pth)\n")
+    assert out.returncode == 2
+    assert out.stderr == f"Error: model folder {model} has no weights (*.safetensors, *.bin, *.pth)\n"
 
 
 def test_full_cli_flow_with_json(tmp_path, library, collection):
@@ -73,9 +75,9 @@ def test_full_cli_flow_with_json(tmp_path, library, collection):
 
     out = run_cli("index", str(root), "--library", str(lib), "--json")
     stats = json.loads(out.stdout)
-    assert out.returncode == 0 and (stats["indexed"], stats["unchanged"], stats["skipped"]) == (0, 96, 0)
+    assert out.returncode == 0 and (stats["indexed"], stats["unchanged"], stats["skipped"]) == (0, 120, 0)
     human = run_cli("index", str(root), "--library", str(lib))
-    assert human.stdout.startswith("indexed 0 · unchanged 96 · moved 0 · removed 0 · skipped 0 · ")
+    assert human.stdout.startswith("indexed 0 · unchanged 120 · moved 0 · removed 0 · skipped 0 · ")
 
     found = json.loads(run_cli("search", "a red circle", "-k", "3", "--library", str(lib), "--json").stdout)
     assert [r["path"].split("/")[-2:][0] for r in found["results"]] == ["red"] * 3
@@ -86,17 +88,17 @@ def test_full_cli_flow_with_json(tmp_path, library, collection):
 
     tagged = json.loads(run_cli("tag", "--labels", "red,green,blue,yellow,purple,orange", "--library", str(lib),
                                 "--json").stdout)
-    assert tagged["images"] == 96 and sum(tagged["counts"].values()) == 96
+    assert tagged["images"] == 120 and sum(tagged["counts"].values()) == 120
     only_red = json.loads(run_cli("search", "a shape", "--tag", "red", "--library", str(lib), "--json").stdout)
     assert only_red["results"] and all("/red/" in r["path"] for r in only_red["results"])
 
     csv_out = run_cli("tags", "export", "--format", "csv", "--library", str(lib)).stdout.splitlines()
-    assert csv_out[0] == "id,path,label,probability,source" and len(csv_out) == 97
+    assert csv_out[0] == "id,path,label,probability,source" and len(csv_out) == 121
 
     info = json.loads(run_cli("info", "--library", str(lib), "--json").stdout)
     assert (info["images"], info["model"], info["embedding_dim"], info["index_type"]) == (
-        96, "tiny", 64, "IndexIDMap2(IndexFlatIP)")
-    assert info["tagged_images"] == 96 and info["size_bytes"] > 0
+        120, "tiny", 64, "IndexIDMap2(IndexFlatIP)")
+    assert info["tagged_images"] == 120 and info["size_bytes"] > 0
 
     assert json.loads(run_cli("skipped", "--library", str(lib), "--json").stdout) == []
     assert run_cli("skipped", "--library", str(lib)).stdout == "No skipped files.\n"

@@ -68,7 +68,7 @@ def test_add_change_delete_move(tmp_path, pics):
     shutil.move(moved_from, moved_to)                                    # moved
 
     stats = index(lib, pics)
-    assert (stats.indexed, stats.encoded, stats.moved, stats.removed, stats.unchanged) == (2, 2, 1, 1, 20)
+    assert (stats.indexed, stats.encoded, stats.moved, stats.removed, stats.unchanged) == (2, 2, 1, 1, 21)
     after = rows(lib)
     assert after[str(moved_to)] == before[str(moved_from)]  # the moved picture keeps its id and vector
     assert after[str(changed)] == before[str(changed)]      # a changed file keeps its id

@@ -43,7 +43,8 @@ def test_search_by_example_image_finds_its_kind(library, encoder, collection, tm
     example = tmp_path / "query.png"
     draw(Sample("blue", "circle"), (300, 300)).save(example)
     hits = search(library, build_query(encoder, image=example), 4)
-    assert [(truth(collection)[h.path].color, truth(collection)[h.path].shape) for h in hits] == [("blue", "circle")] * 4
+    t = truth(collection)
+    assert [(t[h.path].color, t[h.path].shape) for h in hits] == [("blue", "circle")] * 4
 
 
 def test_text_and_image_combined(library, encoder, collection, tmp_path):

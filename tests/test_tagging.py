@@ -99,7 +99,7 @@ def test_retagging_replaces_and_search_can_filter_by_tag(own_library, encoder, c
 def test_tagging_a_folder_only(own_library, encoder, collection):
     root = next(iter(collection)).parent.parent
     stats = tag_library(own_library, encoder, list(SHAPES), folder=str(root / "red"))
-    assert stats.images == 16
+    assert stats.images == 20
     assert all("/red/" in r["path"] for r in stored(own_library))
 
 
@@ -107,7 +107,7 @@ def test_export_csv(own_library, encoder):
     tag_library(own_library, encoder, list(COLORS))
     rows = list(csv.DictReader(io.StringIO(export_tags(own_library, "csv"))))
     assert list(rows[0]) == ["id", "path", "label", "probability", "source"]
-    assert len(rows) == 96
+    assert len(rows) == 120
 
 
 @pytest.mark.parametrize("labels,message", [

@@ -23,7 +23,7 @@ from multiprocessing.connection import Connection, wait
 
 import numpy as np
 
-from clipdex.errors import DecodeError
+from clipdex.errors import ClipdexError, DecodeError
 from clipdex.imaging import DEFAULT_MAX_PIXELS, load_for_model
 
 
@@ -81,6 +81,7 @@ DecodeFn = Callable[[str, int, str, int], Decoded]
 
 def _worker(conn: Connection, fn: DecodeFn, size: int, mode: str, max_pixels: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    conn.send(("ready", None))
     while True:
         try:
             task = conn.recv()
@@ -98,6 +99,7 @@ class _Slot:
     conn: Connection
     inflight: deque
     started: float = 0.0
+    ready: bool = False
 
 
 class DecodePool:
@@ -185,26 +187,38 @@ class DecodePool:
             raise errors[0]
 
     def _manage(self, slots: list[_Slot], todo: deque, out: queue.Queue, stop: threading.Event) -> None:
+        startup_failures = 0
+
         def send(slot: _Slot) -> None:
-            while todo and len(slot.inflight) < self.prefetch and out.qsize() < self.buffer:
+            while slot.ready and todo and len(slot.inflight) < self.prefetch and out.qsize() < self.buffer:
                 task = todo.popleft()
                 if not slot.inflight:
                     slot.started = time.monotonic()
-                slot.conn.send(task)
+                try:
+                    slot.conn.send(task)
+                except OSError:  # the worker died; the liveness check below replaces it
+                    todo.appendleft(task)
+                    return
                 slot.inflight.append(task)
 
         def replace(i: int, reason: str) -> None:
+            nonlocal startup_failures
             slot = slots[i]
             self._kill(slot)
-            _, path = slot.inflight.popleft()
-            out.put(Decoded(path, error=reason))
-            todo.extendleft(reversed(slot.inflight))
+            if not slot.ready:
+                startup_failures += 1
+                if startup_failures >= 3:
+                    raise ClipdexError(f"decoder worker processes cannot start ({reason})")
+            elif slot.inflight:
+                _, path = slot.inflight.popleft()
+                out.put(Decoded(path, error=reason))
+                todo.extendleft(reversed(slot.inflight))
             slots[i] = self._spawn()
 
         while not stop.is_set() and (todo or any(s.inflight for s in slots)):
             for slot in slots:
                 send(slot)
-            by_conn = {s.conn: i for i, s in enumerate(slots) if s.inflight}
+            by_conn = {s.conn: i for i, s in enumerate(slots) if s.inflight or not s.ready}
             if not by_conn:  # the consumer is behind: let it catch up
                 time.sleep(0.01)
                 continue
@@ -212,19 +226,20 @@ class DecodePool:
                 i = by_conn[conn]
                 slot = slots[i]
                 try:
-                    _, result = conn.recv()
+                    tag, result = conn.recv()
                 except (EOFError, OSError):
                     continue  # the liveness check below reports it
+                if tag == "ready":
+                    slot.ready = True
+                    continue
                 slot.inflight.popleft()
                 slot.started = time.monotonic()
                 out.put(result)
             now = time.monotonic()
             for i, slot in enumerate(slots):
-                if not slot.inflight:
-                    continue
                 if not slot.proc.is_alive():
                     code = slot.proc.exitcode
                     why = f"signal {-code}" if code and code < 0 else f"exit code {code}"
                     replace(i, f"decoder crashed ({why})")
-                elif now - slot.started > self.timeout:
+                elif slot.inflight and now - slot.started > self.timeout:
                     replace(i, f"decoder timed out after {self.timeout:g}s")
