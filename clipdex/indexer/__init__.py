@@ -1,5 +1,22 @@
-"""Walk, decode, encode and store pictures incrementally."""
+"""Walk, decode, encode and store pictures incrementally.
 
-from clipdex.indexer.run import Indexer, IndexStats
+Exports are loaded on first use: decode worker processes import
+``clipdex.indexer.decode`` and must not pay for SQLAlchemy, FAISS and torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from clipdex.indexer.run import Indexer, IndexStats
 
 __all__ = ["Indexer", "IndexStats"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from clipdex.indexer import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -79,8 +79,10 @@ def decode_file(path: str, size: int, mode: str, max_pixels: int) -> Decoded:
 DecodeFn = Callable[[str, int, str, int], Decoded]
 
 
-def _worker(conn: Connection, fn: DecodeFn, size: int, mode: str, max_pixels: int) -> None:
+def _worker(conn: Connection, fn: DecodeFn, max_pixels: int, niceness: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    if niceness and hasattr(os, "nice"):
+        os.nice(niceness)
     conn.send(("ready", None))
     while True:
         try:
@@ -89,7 +91,7 @@ def _worker(conn: Connection, fn: DecodeFn, size: int, mode: str, max_pixels: in
             return
         if task is None:
             return
-        task_id, path = task
+        task_id, path, size, mode = task
         conn.send((task_id, fn(path, size, mode, max_pixels)))
 
 
@@ -106,32 +108,36 @@ class DecodePool:
     """Decode many files in ``workers`` processes; iterate :meth:`run` for results.
 
     Results come in completion order. ``timeout`` bounds the seconds one file may take.
+    Workers run at low priority (``niceness``): on a CPU-only machine the model's threads
+    then keep their cores while they encode (an oversubscribed OpenMP pool loses ~40%),
+    and the decoders fill the gaps between batches; on a GPU machine the CPU is theirs.
     """
 
     def __init__(
         self,
-        size: int,
-        mode: str = "shortest",
         workers: int | None = None,
         timeout: float = 60.0,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         decode_fn: DecodeFn = decode_file,
         prefetch: int = 2,
         buffer: int = 256,
+        niceness: int = 19,
     ):
-        self.size, self.mode, self.max_pixels = size, mode, max_pixels
+        self.max_pixels = max_pixels
+        self.niceness = niceness
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.timeout = timeout
         self.decode_fn = decode_fn
         self.prefetch = prefetch
         self.buffer = buffer
         self._ctx = mp.get_context("spawn")
+        self._slots: list[_Slot] | None = None
 
     def _spawn(self) -> _Slot:
         parent, child = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(
             target=_worker,
-            args=(child, self.decode_fn, self.size, self.mode, self.max_pixels),
+            args=(child, self.decode_fn, self.max_pixels, self.niceness),
             daemon=True,
         )
         proc.start()
@@ -145,18 +151,36 @@ class DecodePool:
         slot.proc.join(timeout=5)
         slot.conn.close()
 
-    def run(self, paths: Iterable[str]) -> Iterator[Decoded]:
-        """Yield one :class:`Decoded` per path."""
-        todo = deque(enumerate(paths))
+    def start(self, count: int | None = None) -> DecodePool:
+        """Spawn the workers now (they take a moment to import), e.g. while the model loads."""
+        if self._slots is None:
+            self._slots = [self._spawn() for _ in range(min(self.workers, count or self.workers))]
+        return self
+
+    def close(self) -> None:
+        """Stop workers started by :meth:`start` that no :meth:`run` took over."""
+        for slot in self._slots or []:
+            self._kill(slot)
+        self._slots = None
+
+    def run(
+        self, paths: Iterable[str], size: int, mode: str = "shortest", chunk: int = 1
+    ) -> Iterator[list[Decoded]]:
+        """Decode ``paths`` to ``size`` pixels; yield lists of what is ready, up to ``chunk`` each.
+
+        The first list comes as soon as one file is decoded, so a consumer (the model) starts
+        at once and its batches grow to ``chunk`` while the workers run ahead.
+        """
+        todo = deque((i, p, size, mode) for i, p in enumerate(paths))
         if not todo:
             return
+        self.start(len(todo))
+        slots, self._slots = self._slots, None
         out: queue.Queue = queue.Queue()
         stop = threading.Event()
-        n = min(self.workers, len(todo))
         errors: list[BaseException] = []
 
         def manage() -> None:
-            slots = [self._spawn() for _ in range(n)]
             try:
                 self._manage(slots, todo, out, stop)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
@@ -174,12 +198,18 @@ class DecodePool:
 
         thread = threading.Thread(target=manage, name="clipdex-decode", daemon=True)
         thread.start()
+        items: list[Decoded] = []
         try:
             while True:
                 item = out.get()
                 if item is None:
                     break
-                yield item
+                items.append(item)
+                if len(items) >= chunk:
+                    yield items
+                    items = []
+            if items:
+                yield items
         finally:
             stop.set()
             thread.join()
@@ -210,7 +240,7 @@ class DecodePool:
                 if startup_failures >= 3:
                     raise ClipdexError(f"decoder worker processes cannot start ({reason})")
             elif slot.inflight:
-                _, path = slot.inflight.popleft()
+                path = slot.inflight.popleft()[1]
                 out.put(Decoded(path, error=reason))
                 todo.extendleft(reversed(slot.inflight))
             slots[i] = self._spawn()

@@ -155,18 +155,25 @@ class Indexer:
             found = scan(roots, exclude=[str(self.lib.path)])
             plan = _plan(self.lib, found, rebuild)
             stats = IndexStats(unchanged=plan.unchanged, moved=len(plan.moves))
-            if plan.todo or self.lib.dim is None:
-                encoder.load()
-                with self.lib.session() as s:
-                    self.lib.bind_model(s, encoder.spec, encoder.dim)
-                    s.commit()
-            index = self.lib.index() if self.lib.dim is not None else None
-            self._apply_moves_and_removals(plan, index, stats)
-            self._record_problems(found, stats)
-            if plan.todo:
-                self._encode_all(encoder, plan, found, index, stats, reuse=not rebuild)
-            if index is not None:
-                self.lib.adopt_index(index, self.lib.generation)
+            pool = None
+            if plan.todo:  # workers start while the model loads
+                pool = DecodePool(self.workers, self.timeout, decode_fn=self.decode_fn).start(len(plan.todo))
+            try:
+                if plan.todo or self.lib.dim is None:
+                    encoder.load()
+                    with self.lib.session() as s:
+                        self.lib.bind_model(s, encoder.spec, encoder.dim)
+                        s.commit()
+                index = self.lib.index() if self.lib.dim is not None else None
+                self._apply_moves_and_removals(plan, index, stats)
+                self._record_problems(found, stats)
+                if pool is not None:
+                    self._encode_all(encoder, pool, plan, found, index, stats, reuse=not rebuild)
+                if index is not None:
+                    self.lib.adopt_index(index, self.lib.generation)
+            finally:
+                if pool is not None:
+                    pool.close()
         stats.seconds = time.monotonic() - start
         stats.images_per_second = stats.indexed / stats.seconds if stats.seconds else 0.0
         return stats
@@ -209,37 +216,24 @@ class Indexer:
         stats.skipped_files.update(found.problems)
 
     def _encode_all(
-        self, encoder: Encoder, plan: _Plan, found: Scan, index: VectorIndex, stats: IndexStats, reuse: bool
+        self, encoder: Encoder, pool: DecodePool, plan: _Plan, found: Scan, index: VectorIndex,
+        stats: IndexStats, reuse: bool,
     ) -> None:
         by_hash: dict[str, int] = {}
         if reuse:  # identical content already encoded (a copy) keeps its vector
             with self.lib.session() as s:
                 by_hash = dict(s.execute(select(ImageRow.content_hash, ImageRow.id)).all())
-        pool = DecodePool(
-            encoder.image_size, encoder.resize_mode, workers=self.workers,
-            timeout=self.timeout, decode_fn=self.decode_fn,
-        )
         bar = None
         if self.progress:
             from tqdm import tqdm
 
             bar = tqdm(total=len(plan.todo), unit="img", desc="indexing", file=sys.stderr)
-        batch: list[Decoded] = []
-        failed: list[Decoded] = []
-        for item in pool.run(plan.todo):
-            if item.error:
-                failed.append(item)
-            else:
-                batch.append(item)
-            if len(batch) >= self.batch_size or len(failed) >= self.batch_size:
-                self._store(encoder, batch, failed, plan, found, index, by_hash, stats)
-                if bar:
-                    bar.update(len(batch) + len(failed))
-                batch, failed = [], []
-        if batch or failed:
+        for items in pool.run(plan.todo, encoder.image_size, encoder.resize_mode, chunk=self.batch_size):
+            batch = [d for d in items if not d.error]
+            failed = [d for d in items if d.error]
             self._store(encoder, batch, failed, plan, found, index, by_hash, stats)
             if bar:
-                bar.update(len(batch) + len(failed))
+                bar.update(len(items))
         if bar:
             bar.close()
 
