@@ -235,7 +235,9 @@ def skipped(library: Path | None, as_json: bool) -> None:
 
 
 @main.command()
-@library_option
+@click.option("--library", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to build the demo library [default: a 'demo-library' folder beside the default "
+              "library; CLIPDEX_LIBRARY is not used, so your own library is never touched].")
 @click.option("--pictures", type=click.Path(file_okay=False, path_type=Path),
               help="Where to write the generated pictures [default: LIBRARY/../demo-pictures].")
 @json_option

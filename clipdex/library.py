@@ -135,18 +135,25 @@ class Library:
         self.set_meta(session, "dim", str(dim))
         self.set_meta(session, "schema_version", SCHEMA_VERSION)
 
-    def encoder_for(self, requested: str | None = None, device: str | None = None) -> Encoder:
-        """The encoder to query this library with; refuses a model other than the one that built it."""
+    def encoder_for(
+        self, requested: str | Encoder | None = None, device: str | None = None, *, switching: bool = False
+    ) -> Encoder:
+        """The encoder for this library: the one that built it unless another is requested.
+
+        Another model's vectors cannot be compared with the stored ones, so it is refused
+        unless ``switching`` (``index --rebuild``, which re-encodes everything).
+        """
         stored = self.model_spec
         if requested is None:
             return Encoder(stored or parse_model_spec(DEFAULT_MODEL), device=device)
-        spec = parse_model_spec(requested)
-        if stored is not None and spec.identity != stored.identity:
+        encoder = requested if isinstance(requested, Encoder) else Encoder(parse_model_spec(requested), device=device)
+        spec = encoder.spec
+        if stored is not None and spec.identity != stored.identity and not switching:
             raise ModelMismatch(
-                f"library {self.path} was built with model {stored}, not {spec}: "
-                f"its vectors cannot be compared (omit --model, or re-index with --rebuild --model {spec})"
+                f"library {self.path} was built with model {stored}, not {spec}: their vectors cannot be "
+                f"compared (omit --model, or re-encode everything with: clipdex index PATH --rebuild --model {spec})"
             )
-        return Encoder(spec, device=device)
+        return encoder
 
     # -- vectors ----------------------------------------------------------------
     def load_vectors(self, ids: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:

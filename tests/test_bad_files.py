@@ -43,7 +43,7 @@ def messy(tmp_path):
     os.symlink("missing.jpg", pics / "dangling.jpg")
     (pics / "sub").mkdir()
     os.symlink("..", pics / "sub" / "back")  # a folder loop
-    shutil.copy(good, pics / "hang.jpg")
+    shutil.copy(good, pics / "spin.jpg")
     shutil.copy(good, pics / "crash.jpg")
     (pics / "README.txt").write_text("ignored: not an image extension")
     return pics
@@ -57,7 +57,7 @@ EXPECTED = {
     "loop.jpg": "symlink loop",
     "dangling.jpg": "broken symlink",
     "back": "symlink loop (folder already visited)",
-    "hang.jpg": "decoder timed out after 2s",
+    "spin.jpg": "decoder timed out after 2s",
     "crash.jpg": "decoder crashed (signal 6)",
 }
 
@@ -75,6 +75,17 @@ def test_every_bad_kind_is_skipped_with_its_reason(tmp_path, messy):
     again = Indexer(lib, TINY_MODEL, workers=2, timeout=2, decode_fn=hang_or_crash).run([str(messy)])
     assert (again.indexed, again.unchanged) == (0, 3)
     assert lib.index().ntotal == 3
+
+
+def test_a_decoder_blocked_without_cpu_hits_the_wall_clock_cap(tmp_path):
+    from clipdex.indexer.decode import DecodePool
+
+    draw(Sample("red", "circle")).save(tmp_path / "hang.jpg")
+    draw(Sample("red", "circle")).save(tmp_path / "fine.jpg")
+    pool = DecodePool(workers=1, timeout=0.3, decode_fn=hang_or_crash)
+    results = [d for chunk in pool.run([str(tmp_path / "hang.jpg"), str(tmp_path / "fine.jpg")], 64) for d in chunk]
+    assert {Path(d.path).name: d.error for d in results} == {
+        "hang.jpg": "decoder timed out after 0.3s", "fine.jpg": None}
 
 
 def test_a_fixed_file_is_retried_and_leaves_the_skip_list(tmp_path, messy):

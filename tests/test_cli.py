@@ -109,9 +109,9 @@ def test_query_with_another_model_is_refused(tmp_path, library):
     shutil.copytree(tiny_model_dir(), other)
     out = run_cli("search", "a cat", "--library", str(library.path), "--model", f"local-dir:{other}")
     assert out.returncode == 2
-    assert out.stderr == (f"Error: library {library.path} was built with model tiny, not local-dir:{other}: its "
-                          f"vectors cannot be compared (omit --model, or re-index with --rebuild --model "
-                          f"local-dir:{other})\n")
+    assert out.stderr == (f"Error: library {library.path} was built with model tiny, not local-dir:{other}: their "
+                          f"vectors cannot be compared (omit --model, or re-encode everything with: clipdex index "
+                          f"PATH --rebuild --model local-dir:{other})\n")
 
 
 @pytest.mark.parametrize("args,code,message", [

@@ -132,7 +132,7 @@ def test_other_model_is_refused_unless_rebuilding(tmp_path, pics):
                     tmp_path / "other-model")
     with pytest.raises(ModelMismatch, match=r"was built with model tiny, not local-dir:.*other-model"):
         lib.encoder_for(other)
-    with pytest.raises(ModelMismatch, match="use --rebuild"):
+    with pytest.raises(ModelMismatch, match="re-encode everything with: clipdex index PATH --rebuild --model"):
         Indexer(lib, other).run([str(pics)])
     stats = Indexer(lib, other, workers=2).run([str(pics)], rebuild=True)
     assert stats.encoded == 24

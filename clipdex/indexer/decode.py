@@ -95,19 +95,47 @@ def _worker(conn: Connection, fn: DecodeFn, max_pixels: int, niceness: int) -> N
         conn.send((task_id, fn(path, size, mode, max_pixels)))
 
 
+def _cpu_seconds(pid: int | None) -> float | None:
+    """CPU time a process has used (Linux ``/proc``); None where that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 @dataclass
 class _Slot:
     proc: mp.process.BaseProcess
     conn: Connection
     inflight: deque
     started: float = 0.0
+    cpu_started: float | None = None
     ready: bool = False
+
+    def begin(self) -> None:
+        """The head task starts now: note the clocks its time limit is measured on."""
+        self.started = time.monotonic()
+        self.cpu_started = _cpu_seconds(self.proc.pid)
+
+    def overdue(self, limit: float) -> bool:
+        """True when the head task has used ``limit`` s of CPU, or been stuck 10x that long.
+
+        CPU time is the measure, as low-priority workers may wait long for a core while the
+        model runs; the wall-clock cap catches a decoder blocked without using CPU.
+        """
+        wall = time.monotonic() - self.started
+        cpu_now = _cpu_seconds(self.proc.pid)
+        if cpu_now is None or self.cpu_started is None:
+            return wall > limit
+        return cpu_now - self.cpu_started > limit or wall > 10 * limit
 
 
 class DecodePool:
     """Decode many files in ``workers`` processes; iterate :meth:`run` for results.
 
-    Results come in completion order. ``timeout`` bounds the seconds one file may take.
+    ``timeout`` bounds the CPU seconds one file may take (see :meth:`_Slot.overdue`).
     Workers run at low priority (``niceness``): on a CPU-only machine the model's threads
     then keep their cores while they encode (an oversubscribed OpenMP pool loses ~40%),
     and the decoders fill the gaps between batches; on a GPU machine the CPU is theirs.
@@ -168,8 +196,7 @@ class DecodePool:
     ) -> Iterator[list[Decoded]]:
         """Decode ``paths`` to ``size`` pixels; yield lists of what is ready, up to ``chunk`` each.
 
-        The first list comes as soon as one file is decoded, so a consumer (the model) starts
-        at once and its batches grow to ``chunk`` while the workers run ahead.
+        Lists are full (``chunk`` long) but for the last; results come in completion order.
         """
         todo = deque((i, p, size, mode) for i, p in enumerate(paths))
         if not todo:
@@ -223,7 +250,7 @@ class DecodePool:
             while slot.ready and todo and len(slot.inflight) < self.prefetch and out.qsize() < self.buffer:
                 task = todo.popleft()
                 if not slot.inflight:
-                    slot.started = time.monotonic()
+                    slot.begin()
                 try:
                     slot.conn.send(task)
                 except OSError:  # the worker died; the liveness check below replaces it
@@ -263,13 +290,12 @@ class DecodePool:
                     slot.ready = True
                     continue
                 slot.inflight.popleft()
-                slot.started = time.monotonic()
+                slot.begin()
                 out.put(result)
-            now = time.monotonic()
             for i, slot in enumerate(slots):
                 if not slot.proc.is_alive():
                     code = slot.proc.exitcode
                     why = f"signal {-code}" if code and code < 0 else f"exit code {code}"
                     replace(i, f"decoder crashed ({why})")
-                elif slot.inflight and now - slot.started > self.timeout:
+                elif slot.inflight and slot.overdue(self.timeout):
                     replace(i, f"decoder timed out after {self.timeout:g}s")

@@ -7,7 +7,6 @@ the process at any moment loses at most the batch in flight; the FAISS index is 
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -17,11 +16,10 @@ import numpy as np
 from sqlalchemy import delete, select
 
 from clipdex.db import ImageRow, SkippedRow, TagRow, utcnow
-from clipdex.errors import ModelMismatch
 from clipdex.indexer.decode import Decoded, DecodeFn, DecodePool, decode_file, hash_file
 from clipdex.indexer.scan import Scan, normalise_roots, scan
 from clipdex.library import Library
-from clipdex.models import DEFAULT_MODEL, Encoder, parse_model_spec
+from clipdex.models import Encoder
 from clipdex.vectorindex import VectorIndex
 
 
@@ -80,27 +78,33 @@ def _plan(lib: Library, found: Scan, rebuild: bool) -> _Plan:
             changed[path] = row.id
         else:
             unchanged += 1
-    vanished = [r for r in rows if r.path not in found.files]
+    vanished = {r.id: r for r in rows if r.path not in found.files}
+    moves = [] if rebuild else _find_moves(todo, changed, found, vanished)
+    moved_paths = {path for _, path in moves}
+    todo = [p for p in todo if p not in moved_paths]
+    return _Plan(todo, changed, unchanged, moves, list(vanished))
+
+
+def _find_moves(todo: list[str], changed: dict[str, int], found: Scan, vanished: dict) -> list[tuple[int, str]]:
+    """Pair new files with vanished rows of the same size and content hash; removes paired rows."""
+    by_hash_size: dict[tuple[int, str], list[int]] = {}
+    for r in vanished.values():
+        by_hash_size.setdefault((r.size, r.content_hash), []).append(r.id)
+    sizes = {size for size, _ in by_hash_size}
     moves: list[tuple[int, str]] = []
-    if vanished and not rebuild:
-        by_size: dict[int, list] = {}
-        for r in vanished:
-            by_size.setdefault(r.size, []).append(r)
-        for path in list(todo):
-            if path in changed or found.files[path].size not in by_size:
-                continue
-            try:
-                digest = hash_file(path)
-            except OSError:
-                continue
-            for r in by_size[found.files[path].size]:
-                if r.content_hash == digest:
-                    moves.append((r.id, path))
-                    by_size[r.size].remove(r)
-                    todo.remove(path)
-                    vanished.remove(r)
-                    break
-    return _Plan(todo, changed, unchanged, moves, [r.id for r in vanished])
+    for path in todo:
+        size = found.files[path].size
+        if path in changed or size not in sizes:
+            continue  # only a file of a vanished picture's size can be that picture
+        try:
+            candidates = by_hash_size.get((size, hash_file(path)))
+        except OSError:
+            continue
+        if candidates:
+            image_id = candidates.pop()
+            moves.append((image_id, path))
+            del vanished[image_id]
+    return moves
 
 
 class Indexer:
@@ -129,26 +133,12 @@ class Indexer:
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.on_batch = on_batch
 
-    def _encoder(self, rebuild: bool) -> Encoder:
-        stored = self.lib.model_spec
-        if self.requested is None:
-            return Encoder(stored or parse_model_spec(DEFAULT_MODEL), device=self.device)
-        encoder = self.requested
-        if not isinstance(encoder, Encoder):
-            encoder = Encoder(parse_model_spec(encoder), device=self.device)
-        if stored is not None and stored.identity != encoder.spec.identity and not rebuild:
-            raise ModelMismatch(
-                f"library {self.lib.path} was built with model {stored}, not {encoder.spec} "
-                f"(use --rebuild to re-encode everything with {encoder.spec})"
-            )
-        return encoder
-
     def run(self, paths: list[str], rebuild: bool = False) -> IndexStats:
         """Index ``paths`` (folders or files); returns what was done."""
         start = time.monotonic()
         roots = normalise_roots(paths)
         with self.lib.write_lock():
-            encoder = self._encoder(rebuild)
+            encoder = self.lib.encoder_for(self.requested, self.device, switching=rebuild)
             stored = self.lib.model_spec
             if rebuild and stored is not None and stored.identity != encoder.spec.identity:
                 self._wipe()
@@ -165,7 +155,7 @@ class Indexer:
                         self.lib.bind_model(s, encoder.spec, encoder.dim)
                         s.commit()
                 index = self.lib.index() if self.lib.dim is not None else None
-                self._apply_moves_and_removals(plan, index, stats)
+                self._apply_moves_and_removals(plan, found, index, stats)
                 self._record_problems(found, stats)
                 if pool is not None:
                     self._encode_all(encoder, pool, plan, found, index, stats, reuse=not rebuild)
@@ -186,14 +176,15 @@ class Indexer:
             s.commit()
         self.lib.reset_index()
 
-    def _apply_moves_and_removals(self, plan: _Plan, index: VectorIndex | None, stats: IndexStats) -> None:
+    def _apply_moves_and_removals(
+        self, plan: _Plan, found: Scan, index: VectorIndex | None, stats: IndexStats
+    ) -> None:
         if not plan.moves and not plan.removed_ids:
             return
         with self.lib.session() as s:
             for image_id, path in plan.moves:
                 row = s.get(ImageRow, image_id)
-                st = os.stat(path)
-                row.path, row.size, row.mtime = path, st.st_size, st.st_mtime
+                row.path, row.size, row.mtime = path, found.files[path].size, found.files[path].mtime
             if plan.removed_ids:
                 self.lib.forget(s, plan.removed_ids)
                 self.lib.bump_generation(s)
