@@ -235,6 +235,24 @@ def skipped(library: Path | None, as_json: bool) -> None:
 
 
 @main.command()
+@library_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 makes your pictures reachable from other machines).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 64))
+@_fail_cleanly
+def serve(library: Path | None, host: str, port: int, threads: int) -> None:
+    """Search the library in a browser, with a JSON API under /api (waitress WSGI server)."""
+    import waitress
+
+    from clipdex.web import create_app
+
+    app = create_app({"LIBRARY": _path(library)})
+    click.echo(f"clipdex: serving {_path(library)} on http://{host}:{port}/  (Ctrl-C stops)")
+    waitress.serve(app, host=host, port=port, threads=threads, ident="clipdex")
+
+
+@main.command()
 @click.option("--library", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to build the demo library [default: a 'demo-library' folder beside the default "
               "library; CLIPDEX_LIBRARY is not used, so your own library is never touched].")

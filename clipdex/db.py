@@ -95,6 +95,14 @@ class TagRow(Base):
     image: Mapped[ImageRow] = relationship(back_populates="tags")
 
 
+class RootRow(Base):
+    """A folder (or file) given to ``clipdex index``: pictures are served only from inside these."""
+
+    __tablename__ = "roots"
+    path: Mapped[str] = mapped_column(String, primary_key=True)
+    added_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DBAPI types
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")

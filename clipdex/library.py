@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from clipdex.db import SCHEMA_VERSION, ImageRow, Meta, SkippedRow, TagRow, make_engine
+from clipdex.db import SCHEMA_VERSION, ImageRow, Meta, RootRow, SkippedRow, TagRow, make_engine
 from clipdex.errors import LibraryError, ModelMismatch
 from clipdex.models import DEFAULT_MODEL, Encoder, ModelSpec, parse_model_spec
 from clipdex.vectorindex import INDEX_TYPE, VectorIndex, index_files
@@ -50,6 +51,7 @@ class Library:
         self.engine = make_engine(self.path / DB_NAME)
         self._index: VectorIndex | None = None
         self._index_generation = -1
+        self._index_lock = threading.Lock()
 
     # -- opening ----------------------------------------------------------------
     @classmethod
@@ -171,21 +173,25 @@ class Library:
         return out_ids, vectors
 
     def index(self, save: bool = False) -> VectorIndex:
-        """The FAISS index for the current generation: cached, loaded from disk, or rebuilt."""
+        """The FAISS index for the current generation: cached, loaded from disk, or rebuilt.
+
+        Safe to call from several threads; a reader picks up what a writer committed.
+        """
         generation = self.generation
-        if self._index is not None and self._index_generation == generation:
-            return self._index
-        dim = self.dim
-        if dim is None:
-            raise LibraryError(f"library at {self.path} is empty")
-        index = VectorIndex.load(self.path, generation, dim)
-        if index is None:
-            index = VectorIndex(dim)
-            index.add(*self.load_vectors())
-            if save:
-                index.save(self.path, generation)
-        self._index, self._index_generation = index, generation
-        return index
+        with self._index_lock:
+            if self._index is not None and self._index_generation == generation:
+                return self._index
+            dim = self.dim
+            if dim is None:
+                raise LibraryError(f"library at {self.path} is empty")
+            index = VectorIndex.load(self.path, generation, dim)
+            if index is None:
+                index = VectorIndex(dim)
+                index.add(*self.load_vectors())
+                if save:
+                    index.save(self.path, generation)
+            self._index, self._index_generation = index, generation
+            return index
 
     def adopt_index(self, index: VectorIndex, generation: int) -> None:
         """Save an index kept up to date in memory (by the indexer) for ``generation``."""
@@ -218,6 +224,17 @@ class Library:
             "generation": self.generation,
             "size_bytes": size,
         }
+
+    def add_roots(self, roots: list[str]) -> None:
+        """Remember folders given to ``index``: the only places pictures may be served from."""
+        with self.session() as s:
+            for root in roots:
+                s.merge(RootRow(path=root))
+            s.commit()
+
+    def roots(self) -> list[str]:
+        with self.session() as s:
+            return list(s.scalars(select(RootRow.path)))
 
     def skipped(self) -> list[tuple[str, str]]:
         """``(path, reason)`` of every skipped file, by path."""

@@ -142,6 +142,7 @@ class Indexer:
             stored = self.lib.model_spec
             if rebuild and stored is not None and stored.identity != encoder.spec.identity:
                 self._wipe()
+            self.lib.add_roots(roots)
             found = scan(roots, exclude=[str(self.lib.path)])
             plan = _plan(self.lib, found, rebuild)
             stats = IndexStats(unchanged=plan.unchanged, moved=len(plan.moves))

@@ -78,9 +78,18 @@ def build_query(
     return query.astype(np.float32)
 
 
-def allowed_ids(lib: Library, tag: str | None = None, folder: str | None = None) -> np.ndarray | None:
-    """Ids passing the filters, or None when there are none to apply."""
-    if tag is None and folder is None:
+def allowed_ids(
+    lib: Library,
+    tag: str | None = None,
+    folder: str | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+) -> np.ndarray | None:
+    """Ids passing the filters (tag, folder, capture date range), or None when none apply.
+
+    A date filter keeps only pictures with a capture date; ``until`` is exclusive.
+    """
+    if tag is None and folder is None and since is None and until is None:
         return None
     stmt = select(ImageRow.id)
     if tag is not None:
@@ -89,6 +98,10 @@ def allowed_ids(lib: Library, tag: str | None = None, folder: str | None = None)
         prefix = os.path.abspath(os.path.expanduser(folder)).rstrip(os.sep) + os.sep
         escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         stmt = stmt.where(ImageRow.path.like(escaped + "%", escape="\\"))
+    if since is not None:
+        stmt = stmt.where(ImageRow.captured_at >= since)
+    if until is not None:
+        stmt = stmt.where(ImageRow.captured_at < until)
     with lib.session() as s:
         return np.fromiter(s.scalars(stmt), dtype=np.int64)
 
@@ -101,15 +114,17 @@ def search(
     offset: int = 0,
     tag: str | None = None,
     folder: str | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
     exclude: set[int] | None = None,
 ) -> list[Hit]:
-    """Top ``k`` pictures (after ``offset``) for a unit query vector."""
+    """Top ``k`` pictures (after ``offset``) for a unit query vector, best first."""
     if not 1 <= k <= MAX_K:
         raise UsageError(f"k must be between 1 and {MAX_K}, got {k}")
     if offset < 0:
         raise UsageError(f"offset must not be negative, got {offset}")
     want = k + offset + len(exclude or ())
-    ranked = lib.index().search(query, want, allowed_ids(lib, tag, folder))
+    ranked = lib.index().search(query, want, allowed_ids(lib, tag, folder, since, until))
     ranked = [(i, s) for i, s in ranked if not exclude or i not in exclude][offset:offset + k]
     if not ranked:
         return []

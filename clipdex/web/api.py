@@ -1,0 +1,194 @@
+"""The JSON API under ``/api`` (documented in the README)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import time
+
+from flask import Blueprint, Response, current_app, jsonify, request, send_file
+from sqlalchemy import func, select
+
+from clipdex.db import TagRow
+from clipdex.errors import DecodeError
+from clipdex.imaging import load_for_model
+from clipdex.search.query import build_query, search
+from clipdex.web.errors import APIError
+from clipdex.web.media import image_row, rendition, source_path
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+MAX_K = 100
+MAX_OFFSET = 10_000
+MAX_QUERY = 500
+CACHE_SECONDS = 7 * 24 * 3600
+
+
+def state():
+    return current_app.extensions["clipdex"]
+
+
+def int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.values.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise APIError(400, f"{name} must be an integer, got {raw[:40]!r}") from None
+    if not low <= value <= high:
+        raise APIError(400, f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def date_arg(name: str) -> dt.datetime | None:
+    raw = request.values.get(name)
+    if not raw:
+        return None
+    try:
+        return dt.datetime.combine(dt.date.fromisoformat(raw), dt.time())
+    except ValueError:
+        raise APIError(400, f"{name} must be a date like 2024-07-31, got {raw[:40]!r}") from None
+
+
+def text_arg(name: str) -> str | None:
+    raw = request.values.get(name)
+    if raw is None or not raw.strip():
+        return None
+    if len(raw) > MAX_QUERY:
+        raise APIError(400, f"{name} is too long ({len(raw)} characters, limit {MAX_QUERY})")
+    return raw.strip()
+
+
+def filters() -> dict:
+    until = date_arg("to")
+    return {
+        "tag": text_arg("tag"),
+        "folder": text_arg("folder"),
+        "since": date_arg("from"),
+        "until": until + dt.timedelta(days=1) if until else None,  # "to" is inclusive
+    }
+
+
+def run_search(vector, exclude: set[int] | None = None, timings: dict | None = None) -> Response:
+    k = int_arg("k", 20, 1, MAX_K)
+    offset = int_arg("offset", 0, 0, MAX_OFFSET)
+    started = time.perf_counter()
+    hits = search(state().library(), vector, k + 1, offset=offset, exclude=exclude, **filters())
+    timings = {**(timings or {}), "search": time.perf_counter() - started}
+    body = {
+        "results": [h.as_dict() for h in hits[:k]],
+        "k": k,
+        "offset": offset,
+        "has_more": len(hits) > k,
+    }
+    response = jsonify(body)
+    response.headers["Server-Timing"] = ", ".join(f"{name};dur={sec * 1000:.2f}" for name, sec in timings.items())
+    return response
+
+
+@bp.get("/health")
+def health():
+    try:
+        lib = state().library()
+        return jsonify({"status": "ok", "library": str(lib.path), "generation": lib.generation})
+    except Exception as exc:  # noqa: BLE001 - health reports, never raises
+        return jsonify({"status": 503, "message": str(exc)}), 503
+
+
+@bp.get("/info")
+def info():
+    return jsonify(state().library().info())
+
+
+@bp.get("/search")
+def search_text():
+    q = text_arg("q")
+    if q is None:
+        raise APIError(400, "q is required (the text to search for)")
+    started = time.perf_counter()
+    vector = build_query(state().encoder(), text=q, negative=text_arg("not"))
+    return run_search(vector, timings={"encode": time.perf_counter() - started})
+
+
+@bp.post("/search")
+def search_upload():
+    upload = request.files.get("image")
+    if upload is None:
+        raise APIError(400, "send the picture as a multipart form field named 'image'")
+    encoder = state().encoder()
+    started = time.perf_counter()
+    try:
+        pixels, _ = load_for_model(io.BytesIO(upload.read()), encoder.image_size, encoder.resize_mode)
+    except DecodeError as exc:
+        raise APIError(422, f"cannot use the uploaded file: {exc}") from None
+    vector = build_query(encoder, text=text_arg("q"), negative=text_arg("not"),
+                         image_vector=encoder.encode_pixels(pixels[None])[0])
+    return run_search(vector, timings={"encode": time.perf_counter() - started})
+
+
+@bp.get("/images/<int:image_id>/similar")
+def similar(image_id: int):
+    lib = state().library()
+    image_row(lib, image_id)
+    try:
+        vector = lib.index().vector(image_id)
+    except KeyError:
+        raise APIError(404, f"no picture with id {image_id}") from None
+    return run_search(vector, exclude={image_id})
+
+
+@bp.get("/images/<int:image_id>")
+def image(image_id: int):
+    lib = state().library()
+    row = image_row(lib, image_id)
+    with lib.session() as s:
+        tags = s.execute(select(TagRow.label, TagRow.probability, TagRow.source)
+                         .where(TagRow.image_id == image_id).order_by(TagRow.probability.desc())).all()
+    return jsonify({
+        "id": row.id,
+        "path": row.path,
+        "name": row.path.rsplit("/", 1)[-1],
+        "width": row.width,
+        "height": row.height,
+        "size": row.size,
+        "captured_at": row.captured_at.isoformat() if row.captured_at else None,
+        "indexed_at": row.indexed_at.isoformat(),
+        "tags": [{"label": t.label, "probability": round(t.probability, 4), "source": t.source} for t in tags],
+    })
+
+
+def _cached_file(path, etag: str, mimetype: str | None = None) -> Response:
+    response = send_file(path, mimetype=mimetype, etag=etag, max_age=CACHE_SECONDS, conditional=True)
+    response.cache_control.public = True
+    return response
+
+
+@bp.get("/images/<int:image_id>/thumbnail")
+def thumbnail(image_id: int):
+    lib = state().library()
+    row = image_row(lib, image_id)
+    return _cached_file(rendition(lib, row, "thumbnail"), f"t{row.content_hash[:20]}", "image/jpeg")
+
+
+@bp.get("/images/<int:image_id>/preview")
+def preview(image_id: int):
+    lib = state().library()
+    row = image_row(lib, image_id)
+    return _cached_file(rendition(lib, row, "preview"), f"p{row.content_hash[:20]}", "image/jpeg")
+
+
+@bp.get("/images/<int:image_id>/file")
+def original(image_id: int):
+    lib = state().library()
+    row = image_row(lib, image_id)
+    return _cached_file(source_path(lib, row), f"f{row.content_hash[:20]}")
+
+
+@bp.get("/tags")
+def tags():
+    lib = state().library()
+    with lib.session() as s:
+        rows = s.execute(select(TagRow.label, func.count(func.distinct(TagRow.image_id)))
+                         .group_by(TagRow.label).order_by(func.count(func.distinct(TagRow.image_id)).desc())).all()
+    return jsonify({"tags": [{"label": label, "count": count} for label, count in rows]})

@@ -1,0 +1,21 @@
+"""The browser page: one HTML shell; the script talks to the JSON API."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, render_template
+
+from clipdex.errors import LibraryError
+
+bp = Blueprint("pages", __name__)
+
+
+@bp.get("/")
+def index():
+    state = current_app.extensions["clipdex"]
+    try:
+        lib = state.library()
+        problem = None
+        count = lib.info()["images"]
+    except LibraryError as exc:
+        problem, count = str(exc), 0
+    return render_template("index.html", problem=problem, count=count, library=str(state.library_path))
