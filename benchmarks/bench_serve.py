@@ -1,0 +1,137 @@
+"""Search latency through HTTP on a library of 100,000 pictures' vectors.
+
+    python benchmarks/bench_serve.py [--vectors 100000] [--queries 300] [--arch ViT-B-32]
+
+Builds a library whose rows carry random unit vectors (what matters here is how many there
+are, not what they show), bound to a model of the given architecture with random weights
+(text encoding costs the same whatever the weights). Starts the real ``clipdex serve`` in a
+subprocess on 127.0.0.1, sends a bounded number of different text queries one after another
+over one keep-alive connection, and prints p50/p95 of the whole request and its split:
+text encoding and index search (from the ``Server-Timing`` header) and the rest (HTTP,
+JSON, database lookup of the hits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+
+import numpy as np
+
+WORDS = ("dog cat beach sunset mountain city street car bicycle tree flower birthday cake candles snow "
+         "river boat bridge forest portrait child market night lights kitchen book desk window rain "
+         "horse bird garden").split()
+
+
+def make_library(folder: Path, model_dir: Path, n: int, dim: int) -> None:
+    from sqlalchemy import insert
+
+    from clipdex.db import ImageRow, utcnow
+    from clipdex.library import Library
+    from clipdex.models import parse_model_spec
+
+    lib = Library.create(folder)
+    rng = np.random.default_rng(0)
+    now = utcnow()
+    with lib.session() as s:
+        lib.bind_model(s, parse_model_spec(f"local-dir:{model_dir}"), dim)
+        for start in range(0, n, 10_000):
+            vecs = rng.standard_normal((min(10_000, n - start), dim)).astype(np.float32)
+            vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+            s.execute(insert(ImageRow), [
+                {"path": f"/photos/{(start + i) // 1000:03d}/IMG_{start + i:06d}.jpg", "size": 1, "mtime": 0.0,
+                 "content_hash": f"{start + i:064x}", "width": 4000, "height": 3000, "indexed_at": now,
+                 "vector": v.tobytes()} for i, v in enumerate(vecs)])
+        lib.bump_generation(s)
+        s.commit()
+    lib.add_roots(["/photos"])
+    lib.index(save=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def percentile(values: list[float], p: float) -> float:
+    return float(np.percentile(np.asarray(values) * 1000, p))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--vectors", type=int, default=100_000)
+    ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument("--arch", default="ViT-B-32")
+    ap.add_argument("-k", type=int, default=20)
+    args = ap.parse_args()
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_index import make_model
+
+    with tempfile.TemporaryDirectory(prefix="clipdex-serve-") as tmp:
+        work = Path(tmp)
+        (work / "model").mkdir()
+        make_model(work / "model", args.arch)
+        import open_clip
+
+        dim = open_clip.get_model_config(args.arch)["embed_dim"]
+        t0 = time.perf_counter()
+        make_library(work / "lib", work / "model", args.vectors, dim)
+        print(f"library of {args.vectors:,} vectors ({dim}-d) built in {time.perf_counter() - t0:.0f}s", flush=True)
+
+        port = free_port()
+        server = subprocess.Popen([sys.executable, "-m", "clipdex", "serve", "--library", str(work / "lib"),
+                                   "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    conn.request("GET", "/api/health")
+                    conn.getresponse().read()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or server.poll() is not None:
+                        raise SystemExit(f"server did not start: {server.stderr.read().decode()[-500:]}") from None
+                    time.sleep(0.2)
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            total, encode, search, rest = [], [], [], []
+            for i in range(args.queries + 10):
+                q = f"a photo of a {WORDS[i % len(WORDS)]} and a {WORDS[(i * 7 + 3) % len(WORDS)]} number {i}"
+                url = "/api/search?" + urllib.parse.urlencode({"q": q, "k": args.k})
+                start = time.perf_counter()
+                conn.request("GET", url)
+                response = conn.getresponse()
+                body = json.loads(response.read())
+                took = time.perf_counter() - start
+                assert response.status == 200 and len(body["results"]) == args.k, body
+                if i < 10:
+                    continue  # warm-up
+                timing = dict(part.split(";dur=") for part in response.headers["Server-Timing"].split(", "))
+                enc, sea = float(timing["encode"]) / 1000, float(timing["search"]) / 1000
+                total.append(took)
+                encode.append(enc)
+                search.append(sea)
+                rest.append(took - enc - sea)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    print(f"{args.queries} text queries, k={args.k}, {args.vectors:,} vectors, {args.arch}, loopback HTTP")
+    print(f"{'':>14} {'p50 ms':>8} {'p95 ms':>8}")
+    for name, values in (("whole request", total), ("text encoding", encode), ("index search", search),
+                         ("the rest", rest)):
+        print(f"{name:>14} {percentile(values, 50):8.1f} {percentile(values, 95):8.1f}")
+
+
+if __name__ == "__main__":
+    main()
