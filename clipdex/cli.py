@@ -107,8 +107,9 @@ def index(paths: tuple[Path, ...], library: Path | None, model: str | None, rebu
     from clipdex.library import Library
 
     lib = Library.create(_path(library))
-    stats = Indexer(lib, model, batch_size=batch_size, workers=workers, timeout=timeout,
-                    device=device, progress=None if not as_json else False).run([str(p) for p in paths])
+    indexer = Indexer(lib, model, batch_size=batch_size, workers=workers, timeout=timeout, device=device,
+                      progress=None if not as_json else False)
+    stats = indexer.run([str(p) for p in paths], rebuild=rebuild)
     if as_json:
         _print_json(stats.as_dict())
     else:
@@ -149,25 +150,37 @@ def search(query: str | None, library: Path | None, model: str | None, image: Pa
 
 @main.command()
 @library_option
-@click.option("--labels", default=None, help='Comma-separated labels, e.g. "cat,dog,car".')
+@click.option("--labels", default=None,
+              help='Comma-separated labels, e.g. "cat,dog,car"; LABEL=PROMPT encodes PROMPT but stores LABEL.')
 @click.option("--labels-file", type=click.Path(dir_okay=False, path_type=Path), help="One label per line.")
 @click.option("--template", "templates", multiple=True,
               help='Prompt template with {} for the label (repeatable; averaged) [default: "a photo of a {}."].')
+@click.option("--probe", "probe_name", default=None, help="Tag with this trained probe instead of words.")
 @click.option("--multi-label", is_flag=True, help="Keep every label at or above --threshold, not just the top one.")
 @click.option("--threshold", default=0.5, show_default=True, type=float, help="Probability cut for --multi-label.")
 @click.option("--folder", default=None, type=click.Path(path_type=Path), help="Only tag pictures under this folder.")
 @json_option
 @_fail_cleanly
 def tag(library: Path | None, labels: str | None, labels_file: Path | None, templates: tuple[str, ...],
-        multi_label: bool, threshold: float, folder: Path | None, as_json: bool) -> None:
-    """Tag the library zero-shot: each picture gets its most probable label(s)."""
+        probe_name: str | None, multi_label: bool, threshold: float, folder: Path | None, as_json: bool) -> None:
+    """Tag the library zero-shot (or with --probe): each picture gets its most probable label(s)."""
+    from clipdex.errors import UsageError
     from clipdex.library import Library
     from clipdex.search.tagging import parse_labels, tag_library
 
-    names = parse_labels(labels, labels_file)
-    lib = Library.open(_path(library))
-    stats = tag_library(lib, lib.encoder_for(None), names, list(templates) or None, multi_label=multi_label,
-                        threshold=threshold, folder=str(folder) if folder else None)
+    where = str(folder) if folder else None
+    if probe_name is not None:
+        if labels or labels_file or templates:
+            raise UsageError("--probe brings its own classes: drop --labels, --labels-file and --template")
+        from clipdex.search.probe import tag_with_probe
+
+        stats = tag_with_probe(Library.open(_path(library)), probe_name, multi_label=multi_label,
+                               threshold=threshold, folder=where)
+    else:
+        names = parse_labels(labels, labels_file)
+        lib = Library.open(_path(library))
+        stats = tag_library(lib, lib.encoder_for(None), names, list(templates) or None, multi_label=multi_label,
+                            threshold=threshold, folder=where)
     if as_json:
         _print_json(stats.as_dict())
         return
@@ -205,14 +218,18 @@ def tags_export(library: Path | None, fmt: str, output: Path | None) -> None:
 def info(library: Path | None, as_json: bool) -> None:
     """Show counts, model, embedding size, index type and size on disk."""
     from clipdex.library import Library
+    from clipdex.search.probe import list_probes
 
-    facts = Library.open(_path(library)).info()
+    lib = Library.open(_path(library))
+    facts = {**lib.info(), "probes": [p["name"] for p in list_probes(lib)]}
     if as_json:
         _print_json(facts)
         return
     for key, value in facts.items():
         if key == "size_bytes":
             value = f"{value / 1e6:.1f} MB"
+        elif key == "probes":
+            value = ", ".join(value) or "none"
         click.echo(f"{key.replace('_', ' '):>14}: {value}")
 
 
@@ -270,3 +287,6 @@ def demo(library: Path | None, pictures: Path | None, as_json: bool) -> None:
                       echo=None if as_json else click.echo)
     if as_json:
         _print_json(report)
+
+
+from clipdex import cli_classifiers  # noqa: E402,F401  (registers eval and probe)

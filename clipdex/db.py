@@ -103,6 +103,19 @@ class RootRow(Base):
     added_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class ProbeRow(Base):
+    """A linear probe trained on this library's embeddings (``clipdex probe train``)."""
+
+    __tablename__ = "probes"
+    name: Mapped[str] = mapped_column(String, primary_key=True)
+    model_identity: Mapped[str] = mapped_column(String)
+    classes: Mapped[str] = mapped_column(String)  # JSON list, the weight columns' order
+    weights: Mapped[bytes] = mapped_column(LargeBinary)  # float32, dim x classes
+    bias: Mapped[bytes] = mapped_column(LargeBinary)
+    metrics: Mapped[str] = mapped_column(String)  # JSON report of the training run
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DBAPI types
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")

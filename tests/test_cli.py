@@ -137,3 +137,15 @@ def test_demo_runs_offline(tmp_path):
     assert first["query"] == "a red circle"
     assert all("/red/circle-" in r["path"] for r in first["results"][:3])
     assert report["tagging"]["accuracy"] >= 0.9
+
+
+def test_rebuild_from_the_cli_reencodes_everything(tmp_path):
+    from clipdex.synthetic import write_collection
+
+    pics = tmp_path / "pics"
+    write_collection(pics, per_class=1, seed=4)
+    lib = str(tmp_path / "lib")
+    first = json.loads(run_cli("index", str(pics), "--library", lib, "--model", "tiny", "--json").stdout)
+    assert first["encoded"] == 24
+    again = json.loads(run_cli("index", str(pics), "--library", lib, "--rebuild", "--json").stdout)
+    assert (again["indexed"], again["encoded"], again["unchanged"]) == (24, 24, 0)

@@ -146,3 +146,12 @@ def test_changed_picture_loses_its_stale_tags(tmp_path, encoder):
     os.utime(pics / "a.jpg", (1, 1))
     Indexer(lib, TINY_MODEL, workers=1).run([str(pics)])
     assert [r["path"] for r in stored(lib)] == [str(pics / "b.jpg")]
+
+
+def test_label_with_its_own_prompt(own_library, encoder, collection):
+    tag_library(own_library, encoder, ["warm=something red", "cold=something blue"])
+    t = {str(p): s for p, s in collection.items()}
+    rows = stored(own_library)
+    assert {r["label"] for r in rows} == {"warm", "cold"}
+    reds = [r for r in rows if t[r["path"]].color == "red"]
+    assert all(r["label"] == "warm" for r in reds)

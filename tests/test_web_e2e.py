@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import waitress
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from clipdex.indexer import Indexer
 from clipdex.library import Library
@@ -20,7 +20,6 @@ from clipdex.search.tagging import tag_library
 from clipdex.synthetic import COLORS, Sample, draw
 from clipdex.web import create_app
 
-CHROMIUM = os.environ.get("CLIPDEX_CHROMIUM", "/usr/bin/chromium")
 HOSTILE = "<img src=x onerror=alert(1)>.jpg"
 
 
@@ -39,20 +38,6 @@ def server(tmp_path_factory, library, encoder):
     thread.start()
     yield f"http://127.0.0.1:{srv.effective_port}"
     srv.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} missing: install Debian's chromium package (see README)"
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic"],
-        )
-        yield b
-        b.close()
 
 
 @pytest.fixture()

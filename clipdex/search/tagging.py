@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,6 +116,26 @@ def store_tags(lib: Library, ids: np.ndarray, kept: list[list[tuple[str, float]]
     return stats
 
 
+def apply_classifier(
+    lib: Library,
+    classify: Callable[[np.ndarray], np.ndarray],
+    labels: list[str],
+    source: str,
+    *,
+    multi_label: bool = False,
+    threshold: float = 0.5,
+    folder: str | None = None,
+) -> TagStats:
+    """Tag every picture (or those under ``folder``) with ``classify(vectors) -> N x L probabilities``."""
+    if multi_label and not 0.0 < threshold <= 1.0:
+        raise UsageError(f"--threshold must be in (0, 1], got {threshold}")
+    subset = allowed_ids(lib, folder=folder)
+    ids, vectors = lib.load_vectors(None if subset is None else subset.tolist())
+    if len(ids) == 0:
+        return TagStats()
+    return store_tags(lib, ids, choose(classify(vectors), labels, multi_label, threshold), source)
+
+
 def tag_library(
     lib: Library,
     encoder: Encoder,
@@ -125,16 +146,16 @@ def tag_library(
     threshold: float = 0.5,
     folder: str | None = None,
 ) -> TagStats:
-    """Tag every picture (or those under ``folder``) with zero-shot probabilities."""
-    if multi_label and not 0.0 < threshold <= 1.0:
-        raise UsageError(f"--threshold must be in (0, 1], got {threshold}")
-    label_vecs = label_vectors(encoder, labels, check_templates(templates))
-    subset = allowed_ids(lib, folder=folder)
-    ids, vectors = lib.load_vectors(None if subset is None else subset.tolist())
-    if len(ids) == 0:
-        return TagStats()
-    probs = softmax_probs(vectors, label_vecs, encoder.logit_scale)
-    return store_tags(lib, ids, choose(probs, labels, multi_label, threshold), ZERO_SHOT)
+    """Tag every picture (or those under ``folder``) with zero-shot probabilities.
+
+    A label may be written ``LABEL=PROMPT``: the tag is LABEL, the text encoded is PROMPT.
+    """
+    names = [label.partition("=")[0].strip() for label in labels]
+    prompts = [label.partition("=")[2].strip() or name for label, name in zip(labels, names)]
+    label_vecs = label_vectors(encoder, prompts, check_templates(templates))
+    scale = encoder.logit_scale
+    return apply_classifier(lib, lambda vectors: softmax_probs(vectors, label_vecs, scale), names, ZERO_SHOT,
+                            multi_label=multi_label, threshold=threshold, folder=folder)
 
 
 def export_tags(lib: Library, fmt: str) -> str:

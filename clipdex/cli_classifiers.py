@@ -1,0 +1,123 @@
+"""``clipdex eval`` and ``clipdex probe``: measure zero-shot classifiers, train linear probes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from clipdex.cli import _fail_cleanly, _path, _print_json, json_option, library_option, main
+
+
+def _table(results: list[dict], classes: list[str]) -> None:
+    click.echo(f"{'#':>2}  {'templates':<14} {'accuracy':>8} {'balanced':>8}  prompts")
+    for i, r in enumerate(results, 1):
+        prompts = " | ".join(r["prompts"][c] for c in classes)
+        click.echo(f"{i:>2}  {r['templates'] + ' (' + str(r['n_templates']) + ')':<14} "
+                   f"{r['accuracy']:8.3f} {r['balanced_accuracy']:8.3f}  {prompts}")
+    best = max(results, key=lambda r: r["balanced_accuracy"])
+    click.echo(f"\nbest: #{results.index(best) + 1}; per class (precision / recall / F1):")
+    for c, m in best["per_class"].items():
+        click.echo(f"  {c:<20} {m['precision']:.3f} / {m['recall']:.3f} / {m['f1']:.3f}  (n={m['support']})")
+    if best["mistakes"]:
+        click.echo("worst mistakes:")
+        for m in best["mistakes"][:5]:
+            click.echo(f"  {m['p_predicted']:.2f} {m['predicted']!r} (truth {m['truth']!r})  {m['path']}")
+
+
+@main.command("eval")
+@click.argument("dataset", type=click.Path(path_type=Path))
+@library_option
+@click.option("--prompts", "prompt_sets", multiple=True, metavar="SPEC",
+              help='A prompt set: "cat|dog" (the class names) or "cat=a photo of a cat|dog=a photo of a dog" '
+              "(repeatable; all are compared) [default: the class names].")
+@click.option("--templates", "template_names", multiple=True, type=click.Choice(["plain", "photo", "imagenet"]),
+              help="Template ensemble(s) to compare: plain ({}), photo (a photo of a {}.), imagenet "
+              "(CLIP's 80) [default: photo].")
+@click.option("--template", "custom", multiple=True, help="A template of your own with {} (repeatable; one ensemble).")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write an HTML report (confusion matrices, mistakes) into this folder.")
+@json_option
+@_fail_cleanly
+def eval_command(dataset: Path, library: Path | None, prompt_sets: tuple[str, ...], template_names: tuple[str, ...],
+                 custom: tuple[str, ...], report_dir: Path | None, as_json: bool) -> None:
+    """Measure zero-shot classification on a labelled DATASET (class folders or a path,label CSV)."""
+    from clipdex.library import Library
+    from clipdex.search.datasets import embed, load_dataset
+    from clipdex.search.evaluate import evaluate, template_set
+    from clipdex.search.tagging import check_templates
+
+    data = load_dataset(dataset)
+    lib = Library.open(_path(library))
+    encoder = lib.encoder_for(None)
+    names = list(template_names) or ([] if custom else ["photo"])
+    sets = [template_set(n) for n in names]
+    if custom:
+        names.append("custom")
+        sets.append(check_templates(list(custom)))
+    embed(data, lib, encoder)
+    results = evaluate(data, encoder, list(prompt_sets), sets, names)
+    report = None
+    if report_dir:
+        from clipdex.search.report import write_report
+
+        report = str(write_report(report_dir, str(dataset), data.classes, results))
+    if as_json:
+        _print_json({"dataset": str(dataset), "classes": data.classes, "pictures": len(data.paths),
+                     "reused_vectors": data.reused, "encoded": data.encoded, "skipped": data.skipped,
+                     "results": results, "report": report})
+        return
+    click.echo(f"{len(data.paths)} pictures, {len(data.classes)} classes ({data.reused} stored vectors reused, "
+               f"{data.encoded} encoded, {len(data.skipped)} unreadable)")
+    _table(results, data.classes)
+    if report:
+        click.echo(f"report: {report}")
+
+
+@main.group()
+def probe() -> None:
+    """Linear probes: classifiers learned from a few labelled examples."""
+
+
+@probe.command("train")
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="Name to store the probe under (letters, digits, - and _).")
+@library_option
+@click.option("--seed", default=0, show_default=True, help="Seed of the train/validation/test split.")
+@json_option
+@_fail_cleanly
+def probe_train(dataset: Path, name: str, library: Path | None, seed: int, as_json: bool) -> None:
+    """Fit a logistic regression on DATASET's embeddings and store it in the library."""
+    from clipdex.library import Library
+    from clipdex.search.datasets import embed, load_dataset
+    from clipdex.search.probe import train_probe
+
+    data = load_dataset(dataset)
+    lib = Library.open(_path(library))
+    encoder = lib.encoder_for(None)
+    report = train_probe(lib, encoder, embed(data, lib, encoder), name, seed)
+    if as_json:
+        _print_json(report.as_dict())
+        return
+    click.echo(f"probe {name!r}: {len(report.classes)} classes, trained on {report.train} pictures "
+               f"(L2 {report.l2:g} chosen on {report.validation}), tested on {report.test} unseen pictures")
+    click.echo(f"  held-out accuracy: probe {report.probe_accuracy:.3f} · zero-shot {report.zero_shot_accuracy:.3f}")
+
+
+@probe.command("list")
+@library_option
+@json_option
+@_fail_cleanly
+def probe_list(library: Path | None, as_json: bool) -> None:
+    """List the probes stored in the library."""
+    from clipdex.library import Library
+    from clipdex.search.probe import list_probes
+
+    probes = list_probes(Library.open(_path(library)))
+    if as_json:
+        _print_json(probes)
+        return
+    if not probes:
+        click.echo("No probes.")
+    for p in probes:
+        click.echo(f"{p['name']}\t{p['test_accuracy']:.3f}\t{', '.join(p['classes'])}")
