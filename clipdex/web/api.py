@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import os
 import time
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
@@ -148,7 +149,7 @@ def image(image_id: int):
     return jsonify({
         "id": row.id,
         "path": row.path,
-        "name": row.path.rsplit("/", 1)[-1],
+        "name": os.path.basename(row.path),
         "width": row.width,
         "height": row.height,
         "size": row.size,
