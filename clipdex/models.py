@@ -118,7 +118,7 @@ def _preflight(spec: ModelSpec) -> None:
             raise ModelUnavailable(f"model folder not found: {folder}")
         if not (folder / "open_clip_config.json").is_file():
             raise ModelUnavailable(f"model folder {folder} has no open_clip_config.json")
-        if not any(any(folder.glob(pat)) for pat in ("*.safetensors", "*.bin", "*.pth", "*.pt")):
+        if not any(any(folder.glob(pat)) for pat in ("*.safetensors", "*.bin", "*.pth")):  # what open_clip reads
             raise ModelUnavailable(f"model folder {folder} has no weights (*.safetensors, *.bin, *.pth)")
         return
     from huggingface_hub import constants as hub_constants
