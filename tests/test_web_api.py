@@ -245,3 +245,33 @@ def test_new_pictures_appear_without_a_restart(tmp_path):
     draw(Sample("green", "star")).save(pics / "b.jpg")
     Indexer(Library.open(lib.path), TINY_MODEL, workers=1).run([str(pics)])  # as `clipdex index` would
     assert names(client.get("/api/search?q=a+green+star&k=5"))[0] == "pics/b.jpg"
+
+
+def test_server_keeps_answering_while_an_index_run_writes(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from clipdex.synthetic import write_collection
+
+    first = tmp_path / "pics" / "first"
+    first.mkdir(parents=True)
+    draw(Sample("blue", "square")).save(first / "a.jpg")
+    lib = Library.create(tmp_path / "lib")
+    Indexer(lib, TINY_MODEL, workers=1).run([str(first)])
+    client = create_app({"LIBRARY": lib.path}).test_client()
+    write_collection(tmp_path / "pics" / "more", per_class=2, seed=8)  # 48 new pictures
+    proc = subprocess.Popen([sys.executable, "-m", "clipdex", "index", str(tmp_path / "pics"), "--library",
+                             str(lib.path), "--batch-size", "2", "--workers", "1", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    answered_during_run = 0
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        r = client.get("/api/search?q=a+green+star&k=3")
+        assert r.status_code == 200, r.get_json()
+        answered_during_run += 1
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert answered_during_run >= 3
+    after = names(client.get("/api/search?q=a+green+star&k=2"))
+    assert sorted(after) == ["green/star-000.jpg", "green/star-001.jpg"]  # searchable, no restart
