@@ -229,10 +229,6 @@ class Encoder:
             self._cfg["dim"] = int(self.encode_texts(["a photo"]).shape[1])
         return self._cfg["dim"]
 
-    @property
-    def device(self) -> str:
-        return str(self.load()._torch_device)
-
     def _finish(self, features: torch.Tensor) -> np.ndarray:
         import torch
 
