@@ -54,7 +54,7 @@ def make_library(folder: Path, model_dir: Path, n: int, dim: int) -> None:
         lib.bump_generation(s)
         s.commit()
     lib.add_roots(["/photos"])
-    lib.index(save=True)
+    lib.index()  # rebuilt from SQLite and saved
 
 
 def free_port() -> int:

@@ -172,10 +172,12 @@ class Library:
         vectors = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), -1)
         return out_ids, vectors
 
-    def index(self, save: bool = False) -> VectorIndex:
+    def index(self) -> VectorIndex:
         """The FAISS index for the current generation: cached, loaded from disk, or rebuilt.
 
-        Safe to call from several threads; a reader picks up what a writer committed.
+        Safe to call from several threads; a reader picks up what a writer committed. A
+        rebuilt index is saved when no writer holds the library, so the next process
+        loads it instead of rebuilding again.
         """
         generation = self.generation
         with self._index_lock:
@@ -188,10 +190,17 @@ class Library:
             if index is None:
                 index = VectorIndex(dim)
                 index.add(*self.load_vectors())
-                if save:
-                    index.save(self.path, generation)
+                self._save_if_unlocked(index, generation)
             self._index, self._index_generation = index, generation
             return index
+
+    def _save_if_unlocked(self, index: VectorIndex, generation: int) -> None:
+        try:
+            with self.write_lock():
+                if self.generation == generation:
+                    index.save(self.path, generation)
+        except (LibraryError, OSError):
+            pass  # a writer is busy (it saves its own) or the folder is read-only: keep it in memory
 
     def adopt_index(self, index: VectorIndex, generation: int) -> None:
         """Save an index kept up to date in memory (by the indexer) for ``generation``."""

@@ -94,11 +94,9 @@ class VectorIndex:
     def load(cls, folder: Path, generation: int, dim: int) -> VectorIndex | None:
         """The saved index for exactly ``generation``, or None when missing, stale or unreadable."""
         path = folder / f"index.{generation}.faiss"
-        if not path.is_file():
-            return None
         try:
             index = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
-        except RuntimeError:
+        except (OSError, RuntimeError):  # missing, replaced meanwhile, or damaged
             return None
         if index.d != dim:
             return None

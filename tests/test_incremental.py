@@ -122,6 +122,8 @@ def test_stale_index_file_is_rebuilt_from_sqlite(tmp_path, pics):
     fresh = Library.open(lib.path)
     assert fresh.index().ntotal == 24
     assert_consistent(fresh)
+    # saved for the next process, since no writer held the library
+    assert [p.name for p in lib.path.glob("index.*.faiss")] == [f"index.{fresh.generation}.faiss"]
 
 
 def test_other_model_is_refused_unless_rebuilding(tmp_path, pics):
