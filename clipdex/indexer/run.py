@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -121,7 +120,6 @@ class Indexer:
         device: str | None = None,
         decode_fn: DecodeFn = decode_file,
         progress: bool | None = None,
-        on_batch: Callable[[int], None] | None = None,
     ):
         self.lib = library
         self.requested = model
@@ -131,7 +129,6 @@ class Indexer:
         self.device = device
         self.decode_fn = decode_fn
         self.progress = sys.stderr.isatty() if progress is None else progress
-        self.on_batch = on_batch
 
     def run(self, paths: list[str], rebuild: bool = False) -> IndexStats:
         """Index ``paths`` (folders or files); returns what was done."""
@@ -278,10 +275,10 @@ class Indexer:
                                    mtime=facts.mtime if facts else -1.0, recorded_at=now))
             self.lib.bump_generation(s)
             s.commit()
-        changed = set(plan.changed_ids.values())
-        ids = [r.id for r in written]
-        index.remove([i for i in ids if i in changed] + gone)
-        index.add(ids, np.stack([vectors[r.path] for r in written]) if written else np.zeros((0, index.dim)))
+        replaced = [plan.changed_ids[d.path] for d in batch if d.path in plan.changed_ids]
+        index.remove(replaced + gone)
+        if written:
+            index.add([r.id for r in written], np.stack([vectors[r.path] for r in written]))
         for r in written:
             by_hash.setdefault(r.content_hash, r.id)
         stats.indexed += len(batch)
@@ -289,5 +286,3 @@ class Indexer:
         stats.reused += len(batch) - len(to_encode)
         stats.skipped += len(failed)
         stats.skipped_files.update({d.path: d.error or "" for d in failed})
-        if self.on_batch:
-            self.on_batch(stats.indexed)
