@@ -165,18 +165,12 @@ def _cached_file(path, etag: str, mimetype: str | None = None) -> Response:
     return response
 
 
-@bp.get("/images/<int:image_id>/thumbnail")
-def thumbnail(image_id: int):
+@bp.get("/images/<int:image_id>/<any(thumbnail, preview):kind>")
+def rendered(image_id: int, kind: str):
+    """The 320 px thumbnail or the 1600 px preview, upright JPEG."""
     lib = state().library()
     row = image_row(lib, image_id)
-    return _cached_file(rendition(lib, row, "thumbnail"), f"t{row.content_hash[:20]}", "image/jpeg")
-
-
-@bp.get("/images/<int:image_id>/preview")
-def preview(image_id: int):
-    lib = state().library()
-    row = image_row(lib, image_id)
-    return _cached_file(rendition(lib, row, "preview"), f"p{row.content_hash[:20]}", "image/jpeg")
+    return _cached_file(rendition(lib, row, kind), f"{kind[0]}{row.content_hash[:20]}", "image/jpeg")
 
 
 @bp.get("/images/<int:image_id>/file")
