@@ -156,7 +156,7 @@ def main() -> None:
 def decode_cost(files: list[Path], size: int) -> float:
     """Single-core milliseconds to read, hash and decode one picture (best of 3 passes)."""
     from clipdex.imaging import DEFAULT_MAX_PIXELS
-    from clipdex.indexer.decode import decode_file
+    from clipdex.decodepool import decode_file
 
     best = float("inf")
     for _ in range(3):

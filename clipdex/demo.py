@@ -6,11 +6,11 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from clipdex.classify.tagging import export_tags, tag_library
 from clipdex.indexer import Indexer
 from clipdex.library import Library
 from clipdex.models import TINY_MODEL
 from clipdex.search import build_query, search
-from clipdex.search.tagging import export_tags, tag_library
 from clipdex.synthetic import COLORS, write_collection
 
 DEMO_QUERIES = ("a red circle", "a blue square", "a yellow star", "a photo of a green triangle")

@@ -1,4 +1,8 @@
-"""Exceptions the library raises; the CLI turns each into ``Error: ...`` and an exit code."""
+"""Exceptions the library raises; the CLI turns each into ``Error: ...`` and an exit code.
+
+Messages say what is wrong in words that fit every front end (the web shows them too);
+they never name command-line flags. The CLI adds its own hints (see ``clipdex.cli.common``).
+"""
 
 from __future__ import annotations
 
@@ -26,11 +30,23 @@ class ModelMismatch(ClipdexError):
 
     exit_code = 2
 
+    def __init__(self, message: str, requested: str | None = None):
+        super().__init__(message)
+        self.requested = requested  # the model asked for, when switching to it is an option
+
 
 class LibraryError(ClipdexError):
     """The library directory is missing, empty or damaged."""
 
     exit_code = 1
+
+
+class NoLibrary(LibraryError):
+    """There is no library (or an empty one) at ``path`` yet."""
+
+    def __init__(self, path: str, empty: bool = False):
+        super().__init__(f"library at {path} is empty" if empty else f"no library at {path}")
+        self.path, self.empty = path, empty
 
 
 class DecodeError(ClipdexError):

@@ -78,7 +78,7 @@ def test_every_bad_kind_is_skipped_with_its_reason(tmp_path, messy):
 
 
 def test_a_decoder_blocked_without_cpu_hits_the_wall_clock_cap(tmp_path):
-    from clipdex.indexer.decode import DecodePool
+    from clipdex.decodepool import DecodePool
 
     draw(Sample("red", "circle")).save(tmp_path / "hang.jpg")
     draw(Sample("red", "circle")).save(tmp_path / "fine.jpg")

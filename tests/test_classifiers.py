@@ -124,7 +124,7 @@ def test_probe_learns_code_names_that_words_cannot(lib_dir, code_names):
 
 
 def test_split_keeps_test_pictures_out_of_training():
-    from clipdex.search.probe import split
+    from clipdex.classify.probe import split
 
     labels = np.repeat(np.arange(4), 20)
     rest, test = split(labels, 0.25, np.random.default_rng(0))

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from clipdex.db import ImageRow
 from clipdex.errors import ModelMismatch, UsageError
 from clipdex.indexer import Indexer
 from clipdex.library import Library
+from clipdex.library.schema import ImageRow
 from clipdex.models import TINY_MODEL
 from clipdex.synthetic import Sample, draw, write_collection
 

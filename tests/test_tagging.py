@@ -10,18 +10,18 @@ import shutil
 import numpy as np
 import pytest
 
-from clipdex.errors import UsageError
-from clipdex.indexer import Indexer
-from clipdex.library import Library
-from clipdex.models import TINY_MODEL
-from clipdex.search import build_query, search
-from clipdex.search.tagging import (
+from clipdex.classify.tagging import (
     export_tags,
     label_vectors,
     parse_labels,
     softmax_probs,
     tag_library,
 )
+from clipdex.errors import UsageError
+from clipdex.indexer import Indexer
+from clipdex.library import Library
+from clipdex.models import TINY_MODEL
+from clipdex.search import build_query, search
 from clipdex.synthetic import COLORS, SHAPES
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from clipdex.classify.tagging import tag_library
 from clipdex.indexer import Indexer
 from clipdex.library import Library
 from clipdex.models import TINY_MODEL
-from clipdex.search.tagging import tag_library
 from clipdex.synthetic import COLORS, Sample, draw
 from clipdex.web import create_app
 

@@ -13,10 +13,10 @@ import pytest
 import waitress
 from playwright.sync_api import expect
 
+from clipdex.classify.tagging import tag_library
 from clipdex.indexer import Indexer
 from clipdex.library import Library
 from clipdex.models import TINY_MODEL
-from clipdex.search.tagging import tag_library
 from clipdex.synthetic import COLORS, Sample, draw
 from clipdex.web import create_app
 

@@ -1,7 +1,7 @@
 """Walk, decode, encode and store pictures incrementally.
 
 Exports are loaded on first use: decode worker processes import
-``clipdex.indexer.decode`` and must not pay for SQLAlchemy, FAISS and torch.
+``clipdex.decodepool`` and must not pay for SQLAlchemy, FAISS and torch.
 """
 
 from __future__ import annotations

@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from sqlalchemy import delete, select
 
-from clipdex.db import ImageRow, SkippedRow, TagRow, utcnow
-from clipdex.indexer.decode import Decoded, DecodeFn, DecodePool, decode_file, hash_file
+from clipdex.decodepool import Decoded, DecodeFn, DecodePool, decode_file, hash_file
 from clipdex.indexer.scan import Scan, normalise_roots, scan
 from clipdex.library import Library
+from clipdex.library.schema import ImageRow, SkippedRow, TagRow, utcnow
 from clipdex.models import Encoder
 from clipdex.vectorindex import VectorIndex
 

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select
 
-from clipdex.db import ImageRow, TagRow
 from clipdex.errors import DecodeError, UsageError
 from clipdex.imaging import load_for_model
 from clipdex.library import Library
+from clipdex.library.catalog import allowed_ids, hit_rows
 from clipdex.models import Encoder
 
 MAX_K = 1000
@@ -78,34 +76,6 @@ def build_query(
     return query.astype(np.float32)
 
 
-def allowed_ids(
-    lib: Library,
-    tag: str | None = None,
-    folder: str | None = None,
-    since: dt.datetime | None = None,
-    until: dt.datetime | None = None,
-) -> np.ndarray | None:
-    """Ids passing the filters (tag, folder, capture date range), or None when none apply.
-
-    A date filter keeps only pictures with a capture date; ``until`` is exclusive.
-    """
-    if tag is None and folder is None and since is None and until is None:
-        return None
-    stmt = select(ImageRow.id)
-    if tag is not None:
-        stmt = stmt.where(ImageRow.id.in_(select(TagRow.image_id).where(TagRow.label == tag)))
-    if folder is not None:
-        prefix = os.path.abspath(os.path.expanduser(folder)).rstrip(os.sep) + os.sep
-        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        stmt = stmt.where(ImageRow.path.like(escaped + "%", escape="\\"))
-    if since is not None:
-        stmt = stmt.where(ImageRow.captured_at >= since)
-    if until is not None:
-        stmt = stmt.where(ImageRow.captured_at < until)
-    with lib.session() as s:
-        return np.fromiter(s.scalars(stmt), dtype=np.int64)
-
-
 def search(
     lib: Library,
     query: np.ndarray,
@@ -128,11 +98,7 @@ def search(
     ranked = [(i, s) for i, s in ranked if not exclude or i not in exclude][offset:offset + k]
     if not ranked:
         return []
-    with lib.session() as s:
-        rows = {r.id: r for r in s.execute(
-            select(ImageRow.id, ImageRow.path, ImageRow.width, ImageRow.height, ImageRow.captured_at)
-            .where(ImageRow.id.in_([i for i, _ in ranked]))
-        ).all()}
+    rows = hit_rows(lib, [i for i, _ in ranked])
     return [
         Hit(i, rows[i].path, score, rows[i].width, rows[i].height, rows[i].captured_at)
         for i, score in ranked

@@ -8,11 +8,10 @@ import os
 import time
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
-from sqlalchemy import func, select
 
-from clipdex.db import TagRow
 from clipdex.errors import DecodeError
 from clipdex.imaging import load_for_model
+from clipdex.library.catalog import picture_tags, tag_counts
 from clipdex.search.query import build_query, search
 from clipdex.web.errors import APIError
 from clipdex.web.media import image_row, rendition, source_path
@@ -143,9 +142,6 @@ def similar(image_id: int):
 def image(image_id: int):
     lib = state().library()
     row = image_row(lib, image_id)
-    with lib.session() as s:
-        tags = s.execute(select(TagRow.label, TagRow.probability, TagRow.source)
-                         .where(TagRow.image_id == image_id).order_by(TagRow.probability.desc())).all()
     return jsonify({
         "id": row.id,
         "path": row.path,
@@ -155,7 +151,7 @@ def image(image_id: int):
         "size": row.size,
         "captured_at": row.captured_at.isoformat() if row.captured_at else None,
         "indexed_at": row.indexed_at.isoformat(),
-        "tags": [{"label": t.label, "probability": round(t.probability, 4), "source": t.source} for t in tags],
+        "tags": picture_tags(lib, image_id),
     })
 
 
@@ -182,8 +178,4 @@ def original(image_id: int):
 
 @bp.get("/tags")
 def tags():
-    lib = state().library()
-    with lib.session() as s:
-        rows = s.execute(select(TagRow.label, func.count(func.distinct(TagRow.image_id)))
-                         .group_by(TagRow.label).order_by(func.count(func.distinct(TagRow.image_id)).desc())).all()
-    return jsonify({"tags": [{"label": label, "count": count} for label, count in rows]})
+    return jsonify({"tags": [{"label": label, "count": count} for label, count in tag_counts(state().library())]})

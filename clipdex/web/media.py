@@ -12,18 +12,18 @@ from pathlib import Path
 
 from PIL import Image
 
-from clipdex.db import ImageRow
 from clipdex.errors import DecodeError
 from clipdex.imaging import open_image
 from clipdex.library import Library
+from clipdex.library.catalog import picture
+from clipdex.library.schema import ImageRow
 from clipdex.web.errors import APIError
 
 SIZES = {"thumbnail": 320, "preview": 1600}
 
 
 def image_row(lib: Library, image_id: int) -> ImageRow:
-    with lib.session() as s:
-        row = s.get(ImageRow, image_id)
+    row = picture(lib, image_id)
     if row is None:
         raise APIError(404, f"no picture with id {image_id}")
     return row

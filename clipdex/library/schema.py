@@ -24,8 +24,6 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = "1"
-
 
 class Base(DeclarativeBase):
     pass
@@ -126,8 +124,10 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DBAPI types
 
 
 def make_engine(path: Path) -> Engine:
-    """An engine on ``path`` with WAL (readers never block the indexer) and foreign keys on."""
+    """An engine on ``path`` with WAL (readers never block the indexer) and foreign keys on.
+
+    The schema is created or upgraded by :func:`clipdex.library.migrations.upgrade`.
+    """
     engine = create_engine(f"sqlite:///{path}", future=True)
     event.listen(engine, "connect", _sqlite_pragmas)
-    Base.metadata.create_all(engine)
     return engine

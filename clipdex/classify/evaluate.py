@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clipdex.classify.datasets import Dataset
+from clipdex.classify.tagging import check_templates, label_vectors, softmax_probs
 from clipdex.errors import UsageError
 from clipdex.models import Encoder
-from clipdex.search.datasets import Dataset
-from clipdex.search.tagging import check_templates, label_vectors, softmax_probs
 
 TEMPLATE_SETS = ("plain", "photo", "imagenet")
 

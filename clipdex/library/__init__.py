@@ -20,8 +20,9 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from clipdex.db import SCHEMA_VERSION, ImageRow, Meta, RootRow, SkippedRow, TagRow, make_engine
-from clipdex.errors import LibraryError, ModelMismatch
+from clipdex.errors import LibraryError, ModelMismatch, NoLibrary
+from clipdex.library import migrations
+from clipdex.library.schema import ImageRow, Meta, RootRow, SkippedRow, TagRow, make_engine
 from clipdex.models import DEFAULT_MODEL, Encoder, ModelSpec, parse_model_spec
 from clipdex.vectorindex import INDEX_TYPE, VectorIndex, index_files
 
@@ -43,12 +44,34 @@ def default_library_path() -> Path:
     return base / "clipdex" / "library"
 
 
+def demo_library_path() -> Path:
+    """Where ``clipdex demo`` builds its library: beside the default one, never inside it."""
+    return default_library_path().with_name("demo-library")
+
+
+def resolve_library(explicit: Path | str | None) -> tuple[Path, bool]:
+    """The library a command works on, and whether it is the demo's.
+
+    ``explicit`` (``--library`` or ``$CLIPDEX_LIBRARY``) wins. Otherwise the default
+    library, except that the demo library stands in while the user has none of their own,
+    so the commands the demo prints work as printed. Commands that add pictures must not
+    use this: they always create the user's own default library.
+    """
+    if explicit:
+        return Path(explicit).expanduser(), False
+    default, demo = default_library_path(), demo_library_path()
+    if not (default / DB_NAME).is_file() and (demo / DB_NAME).is_file():
+        return demo, True
+    return default, False
+
+
 class Library:
     """Open with :meth:`open` (existing) or :meth:`create` (for indexing)."""
 
     def __init__(self, path: Path):
         self.path = Path(path).expanduser().resolve()
         self.engine = make_engine(self.path / DB_NAME)
+        migrations.upgrade(self.engine, str(self.path))
         self._index: VectorIndex | None = None
         self._index_generation = -1
         self._index_lock = threading.Lock()
@@ -59,10 +82,10 @@ class Library:
         """Open an existing library; :class:`LibraryError` if there is none."""
         path = Path(path).expanduser()
         if not (path / DB_NAME).is_file():
-            raise LibraryError(f"no library at {path} (create one with: clipdex index PATH --library {path})")
+            raise NoLibrary(str(path))
         lib = cls(path)
         if lib.get_meta("model_identity") is None:
-            raise LibraryError(f"library at {path} is empty (run: clipdex index PATH --library {path})")
+            raise NoLibrary(str(path), empty=True)
         return lib
 
     @classmethod
@@ -135,7 +158,6 @@ class Library:
         self.set_meta(session, "model_spec", str(spec))
         self.set_meta(session, "model_identity", spec.identity)
         self.set_meta(session, "dim", str(dim))
-        self.set_meta(session, "schema_version", SCHEMA_VERSION)
 
     def encoder_for(
         self, requested: str | Encoder | None = None, device: str | None = None, *, switching: bool = False
@@ -152,8 +174,8 @@ class Library:
         spec = encoder.spec
         if stored is not None and spec.identity != stored.identity and not switching:
             raise ModelMismatch(
-                f"library {self.path} was built with model {stored}, not {spec}: their vectors cannot be "
-                f"compared (omit --model, or re-encode everything with: clipdex index PATH --rebuild --model {spec})"
+                f"library {self.path} was built with model {stored}, not {spec}: their vectors cannot be compared",
+                requested=str(spec),
             )
         return encoder
 

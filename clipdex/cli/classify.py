@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from clipdex.cli import _fail_cleanly, _path, _print_json, json_option, library_option, main
+from clipdex.cli.common import fail_cleanly, json_option, library_option, library_path, print_json
 
 
 def _table(results: list[dict], classes: list[str]) -> None:
@@ -25,7 +25,7 @@ def _table(results: list[dict], classes: list[str]) -> None:
             click.echo(f"  {m['p_predicted']:.2f} {m['predicted']!r} (truth {m['truth']!r})  {m['path']}")
 
 
-@main.command("eval")
+@click.command("eval")
 @click.argument("dataset", type=click.Path(path_type=Path))
 @library_option
 @click.option("--prompts", "prompt_sets", multiple=True, metavar="SPEC",
@@ -38,17 +38,17 @@ def _table(results: list[dict], classes: list[str]) -> None:
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write an HTML report (confusion matrices, mistakes) into this folder.")
 @json_option
-@_fail_cleanly
+@fail_cleanly
 def eval_command(dataset: Path, library: Path | None, prompt_sets: tuple[str, ...], template_names: tuple[str, ...],
                  custom: tuple[str, ...], report_dir: Path | None, as_json: bool) -> None:
     """Measure zero-shot classification on a labelled DATASET (class folders or a path,label CSV)."""
+    from clipdex.classify.datasets import embed, load_dataset
+    from clipdex.classify.evaluate import evaluate, template_set
+    from clipdex.classify.tagging import check_templates
     from clipdex.library import Library
-    from clipdex.search.datasets import embed, load_dataset
-    from clipdex.search.evaluate import evaluate, template_set
-    from clipdex.search.tagging import check_templates
 
     data = load_dataset(dataset)
-    lib = Library.open(_path(library))
+    lib = Library.open(library_path(library))
     encoder = lib.encoder_for(None)
     names = list(template_names) or ([] if custom else ["photo"])
     sets = [template_set(n) for n in names]
@@ -59,11 +59,11 @@ def eval_command(dataset: Path, library: Path | None, prompt_sets: tuple[str, ..
     results = evaluate(data, encoder, list(prompt_sets), sets, names)
     report = None
     if report_dir:
-        from clipdex.search.report import write_report
+        from clipdex.classify.report import write_report
 
         report = str(write_report(report_dir, str(dataset), data.classes, results))
     if as_json:
-        _print_json({"dataset": str(dataset), "classes": data.classes, "pictures": len(data.paths),
+        print_json({"dataset": str(dataset), "classes": data.classes, "pictures": len(data.paths),
                      "reused_vectors": data.reused, "encoded": data.encoded, "skipped": data.skipped,
                      "results": results, "report": report})
         return
@@ -74,7 +74,7 @@ def eval_command(dataset: Path, library: Path | None, prompt_sets: tuple[str, ..
         click.echo(f"report: {report}")
 
 
-@main.group()
+@click.group()
 def probe() -> None:
     """Linear probes: classifiers learned from a few labelled examples."""
 
@@ -85,19 +85,19 @@ def probe() -> None:
 @library_option
 @click.option("--seed", default=0, show_default=True, help="Seed of the train/validation/test split.")
 @json_option
-@_fail_cleanly
+@fail_cleanly
 def probe_train(dataset: Path, name: str, library: Path | None, seed: int, as_json: bool) -> None:
     """Fit a logistic regression on DATASET's embeddings and store it in the library."""
+    from clipdex.classify.datasets import embed, load_dataset
+    from clipdex.classify.probe import train_probe
     from clipdex.library import Library
-    from clipdex.search.datasets import embed, load_dataset
-    from clipdex.search.probe import train_probe
 
     data = load_dataset(dataset)
-    lib = Library.open(_path(library))
+    lib = Library.open(library_path(library))
     encoder = lib.encoder_for(None)
     report = train_probe(lib, encoder, embed(data, lib, encoder), name, seed)
     if as_json:
-        _print_json(report.as_dict())
+        print_json(report.as_dict())
         return
     click.echo(f"probe {name!r}: {len(report.classes)} classes, trained on {report.train} pictures "
                f"(L2 {report.l2:g} chosen on {report.validation}), tested on {report.test} unseen pictures")
@@ -107,15 +107,15 @@ def probe_train(dataset: Path, name: str, library: Path | None, seed: int, as_js
 @probe.command("list")
 @library_option
 @json_option
-@_fail_cleanly
+@fail_cleanly
 def probe_list(library: Path | None, as_json: bool) -> None:
     """List the probes stored in the library."""
+    from clipdex.classify.probe import list_probes
     from clipdex.library import Library
-    from clipdex.search.probe import list_probes
 
-    probes = list_probes(Library.open(_path(library)))
+    probes = list_probes(Library.open(library_path(library)))
     if as_json:
-        _print_json(probes)
+        print_json(probes)
         return
     if not probes:
         click.echo("No probes.")

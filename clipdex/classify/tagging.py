@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import delete, select
 
-from clipdex.db import ImageRow, TagRow, utcnow
 from clipdex.errors import UsageError
 from clipdex.library import Library
+from clipdex.library.catalog import allowed_ids
+from clipdex.library.schema import ImageRow, TagRow, utcnow
 from clipdex.models import Encoder
-from clipdex.search.query import allowed_ids
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 ZERO_SHOT = "zero-shot"

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy import select
 
-from clipdex.db import ProbeRow, utcnow
+from clipdex.classify.datasets import Dataset
+from clipdex.classify.evaluate import metrics, zero_shot
+from clipdex.classify.tagging import DEFAULT_TEMPLATES, TagStats, apply_classifier
 from clipdex.errors import ModelMismatch, UsageError
 from clipdex.library import Library
+from clipdex.library.schema import ProbeRow, utcnow
 from clipdex.models import Encoder
-from clipdex.search.datasets import Dataset
-from clipdex.search.evaluate import metrics, zero_shot
-from clipdex.search.tagging import DEFAULT_TEMPLATES, TagStats, apply_classifier
 
 L2_GRID = tuple(10.0 ** e for e in range(-6, 1))
 

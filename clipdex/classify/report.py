@@ -57,7 +57,7 @@ def _thumbnail(path: str, folder: Path) -> str | None:
 
 
 def write_report(folder: Path, dataset: str, classes: list[str], results: list[dict]) -> Path:
-    """Write ``folder/index.html`` for the results of :func:`clipdex.search.evaluate.evaluate`."""
+    """Write ``folder/index.html`` for the results of :func:`clipdex.classify.evaluate.evaluate`."""
     folder.mkdir(parents=True, exist_ok=True)
     sections = []
     for r in results:

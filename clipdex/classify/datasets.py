@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import select
 
-from clipdex.db import ImageRow
+from clipdex.decodepool import DecodePool
 from clipdex.errors import UsageError
 from clipdex.imaging import is_image_path
-from clipdex.indexer.decode import DecodePool
 from clipdex.library import Library
+from clipdex.library.schema import ImageRow
 from clipdex.models import Encoder
 
 

@@ -1,0 +1,1 @@
+"""Classifiers over stored embeddings: zero-shot tagging, evaluation on labelled sets, linear probes."""

@@ -1,0 +1,93 @@
+"""What every command shares: error handling, common options, JSON output.
+
+Library errors become ``Error: ...`` on stderr with the error's exit code, plus a hint
+about which command to run next where the CLI knows one (the library's own messages
+never name flags, as the web shows them too). Nothing else here exits.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from clipdex.errors import ClipdexError, ModelMismatch, NoLibrary
+
+
+def cli_hint(exc: ClipdexError) -> str:
+    """What to run next for errors the CLI can say more about ('' if nothing)."""
+    if isinstance(exc, NoLibrary):
+        if exc.empty:
+            return f" (run: clipdex index PATH --library {exc.path})"
+        return f" (create one with: clipdex index PATH --library {exc.path})"
+    if isinstance(exc, ModelMismatch) and exc.requested:
+        return f" (omit --model, or re-encode everything with: clipdex index PATH --rebuild --model {exc.requested})"
+    return ""
+
+
+def fail_cleanly(fn: Callable) -> Callable:
+    """Turn library exceptions into one ``Error:`` line and the error's exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ClipdexError as exc:
+            click.echo(f"Error: {exc}{cli_hint(exc)}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def library_option(fn: Callable) -> Callable:
+    return click.option(
+        "--library",
+        "library",
+        type=click.Path(path_type=Path),
+        envvar="CLIPDEX_LIBRARY",
+        default=None,
+        help="Library directory (env CLIPDEX_LIBRARY; default: the per-user data directory).",
+    )(fn)
+
+
+def json_option(fn: Callable) -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(fn)
+
+
+def model_option(fn: Callable) -> Callable:
+    return click.option(
+        "--model",
+        default=None,
+        metavar="SPEC",
+        help="open_clip model: ARCH:PRETRAINED_TAG, hf-hub:ORG/REPO, local-dir:/path, or 'tiny' "
+        "(the built-in demo model). Default: the library's model, or ViT-B-32:datacomp_xl_s13b_b90k "
+        "for a new library.",
+    )(fn)
+
+
+def library_path(library: Path | None, demo_fallback: bool = True) -> Path:
+    """``--library`` as given, else the default library folder.
+
+    With ``demo_fallback`` the demo library stands in while the user has no library of
+    their own (see :func:`clipdex.library.resolve_library`), and stderr says so.
+    """
+    from clipdex.library import default_library_path, resolve_library
+
+    if not demo_fallback:
+        return library or default_library_path()
+    path, is_demo = resolve_library(library)
+    if is_demo:
+        click.echo(f"(using the demo library at {path}: you have no library of your own yet)", err=True)
+    return path
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))

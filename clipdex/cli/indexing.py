@@ -1,0 +1,41 @@
+"""``clipdex index``: build and update a library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from clipdex.cli.common import fail_cleanly, json_option, library_option, library_path, model_option, print_json
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@library_option
+@model_option
+@click.option("--rebuild", is_flag=True, help="Re-encode every picture (also switches the library to --model).")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--workers", default=None, type=click.IntRange(1, 256), help="Decoder processes [default: CPU count].")
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(0.1),
+              help="Seconds one file may take to decode before it is skipped.")
+@click.option("--device", default=None, help="torch device (cuda, cpu, ...) [default: cuda if present].")
+@json_option
+@fail_cleanly
+def index(paths: tuple[Path, ...], library: Path | None, model: str | None, rebuild: bool, batch_size: int,
+          workers: int | None, timeout: float, device: str | None, as_json: bool) -> None:
+    """Index the pictures under PATHS (folders or files).
+
+    Only new and changed files are encoded; deleted ones are dropped and moved ones keep
+    their vector. Unreadable files are skipped and listed by `clipdex skipped`.
+    """
+    from clipdex.indexer import Indexer
+    from clipdex.library import Library
+
+    lib = Library.create(library_path(library, demo_fallback=False))
+    indexer = Indexer(lib, model, batch_size=batch_size, workers=workers, timeout=timeout, device=device,
+                      progress=None if not as_json else False)
+    stats = indexer.run([str(p) for p in paths], rebuild=rebuild)
+    if as_json:
+        print_json(stats.as_dict())
+    else:
+        click.echo(stats.summary())

@@ -1,0 +1,82 @@
+"""Read queries over the library's pictures and tags, for search and the web layer.
+
+The only place outside the library package that needs the schema is here, so callers
+(``search``, ``web``) deal in ids, plain rows and dicts, never in SQL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from typing import TYPE_CHECKING
+
+import numpy as np
+from sqlalchemy import func, select
+
+from clipdex.library.schema import ImageRow, TagRow
+
+if TYPE_CHECKING:  # pragma: no cover
+    from clipdex.library import Library
+
+
+def picture(lib: Library, image_id: int) -> ImageRow | None:
+    """One picture's row (detached), or None when the id is unknown."""
+    with lib.session() as s:
+        return s.get(ImageRow, image_id)
+
+
+def picture_tags(lib: Library, image_id: int) -> list[dict]:
+    """A picture's tags, most probable first: ``{"label", "probability", "source"}``."""
+    with lib.session() as s:
+        rows = s.execute(select(TagRow.label, TagRow.probability, TagRow.source)
+                         .where(TagRow.image_id == image_id).order_by(TagRow.probability.desc())).all()
+    return [{"label": r.label, "probability": round(r.probability, 4), "source": r.source} for r in rows]
+
+
+def tag_counts(lib: Library) -> list[tuple[str, int]]:
+    """``(label, pictures)`` for every label, the most used first."""
+    pictures = func.count(func.distinct(TagRow.image_id))
+    with lib.session() as s:
+        return [tuple(r) for r in s.execute(select(TagRow.label, pictures).group_by(TagRow.label)
+                                            .order_by(pictures.desc(), TagRow.label)).all()]
+
+
+def folder_prefix(folder: str) -> str:
+    """The absolute path prefix (ending in a separator) that pictures under ``folder`` start with."""
+    return os.path.abspath(os.path.expanduser(folder)).rstrip(os.sep) + os.sep
+
+
+def allowed_ids(
+    lib: Library,
+    tag: str | None = None,
+    folder: str | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+) -> np.ndarray | None:
+    """Ids passing the filters (tag, folder, capture date range), or None when none apply.
+
+    A date filter keeps only pictures with a capture date; ``until`` is exclusive.
+    """
+    if tag is None and folder is None and since is None and until is None:
+        return None
+    stmt = select(ImageRow.id)
+    if tag is not None:
+        stmt = stmt.where(ImageRow.id.in_(select(TagRow.image_id).where(TagRow.label == tag)))
+    if folder is not None:
+        escaped = folder_prefix(folder).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        stmt = stmt.where(ImageRow.path.like(escaped + "%", escape="\\"))
+    if since is not None:
+        stmt = stmt.where(ImageRow.captured_at >= since)
+    if until is not None:
+        stmt = stmt.where(ImageRow.captured_at < until)
+    with lib.session() as s:
+        return np.fromiter(s.scalars(stmt), dtype=np.int64)
+
+
+def hit_rows(lib: Library, ids: list[int]) -> dict[int, ImageRow]:
+    """id -> row (path, width, height, captured_at) for search results."""
+    with lib.session() as s:
+        return {r.id: r for r in s.execute(
+            select(ImageRow.id, ImageRow.path, ImageRow.width, ImageRow.height, ImageRow.captured_at)
+            .where(ImageRow.id.in_(ids))
+        ).all()}
