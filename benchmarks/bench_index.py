@@ -155,8 +155,8 @@ def main() -> None:
 
 def decode_cost(files: list[Path], size: int) -> float:
     """Single-core milliseconds to read, hash and decode one picture (best of 3 passes)."""
-    from clipdex.imaging import DEFAULT_MAX_PIXELS
     from clipdex.decodepool import decode_file
+    from clipdex.imaging import DEFAULT_MAX_PIXELS
 
     best = float("inf")
     for _ in range(3):

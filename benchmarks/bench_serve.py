@@ -35,8 +35,8 @@ WORDS = ("dog cat beach sunset mountain city street car bicycle tree flower birt
 def make_library(folder: Path, model_dir: Path, n: int, dim: int) -> None:
     from sqlalchemy import insert
 
-    from clipdex.db import ImageRow, utcnow
     from clipdex.library import Library
+    from clipdex.library.schema import ImageRow, utcnow
     from clipdex.models import parse_model_spec
 
     lib = Library.create(folder)
