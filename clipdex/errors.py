@@ -24,6 +24,10 @@ class ModelUnavailable(ClipdexError):
 
     exit_code = 2
 
+    def __init__(self, message: str, fetch_failed: bool = False):
+        super().__init__(message)
+        self.fetch_failed = fetch_failed  # the weights could not be downloaded: front ends say how to bring them
+
 
 class ModelMismatch(ClipdexError):
     """The library was built with another model than the one asked for."""

@@ -6,9 +6,12 @@ Importing this module is cheap: torch and open_clip are imported only when an
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
+import shlex
 import socket
+import sys
 import threading
 from dataclasses import dataclass
 from importlib import resources
@@ -28,10 +31,8 @@ TINY_MODEL = "tiny"
 #: Default for real photo collections; see README "Choosing a model".
 DEFAULT_MODEL = "ViT-B-32:datacomp_xl_s13b_b90k"
 
-_OFFLINE_HINT = (
-    "download it on a connected machine and point --model local-dir:DIR at a folder "
-    "holding open_clip_config.json and the weights"
-)
+#: How to print every architecture open_clip knows, from a shell (this interpreter's open_clip).
+LIST_MODELS_COMMAND = f'{shlex.quote(sys.executable)} -c "import open_clip; print(open_clip.list_models())"'
 
 
 def tiny_model_dir() -> Path:
@@ -121,32 +122,40 @@ def _preflight(spec: ModelSpec) -> None:
         if not any(any(folder.glob(pat)) for pat in ("*.safetensors", "*.bin", "*.pth")):  # what open_clip reads
             raise ModelUnavailable(f"model folder {folder} has no weights (*.safetensors, *.bin, *.pth)")
         return
+    cfg = None
+    if spec.kind == "builtin":  # names are checked before any network access: a typo fails at once
+        if spec.name not in open_clip.list_models():
+            raise ModelUnavailable(unknown_architecture_message(spec.name, open_clip.list_models()))
+        cfg = pretrained.get_pretrained_cfg(spec.name, spec.tag)
+        if not cfg:
+            tags = ", ".join(open_clip.list_pretrained_tags_by_model(spec.name)) or "none"
+            raise ModelUnavailable(f"unknown pretrained tag {spec.tag!r} for {spec.name} (known: {tags})")
     from huggingface_hub import constants as hub_constants
 
     offline = hub_constants.HF_HUB_OFFLINE or not _hub_reachable()
     saved, hub_constants.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE, offline
     try:
-        if spec.kind == "hf-hub":
+        if cfg is None:
             pretrained.download_pretrained_from_hf(spec.name, filename="open_clip_config.json")
             pretrained.download_pretrained_from_hf(spec.name)
-            return
-        if spec.name not in open_clip.list_models():
-            raise ModelUnavailable(f"unknown model architecture {spec.name!r} (see open_clip.list_models())")
-        cfg = pretrained.get_pretrained_cfg(spec.name, spec.tag)
-        if not cfg:
-            tags = ", ".join(open_clip.list_pretrained_tags_by_model(spec.name)) or "none"
-            raise ModelUnavailable(f"unknown pretrained tag {spec.tag!r} for {spec.name} (known: {tags})")
-        pretrained.download_pretrained(cfg)
-    except ModelUnavailable:
-        raise
+        else:
+            pretrained.download_pretrained(cfg)
     except Exception as exc:  # noqa: BLE001 - any fetch failure means the same to the user
         if offline:
             reason = "no network access and they are not in the local cache"
         else:
             reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
-        raise ModelUnavailable(f"cannot fetch weights for {spec}: {reason}; {_OFFLINE_HINT}") from None
+        raise ModelUnavailable(f"cannot fetch weights for {spec}: {reason}", fetch_failed=True) from None
     finally:
         hub_constants.HF_HUB_OFFLINE = saved
+
+
+def unknown_architecture_message(name: str, known: list[str]) -> str:
+    """One line for an architecture open_clip does not know: the nearest names, and how to list them all."""
+    by_lower = {k.lower(): k for k in known}
+    close = [by_lower[c] for c in difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.6)]
+    similar = f"similar: {', '.join(close)}; " if close else ""
+    return f"unknown model architecture {name!r} ({similar}list them all with: {LIST_MODELS_COMMAND})"
 
 
 def pick_device(device: str | None = None) -> str:
@@ -193,8 +202,9 @@ class Encoder:
             try:
                 model = open_clip.create_model(self.spec.open_clip_name, **kwargs)
                 tokenizer = open_clip.get_tokenizer(self.spec.open_clip_name)
-            except Exception as exc:  # noqa: BLE001
-                raise ModelUnavailable(f"cannot load model {self.spec}: {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - a broken model folder or config, in one line
+                reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+                raise ModelUnavailable(f"cannot load model {self.spec}: {reason}") from None
             model.eval()
             cfg = dict(open_clip.get_model_preprocess_cfg(model))
             size = cfg.get("size", 224)

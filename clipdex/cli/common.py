@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from clipdex.errors import ClipdexError, ModelMismatch, NoLibrary
+from clipdex.errors import ClipdexError, ModelMismatch, ModelUnavailable, NoLibrary
 
 
 def cli_hint(exc: ClipdexError) -> str:
@@ -27,6 +27,9 @@ def cli_hint(exc: ClipdexError) -> str:
         return f" (create one with: clipdex index PATH --library {exc.path})"
     if isinstance(exc, ModelMismatch) and exc.requested:
         return f" (omit --model, or re-encode everything with: clipdex index PATH --rebuild --model {exc.requested})"
+    if isinstance(exc, ModelUnavailable) and exc.fetch_failed:
+        return ("; download it on a connected machine and point --model local-dir:DIR at a folder "
+                "holding open_clip_config.json and the weights")
     return ""
 
 
