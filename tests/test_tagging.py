@@ -14,7 +14,7 @@ from clipdex.classify.tagging import (
     export_tags,
     label_vectors,
     parse_labels,
-    softmax_probs,
+    softmax,
     tag_library,
 )
 from clipdex.errors import UsageError
@@ -68,7 +68,7 @@ def test_template_ensemble_is_the_mean_of_template_embeddings(encoder):
 def test_probabilities_are_softmax_of_scaled_cosine(own_library, encoder):
     ids, vectors = own_library.load_vectors()
     labels = label_vectors(encoder, ["red", "blue"], ["a photo of a {}."])
-    probs = softmax_probs(vectors, labels, encoder.logit_scale)
+    probs = softmax(encoder.logit_scale * vectors @ labels.T)
     logits = encoder.logit_scale * vectors[0] @ labels.T
     expected = np.exp(logits) / np.exp(logits).sum()
     assert np.allclose(probs[0], expected, atol=1e-6)
@@ -86,11 +86,12 @@ def test_multi_label_keeps_every_label_over_the_threshold(own_library, encoder):
     assert any(len(v) > 1 for v in per_image.values())
 
 
-def test_retagging_replaces_and_search_can_filter_by_tag(own_library, encoder, collection):
+def test_another_label_set_adds_and_search_can_filter_by_tag(own_library, encoder, collection):
     tag_library(own_library, encoder, ["circle", "square", "triangle", "star"])
     tag_library(own_library, encoder, list(COLORS))
     rows = stored(own_library)
-    assert {r["label"] for r in rows} <= set(COLORS)  # shape tags were replaced
+    assert {r["label"] for r in rows} & set(SHAPES) and {r["label"] for r in rows} & set(COLORS)
+    assert len(rows) == 2 * len(collection)  # one colour and one shape per picture
     hits = search(own_library, build_query(encoder, "a circle"), 10, tag="green")
     t = {str(p): s for p, s in collection.items()}
     assert hits and all(t[h.path].color == "green" for h in hits)
@@ -106,8 +107,9 @@ def test_tagging_a_folder_only(own_library, encoder, collection):
 def test_export_csv(own_library, encoder):
     tag_library(own_library, encoder, list(COLORS))
     rows = list(csv.DictReader(io.StringIO(export_tags(own_library, "csv"))))
-    assert list(rows[0]) == ["id", "path", "label", "probability", "source"]
+    assert list(rows[0]) == ["id", "path", "label", "probability", "source", "pass"]
     assert len(rows) == 120
+    assert {(r["source"], r["pass"]) for r in rows} == {("zero-shot", ", ".join(COLORS))}
 
 
 @pytest.mark.parametrize("labels,message", [

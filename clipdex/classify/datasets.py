@@ -2,7 +2,8 @@
 
 Two forms: a folder with one sub-folder per class, or a CSV of ``path,label`` (paths
 relative to the CSV). Pictures already in the library reuse their stored vectors (same
-path, size and mtime); the others are decoded and encoded like the indexer does.
+path, size and mtime) when the library was built with the model asked for; the others are
+decoded and encoded like the indexer does. No library is needed at all.
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select
 
 from clipdex.decodepool import DecodePool
 from clipdex.errors import UsageError
 from clipdex.imaging import is_image_path
 from clipdex.library import Library
-from clipdex.library.schema import ImageRow
+from clipdex.library.tags import vectors_by_path
 from clipdex.models import Encoder
 
 
@@ -52,11 +52,16 @@ def load_dataset(source: str | Path) -> Dataset:
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 pairs += [(os.path.join(root, f), sub.name) for f in sorted(files) if is_image_path(f)]
     else:
+        not_a_dataset = UsageError(f"{source} is neither a folder of class folders nor a CSV of path,label")
+        if is_image_path(source.name):
+            raise not_a_dataset
         try:
             with open(source, newline="", encoding="utf-8") as fh:
                 rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"cannot read dataset {source}: {exc}") from None
+        except UnicodeDecodeError:
+            raise not_a_dataset from None
+        except (OSError, csv.Error) as exc:
+            raise UsageError(f"cannot read dataset {source}: {getattr(exc, 'strerror', None) or exc}") from None
         if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
             rows = rows[1:]
         for n, row in enumerate(rows, 1):
@@ -71,15 +76,14 @@ def load_dataset(source: str | Path) -> Dataset:
     return Dataset(classes, [os.path.abspath(p) for p, _ in pairs], np.array([index[c] for _, c in pairs]))
 
 
-def embed(data: Dataset, lib: Library, encoder: Encoder, workers: int | None = None) -> Dataset:
-    """Fill ``data.vectors``: stored vectors where the library has the file unchanged, else encode.
+def embed(data: Dataset, encoder: Encoder, lib: Library | None = None, workers: int | None = None) -> Dataset:
+    """Fill ``data.vectors``: stored vectors where ``lib`` (built with ``encoder``'s model) has the
+    file unchanged, else encode.
 
     Unreadable pictures are dropped (listed in ``skipped``); a class left empty is an error.
     """
-    with lib.session() as s:
-        stored = {r.path: r for r in s.execute(
-            select(ImageRow.path, ImageRow.size, ImageRow.mtime, ImageRow.vector)
-            .where(ImageRow.path.in_(data.paths))).all()}
+    same_model = lib is not None and lib.get_meta("model_identity") == encoder.spec.identity
+    stored = vectors_by_path(lib, data.paths) if same_model else {}
     vectors: dict[str, np.ndarray] = {}
     todo = []
     for path in data.paths:
@@ -89,8 +93,8 @@ def embed(data: Dataset, lib: Library, encoder: Encoder, workers: int | None = N
         except OSError:
             data.skipped[path] = "file not found"
             continue
-        if row is not None and (row.size, row.mtime) == (st.st_size, st.st_mtime):
-            vectors[path] = np.frombuffer(row.vector, np.float32)
+        if row is not None and row[:2] == (st.st_size, st.st_mtime):
+            vectors[path] = np.frombuffer(row[2], np.float32)
         else:
             todo.append(path)
     data.reused = len(vectors)

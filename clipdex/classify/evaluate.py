@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clipdex.classify.datasets import Dataset
-from clipdex.classify.tagging import check_templates, label_vectors, softmax_probs
+from clipdex.classify.tagging import check_templates, label_vectors, parse_label_prompt, softmax
 from clipdex.errors import UsageError
 from clipdex.models import Encoder
 
@@ -36,8 +36,10 @@ def parse_prompts(spec: str, classes: list[str]) -> dict[str, str]:
     for part in (p.strip() for p in spec.split("|")):
         if not part:
             continue
-        label, sep, text = part.partition("=")
-        label, text = label.strip(), (text.strip() if sep else label.strip())
+        try:
+            label, text = parse_label_prompt(part)
+        except UsageError as exc:
+            raise UsageError(f"prompt set {spec!r}: {exc}") from None
         if label in mapping:
             raise UsageError(f"prompt set {spec!r} names class {label!r} twice")
         mapping[label] = text
@@ -100,7 +102,7 @@ def worst_mistakes(data: Dataset, probs: np.ndarray, limit: int = 10) -> list[di
 def zero_shot(data: Dataset, encoder: Encoder, prompts: dict[str, str], templates: list[str]) -> np.ndarray:
     """``N x C`` probabilities for ``data`` with one prompt per class, ensembled over templates."""
     label_vecs = label_vectors(encoder, [prompts[c] for c in data.classes], check_templates(templates))
-    return softmax_probs(data.vectors, label_vecs, encoder.logit_scale)
+    return softmax(encoder.logit_scale * data.vectors @ label_vecs.T)
 
 
 def evaluate(

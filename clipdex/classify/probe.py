@@ -11,31 +11,51 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import select
 
 from clipdex.classify.datasets import Dataset
 from clipdex.classify.evaluate import metrics, zero_shot
-from clipdex.classify.tagging import DEFAULT_TEMPLATES, TagStats, apply_classifier
+from clipdex.classify.tagging import DEFAULT_TEMPLATES, apply_classifier, softmax
 from clipdex.errors import ModelMismatch, UsageError
 from clipdex.library import Library
-from clipdex.library.schema import ProbeRow, utcnow
+from clipdex.library import tags as stored
+from clipdex.library.tags import PassSpec, TagStats
 from clipdex.models import Encoder
 
 L2_GRID = tuple(10.0 ** e for e in range(-6, 1))
+#: One picture each to train, validate and test on.
+MIN_PER_CLASS = 3
+
+
+def check_name(name: str) -> str:
+    """A probe name: letters, digits, - and _ (it is also part of the tags' source)."""
+    if not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise UsageError(f"probe name {name!r} must be letters, digits, - or _")
+    return name
+
+
+def check_sizes(data: Dataset) -> None:
+    """Every class needs :data:`MIN_PER_CLASS` pictures; say which one has too few, by name."""
+    counts = np.bincount(data.labels, minlength=len(data.classes))
+    for name, n in zip(data.classes, counts):
+        if n < MIN_PER_CLASS:
+            raise UsageError(f"class {name!r} needs at least {MIN_PER_CLASS} pictures to train, validate and test "
+                             f"a probe; it has {n}")
 
 
 def split(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified split: about ``fraction`` of each class (at least one) goes to the second part."""
+    """Stratified split: about ``fraction`` of each class (at least one) goes to the second part.
+
+    Each class needs two pictures here (one per part); :func:`check_sizes` says so by name first.
+    """
     first, second = [], []
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
-        if len(idx) < 3:
-            raise UsageError(f"class {c} needs at least 3 pictures to train, validate and test a probe")
-        cut = max(1, round(len(idx) * fraction))
+        if len(idx) < 2:
+            raise UsageError(f"class {c} has {len(idx)} picture(s) left to split, needs 2")
+        cut = min(len(idx) - 1, max(1, round(len(idx) * fraction)))
         second += idx[:cut].tolist()
         first += idx[cut:].tolist()
     return np.array(sorted(first)), np.array(sorted(second))
-
 
 def fit(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, steps: int = 200) -> tuple[np.ndarray, np.ndarray]:
     """Weights ``d x C`` and bias ``C`` minimising cross-entropy + ``l2 * |W|^2`` (full-batch L-BFGS)."""
@@ -57,10 +77,8 @@ def fit(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, steps: int = 20
 
 
 def predict(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    logits = x @ w + b
-    logits -= logits.max(axis=1, keepdims=True)
-    e = np.exp(logits)
-    return e / e.sum(axis=1, keepdims=True)
+    """``N x C`` class probabilities of a probe."""
+    return softmax(x @ w + b)
 
 
 @dataclass
@@ -80,10 +98,19 @@ class ProbeReport:
         return dict(self.__dict__)
 
 
-def train_probe(lib: Library, encoder: Encoder, data: Dataset, name: str, seed: int = 0) -> ProbeReport:
-    """Fit, select L2 on validation, refit on train+validation, score on test, store as ``name``."""
-    if not name or not name.replace("-", "").replace("_", "").isalnum():
-        raise UsageError(f"probe name {name!r} must be letters, digits, - or _")
+@dataclass
+class TrainedProbe:
+    """A fitted probe and how it did, before it is stored."""
+
+    report: ProbeReport
+    weights: np.ndarray  # d x C
+    bias: np.ndarray  # C
+
+
+def train_probe(encoder: Encoder, data: Dataset, name: str, seed: int = 0) -> TrainedProbe:
+    """Fit, select L2 on validation, refit on train+validation, score on test (nothing is stored)."""
+    check_name(name)
+    check_sizes(data)
     rng = np.random.default_rng(seed)
     rest, test = split(data.labels, 0.25, rng)
     train_idx, val_idx = split(data.labels[rest], 0.25, rng)
@@ -100,20 +127,21 @@ def train_probe(lib: Library, encoder: Encoder, data: Dataset, name: str, seed: 
     zs_m = metrics(y[test], zs.argmax(1), data.classes)
     report = ProbeReport(name, data.classes, best, len(train_idx), len(val_idx), len(test), probe_m.accuracy,
                          zs_m.accuracy, probe_m.as_dict(), zs_m.as_dict())
-    with lib.write_lock(), lib.session() as s:
-        s.merge(ProbeRow(name=name, model_identity=encoder.spec.identity, classes=json.dumps(data.classes),
-                         weights=w.astype(np.float32).tobytes(), bias=b.astype(np.float32).tobytes(),
-                         metrics=json.dumps(report.as_dict()), created_at=utcnow()))
-        s.commit()
-    return report
+    return TrainedProbe(report, w.astype(np.float32), b.astype(np.float32))
 
 
-def load_probe(lib: Library, name: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """A stored probe's classes, weights and bias; refuses one made for another model."""
-    with lib.session() as s:
-        row = s.get(ProbeRow, name)
-        names = list(s.scalars(select(ProbeRow.name)))
+def save_probe(lib: Library, encoder: Encoder, probe: TrainedProbe) -> None:
+    """Store ``probe`` under its name (replacing one of that name); binds a library without a model to it."""
+    r = probe.report
+    stored.save_probe(lib, r.name, encoder.spec, encoder.dim, r.classes, probe.weights.tobytes(),
+                      probe.bias.tobytes(), r.as_dict())
+
+
+def load_probe(lib: Library, name: str) -> tuple[list[str], np.ndarray, np.ndarray, str]:
+    """A stored probe's classes, weights, bias and model; refuses one made for another model."""
+    row = stored.probe_row(lib, name)
     if row is None:
+        names = [r.name for r in stored.probe_rows(lib)]
         raise UsageError(f"no probe named {name!r} (probes: {', '.join(names) or 'none'})")
     current = lib.get_meta("model_identity")
     if row.model_identity != current:
@@ -121,19 +149,19 @@ def load_probe(lib: Library, name: str) -> tuple[list[str], np.ndarray, np.ndarr
                             f"but this library now uses {current}: train it again")
     classes = json.loads(row.classes)
     w = np.frombuffer(row.weights, np.float32).reshape(-1, len(classes))
-    return classes, w, np.frombuffer(row.bias, np.float32)
+    return classes, w, np.frombuffer(row.bias, np.float32), row.model_identity
 
 
 def list_probes(lib: Library) -> list[dict]:
-    with lib.session() as s:
-        rows = s.scalars(select(ProbeRow).order_by(ProbeRow.name)).all()
+    """Every stored probe: name, classes, model and held-out accuracy."""
     return [{"name": r.name, "classes": json.loads(r.classes), "model": r.model_identity,
-             "test_accuracy": json.loads(r.metrics)["probe_accuracy"]} for r in rows]
+             "test_accuracy": json.loads(r.metrics)["probe_accuracy"]} for r in stored.probe_rows(lib)]
 
 
 def tag_with_probe(lib: Library, name: str, *, multi_label: bool = False, threshold: float = 0.5,
-                   folder: str | None = None) -> TagStats:
-    """Tag the library (or a folder of it) with a stored probe; tags' source is ``probe:NAME``."""
-    classes, w, b = load_probe(lib, name)
-    return apply_classifier(lib, lambda vectors: predict(vectors, w, b), classes, f"probe:{name}",
-                            multi_label=multi_label, threshold=threshold, folder=folder)
+                   folder: str | None = None, dry_run: bool = False) -> TagStats:
+    """Tag the library (or a folder of it) with a stored probe, as the pass ``probe:NAME``."""
+    classes, w, b, model = load_probe(lib, name)
+    spec = PassSpec(f"probe:{name}", tuple(classes), model_identity=model, multi_label=multi_label,
+                    threshold=threshold if multi_label else None)
+    return apply_classifier(lib, lambda vectors: predict(vectors, w, b), spec, folder=folder, dry_run=dry_run)

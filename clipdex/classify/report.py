@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from clipdex.errors import DecodeError
+from clipdex.errors import DecodeError, UsageError
 from clipdex.imaging import open_image
 
 
@@ -58,7 +58,14 @@ def _thumbnail(path: str, folder: Path) -> str | None:
 
 def write_report(folder: Path, dataset: str, classes: list[str], results: list[dict]) -> Path:
     """Write ``folder/index.html`` for the results of :func:`clipdex.classify.evaluate.evaluate`."""
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return _write(folder, dataset, classes, results)
+    except OSError as exc:
+        raise UsageError(f"cannot write the report into {folder}: {exc.strerror}") from None
+
+
+def _write(folder: Path, dataset: str, classes: list[str], results: list[dict]) -> Path:
     sections = []
     for r in results:
         prompts = "".join(f"<li><b>{escape(c)}</b>: {escape(p)}</li>" for c, p in r["prompts"].items())

@@ -1,8 +1,11 @@
-"""Zero-shot tagging of a library against a label set (the CLIP recipe).
+"""Zero-shot tagging of a library against a label set (the CLIP recipe), in passes that add up.
 
 Each label is written into every prompt template ("a photo of a {}."), the template
 embeddings are averaged and renormalised, and a picture's probabilities are the softmax
 of its cosine similarities to the labels times the model's logit scale.
+
+A run is a *pass* (see :mod:`clipdex.library.tags`): running another label set adds its
+tags next to the earlier ones; running the same label set again replaces only its own.
 """
 
 from __future__ import annotations
@@ -11,31 +14,34 @@ import csv
 import io
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, select
 
 from clipdex.errors import UsageError
 from clipdex.library import Library
 from clipdex.library.catalog import allowed_ids
-from clipdex.library.schema import ImageRow, TagRow, utcnow
+from clipdex.library.tags import ZERO_SHOT, PassSpec, TagStats, export_rows, write_pass
 from clipdex.models import Encoder
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
-ZERO_SHOT = "zero-shot"
+EXPORT_FIELDS = ["id", "path", "label", "probability", "source", "pass"]
 
 
 def parse_labels(labels: str | None = None, labels_file: str | Path | None = None) -> list[str]:
-    """Labels from ``"a,b,c"`` or a file with one label per line (``#`` starts a comment)."""
+    """Labels from ``"a,b,c"`` or a file with one label per line (``#`` starts a comment).
+
+    Exactly one of the two must be given (the CLI says which options that means).
+    """
     if (labels is None) == (labels_file is None):
-        raise UsageError("give exactly one of --labels or --labels-file")
+        raise UsageError("give the labels either inline or in a file, not both or neither")
     if labels_file is not None:
         try:
             text = Path(labels_file).read_text(encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"cannot read labels file {labels_file}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"labels file {labels_file} is not UTF-8 text") from None
         items = [line.split("#", 1)[0] for line in text.splitlines()]
     else:
         items = labels.split(",")
@@ -45,6 +51,28 @@ def parse_labels(labels: str | None = None, labels_file: str | Path | None = Non
             out.append(item)
     if len(out) < 2:
         raise UsageError(f"need at least two distinct labels to choose between, got {len(out)}")
+    return out
+
+
+def parse_label_prompt(item: str) -> tuple[str, str]:
+    """``"LABEL"`` -> (LABEL, LABEL); ``"LABEL=PROMPT"`` -> (LABEL, PROMPT): the tag stored, the text encoded."""
+    label, sep, prompt = item.partition("=")
+    label, prompt = label.strip(), prompt.strip()
+    if not label:
+        raise UsageError(f"{item.strip()!r} has no label before '='")
+    if sep and not prompt:
+        raise UsageError(f"label {label!r} has an empty prompt after '='")
+    return label, prompt if sep else label
+
+
+def label_prompts(items: list[str]) -> dict[str, str]:
+    """Label -> text to encode, in the given order; a label given twice is an error."""
+    out: dict[str, str] = {}
+    for item in items:
+        label, prompt = parse_label_prompt(item)
+        if label in out:
+            raise UsageError(f"label {label!r} is given twice")
+        out[label] = prompt
     return out
 
 
@@ -64,22 +92,11 @@ def label_vectors(encoder: Encoder, labels: list[str], templates: list[str]) -> 
     return (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
 
 
-def softmax_probs(image_vectors: np.ndarray, label_vecs: np.ndarray, logit_scale: float) -> np.ndarray:
-    """``N x L`` probabilities: softmax over ``logit_scale * cosine``."""
-    logits = logit_scale * image_vectors @ label_vecs.T
-    logits -= logits.max(axis=1, keepdims=True)
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of an ``N x C`` array (shifted by the row maximum, so it never overflows)."""
+    logits = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(logits)
     return e / e.sum(axis=1, keepdims=True)
-
-
-@dataclass
-class TagStats:
-    images: int = 0
-    tags_written: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return {"images": self.images, "tags_written": self.tags_written, "counts": self.counts}
 
 
 def choose(probs: np.ndarray, labels: list[str], multi_label: bool, threshold: float) -> list[list[tuple[str, float]]]:
@@ -87,53 +104,33 @@ def choose(probs: np.ndarray, labels: list[str], multi_label: bool, threshold: f
     kept = []
     for row in probs:
         if multi_label:
-            kept.append([(labels[j], float(row[j])) for j in np.argsort(-row) if row[j] >= threshold])
+            kept.append([(labels[j], float(row[j])) for j in np.argsort(-row, kind="stable") if row[j] >= threshold])
         else:
             j = int(np.argmax(row))
             kept.append([(labels[j], float(row[j]))])
     return kept
 
 
-def store_tags(lib: Library, ids: np.ndarray, kept: list[list[tuple[str, float]]], source: str) -> TagStats:
-    """Replace ``source``'s tags of the given pictures with ``kept``, in one transaction."""
-    stats = TagStats(images=len(ids))
-    now = utcnow()
-    with lib.write_lock(), lib.session() as s:
-        id_list = ids.tolist()
-        for start in range(0, len(id_list), 500):
-            chunk = id_list[start:start + 500]
-            s.execute(delete(TagRow).where(TagRow.source == source, TagRow.image_id.in_(chunk)))
-        s.add_all(
-            TagRow(image_id=i, label=label, source=source, probability=p, tagged_at=now)
-            for i, tags in zip(id_list, kept)
-            for label, p in tags
-        )
-        s.commit()
-    for tags in kept:
-        for label, _ in tags:
-            stats.counts[label] = stats.counts.get(label, 0) + 1
-            stats.tags_written += 1
-    return stats
-
-
 def apply_classifier(
     lib: Library,
     classify: Callable[[np.ndarray], np.ndarray],
-    labels: list[str],
-    source: str,
+    spec: PassSpec,
     *,
-    multi_label: bool = False,
-    threshold: float = 0.5,
     folder: str | None = None,
+    dry_run: bool = False,
 ) -> TagStats:
-    """Tag every picture (or those under ``folder``) with ``classify(vectors) -> N x L probabilities``."""
-    if multi_label and not 0.0 < threshold <= 1.0:
-        raise UsageError(f"--threshold must be in (0, 1], got {threshold}")
+    """Tag every picture (or those under ``folder``) with ``classify(vectors) -> N x L probabilities``.
+
+    The result is stored as pass ``spec`` (``spec.labels`` name the columns), replacing only
+    that pass's earlier tags of these pictures; with ``dry_run`` nothing is written.
+    """
+    threshold = spec.threshold if spec.threshold is not None else 0.5
+    if spec.multi_label and not 0.0 < threshold <= 1.0:
+        raise UsageError(f"the probability threshold must be above 0 and at most 1, got {threshold:g}")
     subset = allowed_ids(lib, folder=folder)
     ids, vectors = lib.load_vectors(None if subset is None else subset.tolist())
-    if len(ids) == 0:
-        return TagStats()
-    return store_tags(lib, ids, choose(classify(vectors), labels, multi_label, threshold), source)
+    kept = choose(classify(vectors), list(spec.labels), spec.multi_label, threshold) if len(ids) else []
+    return write_pass(lib, spec, ids.tolist(), kept, dry_run=dry_run)
 
 
 def tag_library(
@@ -145,36 +142,33 @@ def tag_library(
     multi_label: bool = False,
     threshold: float = 0.5,
     folder: str | None = None,
+    dry_run: bool = False,
 ) -> TagStats:
-    """Tag every picture (or those under ``folder``) with zero-shot probabilities.
+    """Tag every picture (or those under ``folder``) with zero-shot probabilities, as this label set's pass.
 
     A label may be written ``LABEL=PROMPT``: the tag is LABEL, the text encoded is PROMPT.
     """
-    names = [label.partition("=")[0].strip() for label in labels]
-    prompts = [label.partition("=")[2].strip() or name for label, name in zip(labels, names)]
-    label_vecs = label_vectors(encoder, prompts, check_templates(templates))
+    prompts = label_prompts(labels)
+    if len(prompts) < 2:
+        raise UsageError(f"need at least two distinct labels to choose between, got {len(prompts)}")
+    templates = check_templates(templates)
+    names = list(prompts)
+    spec = PassSpec(ZERO_SHOT, tuple(names), prompts, tuple(templates), encoder.spec.identity, multi_label,
+                    threshold if multi_label else None)
+    label_vecs = label_vectors(encoder, [prompts[n] for n in names], templates)
     scale = encoder.logit_scale
-    return apply_classifier(lib, lambda vectors: softmax_probs(vectors, label_vecs, scale), names, ZERO_SHOT,
-                            multi_label=multi_label, threshold=threshold, folder=folder)
+    return apply_classifier(lib, lambda vectors: softmax(scale * vectors @ label_vecs.T), spec, folder=folder,
+                            dry_run=dry_run)
 
 
 def export_tags(lib: Library, fmt: str) -> str:
-    """All tags as CSV (path,label,probability,source) or a JSON list."""
-    with lib.session() as s:
-        rows = s.execute(
-            select(ImageRow.id, ImageRow.path, TagRow.label, TagRow.probability, TagRow.source)
-            .join(TagRow, TagRow.image_id == ImageRow.id)
-            .order_by(ImageRow.path, TagRow.probability.desc())
-        ).all()
-    records = [
-        {"id": r.id, "path": r.path, "label": r.label, "probability": round(r.probability, 6), "source": r.source}
-        for r in rows
-    ]
+    """All tags as CSV (id,path,label,probability,source,pass) or a JSON list."""
+    records = export_rows(lib)
     if fmt == "json":
         return json.dumps(records, indent=2)
     if fmt == "csv":
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["id", "path", "label", "probability", "source"], lineterminator="\n")
+        writer = csv.DictWriter(buf, fieldnames=EXPORT_FIELDS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(records)
         return buf.getvalue()

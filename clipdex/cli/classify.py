@@ -3,10 +3,36 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from clipdex.cli.common import fail_cleanly, json_option, library_option, library_path, print_json
+from clipdex.cli.common import fail_cleanly, json_option, library_option, library_path, model_option, print_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    from clipdex.library import Library
+    from clipdex.models import Encoder
+
+
+def _existing_library(library: Path | None) -> tuple[Library | None, Path]:
+    """The library the command reads, or None when there is none (yet) at its path."""
+    from clipdex.errors import NoLibrary
+    from clipdex.library import Library
+
+    path = library_path(library)
+    try:
+        return Library.open(path), path
+    except NoLibrary:
+        return None, path
+
+
+def _encoder(lib: Library | None, model: str | None) -> Encoder:
+    """``--model``, else the library's model, else the default one."""
+    from clipdex.models import DEFAULT_MODEL, Encoder
+
+    if model is None:
+        return lib.encoder_for(None) if lib is not None else Encoder(DEFAULT_MODEL)
+    return Encoder(model)
 
 
 def _table(results: list[dict], classes: list[str]) -> None:
@@ -37,25 +63,29 @@ def _table(results: list[dict], classes: list[str]) -> None:
 @click.option("--template", "custom", multiple=True, help="A template of your own with {} (repeatable; one ensemble).")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write an HTML report (confusion matrices, mistakes) into this folder.")
+@model_option
 @json_option
 @fail_cleanly
 def eval_command(dataset: Path, library: Path | None, prompt_sets: tuple[str, ...], template_names: tuple[str, ...],
-                 custom: tuple[str, ...], report_dir: Path | None, as_json: bool) -> None:
-    """Measure zero-shot classification on a labelled DATASET (class folders or a path,label CSV)."""
+                 custom: tuple[str, ...], report_dir: Path | None, model: str | None, as_json: bool) -> None:
+    """Measure zero-shot classification on a labelled DATASET (class folders or a path,label CSV).
+
+    No library is needed: pictures are encoded with --model. Those a library built with the
+    same model already holds reuse their stored vectors.
+    """
     from clipdex.classify.datasets import embed, load_dataset
     from clipdex.classify.evaluate import evaluate, template_set
     from clipdex.classify.tagging import check_templates
-    from clipdex.library import Library
 
     data = load_dataset(dataset)
-    lib = Library.open(library_path(library))
-    encoder = lib.encoder_for(None)
     names = list(template_names) or ([] if custom else ["photo"])
     sets = [template_set(n) for n in names]
     if custom:
         names.append("custom")
         sets.append(check_templates(list(custom)))
-    embed(data, lib, encoder)
+    lib, _ = _existing_library(library)
+    encoder = _encoder(lib, model)
+    embed(data, encoder, lib)
     results = evaluate(data, encoder, list(prompt_sets), sets, names)
     report = None
     if report_dir:
@@ -63,12 +93,12 @@ def eval_command(dataset: Path, library: Path | None, prompt_sets: tuple[str, ..
 
         report = str(write_report(report_dir, str(dataset), data.classes, results))
     if as_json:
-        print_json({"dataset": str(dataset), "classes": data.classes, "pictures": len(data.paths),
-                     "reused_vectors": data.reused, "encoded": data.encoded, "skipped": data.skipped,
-                     "results": results, "report": report})
+        print_json({"dataset": str(dataset), "model": str(encoder.spec), "classes": data.classes,
+                    "pictures": len(data.paths), "reused_vectors": data.reused, "encoded": data.encoded,
+                    "skipped": data.skipped, "results": results, "report": report})
         return
-    click.echo(f"{len(data.paths)} pictures, {len(data.classes)} classes ({data.reused} stored vectors reused, "
-               f"{data.encoded} encoded, {len(data.skipped)} unreadable)")
+    click.echo(f"{len(data.paths)} pictures, {len(data.classes)} classes, model {encoder.spec} "
+               f"({data.reused} stored vectors reused, {data.encoded} encoded, {len(data.skipped)} unreadable)")
     _table(results, data.classes)
     if report:
         click.echo(f"report: {report}")
@@ -84,18 +114,31 @@ def probe() -> None:
 @click.option("--name", required=True, help="Name to store the probe under (letters, digits, - and _).")
 @library_option
 @click.option("--seed", default=0, show_default=True, help="Seed of the train/validation/test split.")
+@model_option
 @json_option
 @fail_cleanly
-def probe_train(dataset: Path, name: str, library: Path | None, seed: int, as_json: bool) -> None:
-    """Fit a logistic regression on DATASET's embeddings and store it in the library."""
+def probe_train(dataset: Path, name: str, library: Path | None, seed: int, model: str | None, as_json: bool) -> None:
+    """Fit a logistic regression on DATASET's embeddings and store it in the library.
+
+    Without a library, one is created for the probe, bound to --model (no pictures yet):
+    index into it later with the same model, then tag with the probe.
+    """
     from clipdex.classify.datasets import embed, load_dataset
-    from clipdex.classify.probe import train_probe
+    from clipdex.classify.probe import check_name, save_probe, train_probe
     from clipdex.library import Library
 
+    check_name(name)
     data = load_dataset(dataset)
-    lib = Library.open(library_path(library))
-    encoder = lib.encoder_for(None)
-    report = train_probe(lib, encoder, embed(data, lib, encoder), name, seed)
+    lib, path = _existing_library(library)
+    encoder = lib.encoder_for(model) if lib is not None else _encoder(None, model)  # a probe reads the library's model
+    trained = train_probe(encoder, embed(data, encoder, lib), name, seed)
+    created = lib is None
+    save_probe(lib or Library.create(path), encoder, trained)
+    if created:
+        again = f" --library {path}" if library else ""
+        click.echo(f"(created a library at {path} for model {encoder.spec}, holding the probe; add pictures with: "
+                   f"clipdex index PATH{again})", err=True)
+    report = trained.report
     if as_json:
         print_json(report.as_dict())
         return
@@ -119,5 +162,9 @@ def probe_list(library: Path | None, as_json: bool) -> None:
         return
     if not probes:
         click.echo("No probes.")
-    for p in probes:
-        click.echo(f"{p['name']}\t{p['test_accuracy']:.3f}\t{', '.join(p['classes'])}")
+        return
+    rows = [("name", "classes", "test accuracy", "model")]
+    rows += [(p["name"], ", ".join(p["classes"]), f"{p['test_accuracy']:.3f}", p["model"]) for p in probes]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        click.echo(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}")

@@ -13,6 +13,7 @@ data), and bump nothing else: :data:`LATEST` follows the list.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from sqlalchemy import inspect, text
@@ -23,9 +24,51 @@ from clipdex.library.schema import Base
 
 Step = Callable[[Connection], None]
 
+
+def _tag_passes(conn: Connection) -> None:
+    """Tagging passes: every tag belongs to a pass (``tag_passes``), so passes add up.
+
+    0.1.0 tags carry only a source: each source becomes a pass with the same key and name
+    ("zero-shot", "probe:NAME"); its labels are the probe's classes, or for zero-shot the
+    labels seen (the label set itself was not kept). The tags table is rebuilt with a
+    ``pass_id`` in its key, since two passes may give a picture the same label.
+    """
+    conn.execute(text(
+        "CREATE TABLE tag_passes (id INTEGER NOT NULL, \"key\" VARCHAR NOT NULL, name VARCHAR NOT NULL, "
+        "kind VARCHAR NOT NULL, labels VARCHAR NOT NULL, prompts VARCHAR, templates VARCHAR, model_identity VARCHAR, "
+        "multi_label BOOLEAN, threshold FLOAT, created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL, "
+        "PRIMARY KEY (id), UNIQUE (\"key\"), UNIQUE (name))"))
+    model = conn.execute(text("SELECT value FROM meta WHERE key = 'model_identity'")).scalar()
+    probes = dict(conn.execute(text("SELECT name, classes FROM probes")).all())
+    sources = conn.execute(text("SELECT source, MIN(tagged_at), MAX(tagged_at) FROM tags GROUP BY source")).all()
+    for source, first, last in sources:
+        labels = probes.get(source.removeprefix("probe:")) if source.startswith("probe:") else None
+        if labels is None:
+            seen = conn.execute(text("SELECT DISTINCT label FROM tags WHERE source = :s ORDER BY label"),
+                                {"s": source}).scalars().all()
+            labels = json.dumps(seen)
+        conn.execute(text(
+            "INSERT INTO tag_passes (\"key\", name, kind, labels, model_identity, created_at, updated_at) "
+            "VALUES (:s, :s, :s, :labels, :model, :first, :last)"),
+            {"s": source, "labels": labels, "model": model, "first": first, "last": last})
+    conn.execute(text(
+        "CREATE TABLE tags_new (image_id INTEGER NOT NULL, label VARCHAR NOT NULL, pass_id INTEGER NOT NULL, "
+        "source VARCHAR NOT NULL, probability FLOAT NOT NULL, tagged_at DATETIME NOT NULL, "
+        "PRIMARY KEY (image_id, label, pass_id), "
+        "FOREIGN KEY(image_id) REFERENCES images (id) ON DELETE CASCADE, "
+        "FOREIGN KEY(pass_id) REFERENCES tag_passes (id) ON DELETE CASCADE)"))
+    conn.execute(text(
+        "INSERT INTO tags_new (image_id, label, pass_id, source, probability, tagged_at) "
+        "SELECT t.image_id, t.label, p.id, t.source, t.probability, t.tagged_at "
+        "FROM tags t JOIN tag_passes p ON p.\"key\" = t.source"))
+    conn.execute(text("DROP TABLE tags"))
+    conn.execute(text("ALTER TABLE tags_new RENAME TO tags"))
+    conn.execute(text("CREATE INDEX ix_tags_label ON tags (label)"))
+    conn.execute(text("CREATE INDEX ix_tags_pass ON tags (pass_id)"))
+
 #: Version 1 is clipdex 0.1.0's schema (images, skipped, tags, roots, probes, meta).
 #: ``STEPS[i]`` upgrades a database from version ``i + 1`` to ``i + 2``.
-STEPS: list[Step] = []
+STEPS: list[Step] = [_tag_passes]
 
 LATEST = 1 + len(STEPS)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from sqlalchemy import (
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -77,16 +78,40 @@ class SkippedRow(Base):
     recorded_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class TagPassRow(Base):
+    """A tagging pass: one classifier (a label set, or a probe) run over the library.
+
+    ``key`` identifies the pass (re-running it replaces its own tags, never another
+    pass's); ``name`` is what people see and may later be chosen by them. Deleting a
+    pass deletes its tags.
+    """
+
+    __tablename__ = "tag_passes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String, unique=True)
+    name: Mapped[str] = mapped_column(String, unique=True)
+    kind: Mapped[str] = mapped_column(String)  # "zero-shot" or "probe:NAME"
+    labels: Mapped[str] = mapped_column(String)  # JSON list, the classifier's order
+    prompts: Mapped[str | None] = mapped_column(String, nullable=True)  # JSON label -> text encoded
+    templates: Mapped[str | None] = mapped_column(String, nullable=True)  # JSON list
+    model_identity: Mapped[str | None] = mapped_column(String, nullable=True)
+    multi_label: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class TagRow(Base):
-    """A label given to a picture by a tagging pass (``source`` says which)."""
+    """A label given to a picture by a tagging pass (``source`` repeats the pass's kind for readers)."""
 
     __tablename__ = "tags"
-    __table_args__ = (Index("ix_tags_label", "label"),)
+    __table_args__ = (Index("ix_tags_label", "label"), Index("ix_tags_pass", "pass_id"))
     image_id: Mapped[int] = mapped_column(
         ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
     )
     label: Mapped[str] = mapped_column(String, primary_key=True)
-    source: Mapped[str] = mapped_column(String, primary_key=True)
+    pass_id: Mapped[int] = mapped_column(ForeignKey("tag_passes.id", ondelete="CASCADE"), primary_key=True)
+    source: Mapped[str] = mapped_column(String)
     probability: Mapped[float] = mapped_column(Float)
     tagged_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 

@@ -1,0 +1,281 @@
+"""Tags, tagging passes and probes in the database: the SQL behind :mod:`clipdex.classify`.
+
+Every tag belongs to a *pass*: one classifier run over the library, identified by its
+key (a zero-shot label set, or a probe's name). Writing a pass replaces only the tags
+that same pass gave the same pictures before, and says what moved: tags added, changed
+(another label, or another probability) and removed. Other passes are never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.orm import Session
+
+from clipdex.errors import ModelMismatch
+from clipdex.library.schema import ImageRow, ProbeRow, TagPassRow, TagRow, utcnow
+from clipdex.models import ModelSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from clipdex.library import Library
+
+ZERO_SHOT = "zero-shot"
+#: Key (and name) of the pass the 0.1.0 upgrade made from its zero-shot tags, whose label set was not kept.
+LEGACY_ZERO_SHOT = "zero-shot"
+NAME_LENGTH = 48
+SAME = 1e-6  # probabilities closer than this count as unchanged
+CHUNK = 500  # ids per IN (...) clause
+
+
+def _chunks(items: list) -> Iterator[list]:
+    for start in range(0, len(items), CHUNK):
+        yield items[start:start + CHUNK]
+
+
+@dataclass(frozen=True)
+class PassSpec:
+    """What a tagging pass is: its kind, its classes in the classifier's order, and how it ran."""
+
+    kind: str  # "zero-shot" or "probe:NAME"
+    labels: tuple[str, ...]
+    prompts: dict[str, str] | None = None
+    templates: tuple[str, ...] | None = None
+    model_identity: str | None = None
+    multi_label: bool = False
+    threshold: float | None = None
+
+    @property
+    def key(self) -> str:
+        """A probe's pass is its name; a zero-shot pass is its label set, in any order."""
+        if self.kind.startswith("probe:"):
+            return self.kind
+        digest = hashlib.sha256(json.dumps(sorted(self.labels), ensure_ascii=False).encode()).hexdigest()
+        return f"{self.kind}:{digest[:16]}"
+
+    def default_name(self) -> str:
+        """A readable name: the probe's, or the labels (shortened when long)."""
+        if self.kind.startswith("probe:"):
+            return self.kind
+        name = ", ".join(self.labels)
+        if len(name) <= NAME_LENGTH:
+            return name
+        shown: list[str] = []
+        for label in self.labels:
+            if len(", ".join([*shown, label])) > NAME_LENGTH - 12:
+                break
+            shown.append(label)
+        return f"{', '.join(shown)} +{len(self.labels) - len(shown)} more"
+
+
+@dataclass
+class TagStats:
+    """What a pass did (or, in a dry run, would do) to the pictures it tagged."""
+
+    images: int = 0
+    tags_written: int = 0
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    examples: list[dict] = field(default_factory=list)
+    pass_key: str = ""
+    pass_name: str = ""
+    dry_run: bool = False
+
+    def as_dict(self) -> dict:
+        return {"pass": {"key": self.pass_key, "name": self.pass_name}, "dry_run": self.dry_run,
+                "images": self.images, "tags_written": self.tags_written, "added": self.added,
+                "changed": self.changed, "removed": self.removed, "unchanged": self.unchanged,
+                "counts": self.counts, "examples": self.examples}
+
+
+def _tag(label_p: tuple[str, float] | None) -> dict | None:
+    return None if label_p is None else {"label": label_p[0], "probability": round(label_p[1], 6)}
+
+
+def compare(before: dict[str, float], after: list[tuple[str, float]]) -> tuple[list[dict], int]:
+    """One picture's changes (``added``/``changed``/``removed``) and how many tags stayed as they were.
+
+    A label kept with another probability is a change; a label replaced by another one is
+    a change too (the picture's tag moved), and what is left over is added or removed.
+    """
+    now = dict(after)
+    changes: list[dict] = []
+    unchanged = 0
+    for label in [label for label, _ in after if label in before]:
+        if abs(before[label] - now[label]) > SAME:
+            changes.append({"change": "changed", "before": _tag((label, before[label])),
+                            "after": _tag((label, now[label]))})
+        else:
+            unchanged += 1
+    gone = sorted((label for label in before if label not in now), key=lambda lb: (-before[lb], lb))
+    new = [label for label, _ in after if label not in before]
+    for i in range(max(len(gone), len(new))):
+        old = (gone[i], before[gone[i]]) if i < len(gone) else None
+        fresh = (new[i], now[new[i]]) if i < len(new) else None
+        kind = "changed" if old and fresh else "added" if fresh else "removed"
+        changes.append({"change": kind, "before": _tag(old), "after": _tag(fresh)})
+    return changes, unchanged
+
+
+def _find_pass(s: Session, spec: PassSpec) -> TagPassRow | None:
+    """The pass with ``spec``'s key; else the upgraded 0.1.0 zero-shot pass, if ``spec`` covers its labels."""
+    row = s.scalar(select(TagPassRow).where(TagPassRow.key == spec.key))
+    if row is None and spec.kind == ZERO_SHOT:
+        legacy = s.scalar(select(TagPassRow).where(TagPassRow.key == LEGACY_ZERO_SHOT))
+        if legacy is not None and set(json.loads(legacy.labels)) <= set(spec.labels):
+            row = legacy
+    return row
+
+
+def _free_name(s: Session, wanted: str, own_id: int | None) -> str:
+    taken = {n for i, n in s.execute(select(TagPassRow.id, TagPassRow.name)).all() if i != own_id}
+    name, n = wanted, 2
+    while name in taken:
+        name, n = f"{wanted} #{n}", n + 1
+    return name
+
+
+def _save_pass(s: Session, row: TagPassRow | None, spec: PassSpec) -> TagPassRow:
+    """Create the pass, or record this run's settings on it (adopting a 0.1.0 pass gives it the new key)."""
+    now = utcnow()
+    if row is None or row.key != spec.key:
+        name = _free_name(s, spec.default_name(), row.id if row else None)
+        row = row or TagPassRow(created_at=now)
+        row.key, row.name = spec.key, name
+    row.kind, row.labels = spec.kind, json.dumps(list(spec.labels), ensure_ascii=False)
+    row.prompts = None if spec.prompts is None else json.dumps(spec.prompts, ensure_ascii=False)
+    row.templates = None if spec.templates is None else json.dumps(list(spec.templates), ensure_ascii=False)
+    row.model_identity, row.multi_label, row.threshold = spec.model_identity, spec.multi_label, spec.threshold
+    row.updated_at = now
+    s.add(row)
+    s.flush()
+    return row
+
+
+def write_pass(
+    lib: Library, spec: PassSpec, ids: list[int], kept: list[list[tuple[str, float]]], *,
+    dry_run: bool = False, examples: int = 3,
+) -> TagStats:
+    """Give pictures ``ids`` the tags ``kept`` (one list per picture) as pass ``spec``, in one transaction.
+
+    Only this pass's earlier tags of these pictures are replaced. With ``dry_run`` nothing
+    is written, and the answer says what would change. ``examples`` per kind of change are
+    kept for people to look at.
+    """
+    stats = TagStats(images=len(ids), pass_key=spec.key, dry_run=dry_run)
+    lock = contextlib.nullcontext() if dry_run else lib.write_lock()
+    with lock, lib.session() as s:
+        row = _find_pass(s, spec)
+        wanted = set(ids)
+        before: dict[int, dict[str, float]] = {}
+        if row is not None:
+            for image_id, label, p in s.execute(select(TagRow.image_id, TagRow.label, TagRow.probability)
+                                                .where(TagRow.pass_id == row.id)):
+                if image_id in wanted:
+                    before.setdefault(image_id, {})[label] = p
+        rewrite: list[int] = []
+        shown: dict[tuple[str, bool], list[tuple[int, dict]]] = {}
+        for image_id, tags in zip(ids, kept):
+            changes, unchanged = compare(before.get(image_id, {}), tags)
+            stats.unchanged += unchanged
+            if changes:
+                rewrite.append(image_id)
+            for c in changes:
+                setattr(stats, c["change"], getattr(stats, c["change"]) + 1)
+                moved = bool(c["before"] and c["after"] and c["before"]["label"] != c["after"]["label"])
+                bucket = shown.setdefault((c["change"], moved), [])
+                if len(bucket) < examples:
+                    bucket.append((image_id, c))
+            for label, _ in tags:
+                stats.counts[label] = stats.counts.get(label, 0) + 1
+                stats.tags_written += 1
+        if row is not None and row.key == spec.key:
+            stats.pass_name = row.name
+        else:
+            stats.pass_name = _free_name(s, spec.default_name(), row.id if row else None)
+        if not dry_run:
+            row = _save_pass(s, row, spec)
+            by_id = dict(zip(ids, kept))
+            now = utcnow()
+            for chunk in _chunks(rewrite):
+                s.execute(delete(TagRow).where(TagRow.pass_id == row.id, TagRow.image_id.in_(chunk)))
+            rows = [{"image_id": i, "label": label, "pass_id": row.id, "source": spec.kind, "probability": p,
+                     "tagged_at": now} for i in rewrite for label, p in by_id[i]]
+            if rows:
+                s.execute(insert(TagRow), rows)
+            s.commit()
+    stats.examples = _examples(lib, shown, examples)
+    return stats
+
+
+def _examples(lib: Library, shown: dict[tuple[str, bool], list[tuple[int, dict]]], per_kind: int) -> list[dict]:
+    """Up to ``per_kind`` examples of each change, label moves before mere probability moves, with paths."""
+    picked = []
+    for kind in ("changed", "added", "removed"):
+        picked += (shown.get((kind, True), []) + shown.get((kind, False), []))[:per_kind]
+    if not picked:
+        return []
+    with lib.session() as s:
+        paths = dict(s.execute(select(ImageRow.id, ImageRow.path)
+                               .where(ImageRow.id.in_([i for i, _ in picked]))).all())
+    return [{"path": paths.get(i, ""), **c} for i, c in picked]
+
+
+def export_rows(lib: Library) -> list[dict]:
+    """Every tag with its picture and pass, by path, most probable first."""
+    with lib.session() as s:
+        rows = s.execute(
+            select(ImageRow.id, ImageRow.path, TagRow.label, TagRow.probability, TagRow.source,
+                   TagPassRow.name)
+            .join(TagRow, TagRow.image_id == ImageRow.id)
+            .join(TagPassRow, TagPassRow.id == TagRow.pass_id)
+            .order_by(ImageRow.path, TagRow.probability.desc(), TagRow.label)
+        ).all()
+    return [{"id": r.id, "path": r.path, "label": r.label, "probability": round(r.probability, 6),
+             "source": r.source, "pass": r.name} for r in rows]
+
+
+def vectors_by_path(lib: Library, paths: list[str]) -> dict[str, tuple[int, float, bytes]]:
+    """Stored ``(size, mtime, vector bytes)`` of the given paths that the library holds."""
+    out = {}
+    with lib.session() as s:
+        for chunk in _chunks(paths):
+            for r in s.execute(select(ImageRow.path, ImageRow.size, ImageRow.mtime, ImageRow.vector)
+                               .where(ImageRow.path.in_(chunk))):
+                out[r.path] = (r.size, r.mtime, r.vector)
+    return out
+
+
+# -- probes ---------------------------------------------------------------------
+def save_probe(lib: Library, name: str, spec: ModelSpec, dim: int, classes: list[str], weights: bytes,
+               bias: bytes, metrics: dict) -> None:
+    """Store (or replace) probe ``name``; a library bound to no model yet is bound to ``spec``."""
+    with lib.write_lock(), lib.session() as s:
+        current = lib.get_meta("model_identity")
+        if current is None:
+            lib.bind_model(s, spec, dim)
+        elif current != spec.identity:
+            raise ModelMismatch(f"library {lib.path} was built with model {lib.model_spec}, not {spec}: "
+                                "a probe must read the library's own embeddings", requested=str(spec))
+        s.merge(ProbeRow(name=name, model_identity=spec.identity, classes=json.dumps(classes), weights=weights,
+                         bias=bias, metrics=json.dumps(metrics), created_at=utcnow()))
+        s.commit()
+
+
+def probe_row(lib: Library, name: str) -> ProbeRow | None:
+    with lib.session() as s:
+        return s.get(ProbeRow, name)
+
+
+def probe_rows(lib: Library) -> list[ProbeRow]:
+    """Every stored probe, by name."""
+    with lib.session() as s:
+        return list(s.scalars(select(ProbeRow).order_by(ProbeRow.name)))
