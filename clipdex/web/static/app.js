@@ -1,12 +1,17 @@
 // clipdex page: the URL holds the query (bookmarkable, back button works); every
 // string from the server goes into the page through textContent, never as HTML.
+// Searches are built from the URL (or the upload), never from half-loaded form controls.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const PAGE = 30;
 const FILTERS = ["tag", "folder", "from", "to"];
-let current = null; // {url, offset} of the search whose results are shown
+const INTRO = $("status").textContent;
+let view = null; // the search whose results are shown: {kind, filters, offset, fetch(offset), found(n), none}
+let seq = 0; // answers to superseded requests are dropped
+let knownTags = null; // Set of tag labels, once /api/tags answered
 let detailId = null;
+let previewUrl = null; // blob: URL of the uploaded picture shown as the reference
 
 async function api(url, options) {
   const response = await fetch(url, options);
@@ -26,14 +31,66 @@ function showError(message) {
 
 function setStatus(text) { $("status").textContent = text; }
 
-function filterParams() {
+function plural(n, word) { return `${n} ${word}${n === 1 ? "" : "s"}`; }
+
+// -- filters ------------------------------------------------------------------
+
+function pickFilters(read) {
   const params = new URLSearchParams();
   for (const name of FILTERS) {
-    const value = $(name).value.trim();
+    const value = (read(name) || "").trim();
     if (value) params.set(name, value);
   }
   return params;
 }
+
+const urlFilters = () => pickFilters((name) => new URLSearchParams(location.search).get(name));
+const formFilters = () => pickFilters((name) => $(name).value);
+
+function describeFilters(filters) {
+  const words = [];
+  if (filters.get("tag")) words.push(`tag “${filters.get("tag")}”`);
+  if (filters.get("folder")) words.push(`folder ${filters.get("folder")}`);
+  const from = filters.get("from"), to = filters.get("to");
+  if (from && to) words.push(`taken ${from} to ${to}`);
+  else if (from) words.push(`taken since ${from}`);
+  else if (to) words.push(`taken until ${to}`);
+  return words;
+}
+
+function tagOptionText(label, count) {
+  if (count !== undefined) return `${label} (${count})`;
+  return knownTags ? `${label} (no pictures)` : label;
+}
+
+function setTag(value) {
+  const select = $("tag");
+  if (value && ![...select.options].some((o) => o.value === value)) {
+    const option = document.createElement("option");
+    option.value = value;
+    option.textContent = tagOptionText(value);
+    select.append(option);
+  }
+  select.value = value;
+}
+
+/** Put ``filters`` into the form controls, the count on the toggle and the clear button. */
+function showFilters(filters) {
+  for (const name of FILTERS) {
+    if (name === "tag") setTag(filters.get(name) || "");
+    else $(name).value = filters.get(name) || "";
+  }
+  countFilters(filters);
+}
+
+function countFilters(filters) {
+  const active = describeFilters(filters).length;
+  $("filter-count").textContent = active;
+  $("filter-count").hidden = !active;
+  $("clear-all").hidden = !active;
+}
+
+// -- results ------------------------------------------------------------------
 
 function card(hit) {
   const li = document.createElement("li");
@@ -41,66 +98,165 @@ function card(hit) {
   button.type = "button";
   button.className = "card";
   button.dataset.id = hit.id;
-  const name = hit.path.split("/").pop();
   button.title = hit.path;
+  const parts = hit.path.split(/[\\/]/);
+  const name = parts.pop();
+  const folder = parts.pop();
   const img = document.createElement("img");
   img.src = `/api/images/${hit.id}/thumbnail`;
   img.alt = name;
   img.loading = "lazy";
-  const caption = document.createElement("span");
-  caption.className = "caption";
+  // "red/circle-002.jpg": right-to-left box, left-to-right text, so a long path loses its start
+  const where = document.createElement("span");
+  where.className = "where";
+  const text = document.createElement("bdi");
+  text.dir = "ltr";
+  if (folder) {
+    const dir = document.createElement("span");
+    dir.className = "folder";
+    dir.textContent = `${folder}/`;
+    text.append(dir);
+  }
   const label = document.createElement("span");
   label.className = "name";
   label.textContent = name;
+  text.append(label);
+  where.append(text);
   const score = document.createElement("span");
   score.className = "score";
   score.textContent = hit.score.toFixed(3);
-  caption.append(label, score);
-  button.append(img, caption);
+  button.append(img, score, where);
   button.addEventListener("click", () => openDetail(hit.id));
   li.append(button);
   return li;
 }
 
-function render(body, append, describe) {
+function showReference(src, name, detail) {
+  $("ref-img").src = src;
+  $("ref-img").alt = name;
+  $("ref-name").textContent = name;
+  $("ref-path").textContent = detail;
+  $("reference").hidden = false;
+}
+
+function clearResults(status) {
+  $("grid").replaceChildren();
+  $("more").hidden = true;
+  $("empty").hidden = true;
+  $("reference").hidden = true;
+  setStatus(status);
+}
+
+/** Why nothing came back: the filters in use, what is known about them, a way out. */
+function explainEmpty(body) {
+  const active = describeFilters(view.filters);
+  const hints = [];
+  const tag = view.filters.get("tag");
+  if (tag && knownTags && !knownTags.has(tag)) hints.push(`No picture has the tag “${tag}”.`);
+  for (const hint of body.hints || []) hints.push(typeof hint === "string" ? hint : hint.message);
+  $("empty-filters").textContent = active.length ? `Filters in use: ${active.join(" · ")}.` : "";
+  const list = $("empty-hints");
+  list.replaceChildren();
+  for (const hint of hints) {
+    const li = document.createElement("li");
+    li.textContent = hint;
+    list.append(li);
+  }
+  $("clear-filters").hidden = !active.length;
+  $("empty").hidden = !active.length && !hints.length;
+}
+
+function render(body, append) {
   const grid = $("grid");
   if (!append) grid.replaceChildren();
   for (const hit of body.results) grid.append(card(hit));
   $("more").hidden = !body.has_more;
   const shown = grid.children.length;
-  setStatus(shown ? `${shown} results ${describe}` : `No results ${describe}.`);
+  setStatus(shown ? view.found(shown) : view.none);
+  view.answer = body;
+  if (shown) $("empty").hidden = true;
+  else explainEmpty(body);
 }
 
-async function load(url, append, describe, options) {
+async function load(append) {
+  const mine = ++seq;
   showError("");
   try {
-    const body = await api(url, options);
-    render(body, append, describe);
+    const body = await view.fetch(view.offset);
+    if (mine === seq) render(body, append);
   } catch (err) {
+    if (mine !== seq) return;
     showError(err.message);
+    if (!append) $("reference").hidden = true;
   }
+}
+
+function pageQuery(filters, extra) {
+  const query = new URLSearchParams(filters);
+  for (const [key, value] of Object.entries(extra || {})) query.set(key, value);
+  query.set("k", PAGE);
+  return query;
+}
+
+function startText(q, filters) {
+  const query = pageQuery(filters, { q });
+  view = {
+    kind: "text", filters, offset: 0,
+    fetch: (offset) => api(`/api/search?${query}&offset=${offset}`),
+    found: (n) => `${plural(n, "result")} for “${q}”`,
+    none: `No results for “${q}”.`,
+  };
+  load(false);
+}
+
+function startSimilar(id, filters) {
+  const query = pageQuery(filters);
+  const path = `/api/images/${encodeURIComponent(id)}`;
+  const mine = view = {
+    kind: "similar", filters, offset: 0,
+    fetch: (offset) => api(`${path}/similar?${query}&offset=${offset}`),
+    found: (n) => plural(n, "similar picture"),
+    none: "No similar pictures.",
+  };
+  api(path).then((info) => {
+    if (view === mine) showReference(`${path}/thumbnail`, info.name, info.path);
+  }, () => { /* the search reports the unknown id */ });
+  load(false);
+}
+
+function startUpload(file, filters) {
+  const query = pageQuery(filters);
+  view = {
+    kind: "upload", file, filters, offset: 0,
+    fetch: (offset) => {
+      const form = new FormData();
+      form.append("image", file);
+      return api(`/api/search?${query}&offset=${offset}`, { method: "POST", body: form });
+    },
+    found: (n) => plural(n, "similar picture"),
+    none: "No similar pictures.",
+  };
+  if (previewUrl) URL.revokeObjectURL(previewUrl);
+  previewUrl = URL.createObjectURL(file);
+  showReference(previewUrl, file.name, "your picture (not added to the library)");
+  load(false);
 }
 
 function runFromUrl() {
   const params = new URLSearchParams(location.search);
+  const filters = urlFilters();
   $("q").value = params.get("q") || "";
-  for (const name of FILTERS) $(name).value = params.get(name) || "";
-  const query = filterParams();
-  query.set("k", PAGE);
-  const similar = params.get("similar");
-  if (similar) {
-    current = { url: `/api/images/${encodeURIComponent(similar)}/similar?${query}`, offset: 0,
-                describe: `like picture ${similar}` };
-  } else if (params.get("q")) {
-    query.set("q", params.get("q"));
-    current = { url: `/api/search?${query}`, offset: 0, describe: `for “${params.get("q")}”` };
-  } else {
-    current = null;
-    $("grid").replaceChildren();
-    $("more").hidden = true;
-    return;
+  showFilters(filters);
+  clearResults("");
+  const similar = params.get("similar"), q = (params.get("q") || "").trim();
+  if (similar) startSimilar(similar, filters);
+  else if (q) startText(q, filters);
+  else {
+    view = null;
+    seq++;
+    showError("");
+    setStatus(INTRO);
   }
-  load(current.url, false, current.describe);
 }
 
 function navigate(params) {
@@ -108,15 +264,32 @@ function navigate(params) {
   runFromUrl();
 }
 
+function filtersOnlyUrl(filters) { return String(filters) ? `?${filters}` : location.pathname; }
+
 function searchByFile(file) {
   if (!file) return;
-  const form = new FormData();
-  form.append("image", file);
-  const query = filterParams();
-  query.set("k", PAGE);
-  current = null;
-  $("more").hidden = true;
-  load(`/api/search?${query}`, false, `like ${file.name}`, { method: "POST", body: form });
+  const filters = formFilters();
+  history.pushState(null, "", filtersOnlyUrl(filters)); // back returns to the previous search
+  $("q").value = "";
+  clearResults("");
+  startUpload(file, filters);
+}
+
+/** Re-run what is shown with ``filters`` (the form's, or none). */
+function refilter(filters) {
+  countFilters(filters);
+  if (view && view.kind === "upload") {
+    history.replaceState(null, "", filtersOnlyUrl(filters));
+    showFilters(filters);
+    clearResults("");
+    startUpload(view.file, filters);
+    return;
+  }
+  const params = new URLSearchParams(location.search);
+  if (!params.get("q") && !params.get("similar")) { showFilters(filters); return; }
+  for (const name of FILTERS) params.delete(name);
+  for (const [key, value] of filters) params.set(key, value);
+  navigate(params);
 }
 
 async function openDetail(id) {
@@ -146,50 +319,58 @@ async function openDetail(id) {
 }
 
 async function loadTags() {
-  try {
-    const body = await api("/api/tags");
-    const select = $("tag");
-    for (const tag of body.tags) {
-      const option = document.createElement("option");
-      option.value = tag.label;
-      option.textContent = `${tag.label} (${tag.count})`;
-      select.append(option);
-    }
-    const wanted = new URLSearchParams(location.search).get("tag");
-    if (wanted) select.value = wanted;
-  } catch (err) { /* no library yet: the page says so */ }
+  let body;
+  try { body = await api("/api/tags"); } catch (err) { return; /* no library yet: the page says so */ }
+  const select = $("tag");
+  knownTags = new Set(body.tags.map((t) => t.label));
+  const present = new Map([...select.options].map((o) => [o.value, o]));
+  for (const tag of body.tags) {
+    const option = present.get(tag.label) || select.appendChild(document.createElement("option"));
+    option.value = tag.label;
+    option.textContent = tagOptionText(tag.label, tag.count);
+  }
+  for (const [value, option] of present) {
+    if (value && !knownTags.has(value)) option.textContent = tagOptionText(value);
+  }
+  if (view && view.answer && !$("grid").children.length) explainEmpty(view.answer); // now knows unknown tags
+}
+
+function typing(element) {
+  return element && (element.isContentEditable || ["INPUT", "SELECT", "TEXTAREA"].includes(element.tagName));
 }
 
 $("search-form").addEventListener("submit", (event) => {
   event.preventDefault();
-  const params = filterParams();
+  const params = formFilters();
   const q = $("q").value.trim();
   if (!q) { showError("Type something to search for, or choose a picture."); return; }
   params.set("q", q);
   navigate(params);
 });
-for (const name of FILTERS) {
-  $(name).addEventListener("change", () => {
-    const params = new URLSearchParams(location.search);
-    if (!params.get("q") && !params.get("similar")) return;
-    for (const f of FILTERS) params.delete(f);
-    for (const [key, value] of filterParams()) params.set(key, value);
-    navigate(params);
-  });
-}
+for (const name of FILTERS) $(name).addEventListener("change", () => refilter(formFilters()));
+$("clear-filters").addEventListener("click", () => refilter(new URLSearchParams()));
+$("clear-all").addEventListener("click", () => refilter(new URLSearchParams()));
+$("filters-toggle").addEventListener("click", () => {
+  const open = $("filters-toggle").getAttribute("aria-expanded") !== "true";
+  $("filters-toggle").setAttribute("aria-expanded", String(open));
+  document.body.classList.toggle("filters-open", open);
+});
 $("more").addEventListener("click", () => {
-  if (!current) return;
-  current.offset += PAGE;
-  load(`${current.url}&offset=${current.offset}`, true, current.describe);
+  if (!view) return;
+  view.offset += PAGE;
+  load(true);
 });
 $("similar").addEventListener("click", () => {
   $("detail").close();
-  const params = filterParams();
+  const params = formFilters();
   params.set("similar", detailId);
   navigate(params);
 });
 $("pick").addEventListener("click", () => $("upload").click());
-$("upload").addEventListener("change", (event) => searchByFile(event.target.files[0]));
+$("upload").addEventListener("change", (event) => {
+  searchByFile(event.target.files[0]);
+  event.target.value = ""; // choosing the same file again searches again
+});
 document.addEventListener("dragover", (event) => { event.preventDefault(); $("drop-hint").hidden = false; });
 document.addEventListener("dragleave", (event) => { if (!event.relatedTarget) $("drop-hint").hidden = true; });
 document.addEventListener("drop", (event) => {
@@ -198,7 +379,7 @@ document.addEventListener("drop", (event) => {
   searchByFile(event.dataTransfer.files[0]);
 });
 document.addEventListener("keydown", (event) => {
-  if (event.key === "/" && document.activeElement !== $("q") && !$("detail").open) {
+  if (event.key === "/" && !typing(document.activeElement) && !$("detail").open) {
     event.preventDefault();
     $("q").focus();
   }
