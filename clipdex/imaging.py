@@ -8,9 +8,15 @@ animations, decompression bombs refused, and large JPEGs decoded at reduced size
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
+import os
+import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -35,6 +41,21 @@ Image.MAX_IMAGE_PIXELS = None
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
 )
+
+#: The Pillow formats of those files, with the content type each is served as. Decoding
+#: files from strangers (uploads, served originals) is limited to these, so no other Pillow
+#: plugin (EPS through Ghostscript, for one) ever sees their bytes.
+IMAGE_FORMATS = {
+    "JPEG": "image/jpeg",
+    "MPO": "image/jpeg",  # a camera JPEG with extra pictures inside (Pillow opens it as JPEG)
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+    "HEIF": "image/heif",
+    "AVIF": "image/avif",
+}
 
 _EXIF_IFD = 0x8769
 _DATETIME_ORIGINAL = 36867
@@ -77,15 +98,47 @@ def _capture_date(exif: Image.Exif) -> dt.datetime | None:
     return None
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to RGB, compositing transparency on white."""
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_BAND_ROWS = 256
+
+
+def _wide_to_l(im: Image.Image) -> Image.Image:
+    """16-bit, 32-bit or float greyscale to 8-bit ``L``, scaled as before (x / 65535 * 255, or
+    x itself when an ``I``/``F`` picture holds 8-bit values).
+
+    Works a band of rows at a time, so the extra memory is one uint8 copy of the picture plus
+    one band, never a full-size float64 copy (a 13000 x 13000 16-bit PNG once took 5 GB).
+    """
+    if im.mode.startswith("I;16"):
+        hi = 65535
+    else:
+        hi = 65535 if im.getextrema()[1] > 255 else 255
+    width, height = im.size
+    out = np.empty((height, width), np.uint8)
+    for top in range(0, height, _BAND_ROWS):
+        band = np.asarray(im.crop((0, top, width, min(height, top + _BAND_ROWS))))
+        if band.dtype.kind == "f":
+            out[top:top + len(band)] = np.clip(band.astype(np.float64) / hi * 255.0, 0, 255)
+        else:
+            out[top:top + len(band)] = np.clip(band.astype(np.int64), 0, hi) * 255 // hi
+    return Image.fromarray(out)
+
+
+def _to_rgb(im: Image.Image, target_size: int | None = None) -> Image.Image:
+    """Convert any Pillow mode to RGB, compositing transparency on white.
+
+    Wide greyscale pictures (16-bit, 32-bit, float) much larger than ``target_size`` are
+    also reduced once they are 8-bit (to at least 3x ``target_size`` on the short side, as
+    the final resize would), so the RGB copy stays small.
+    """
     if im.mode == "RGB":
         return im
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(im, dtype=np.float64)
-        hi = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr = np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, "L").convert("RGB")
+    if im.mode in _WIDE_MODES:
+        grey = _wide_to_l(im)
+        factor = min(grey.size) // (3 * target_size) if target_size else 1
+        if factor >= 2:
+            grey = grey.reduce(factor)
+        return grey.convert("RGB")
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     elif im.mode in ("LA", "La", "PA", "RGBa"):
@@ -97,15 +150,28 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def _registered(formats: Iterable[str] | None) -> list[str] | None:
+    """``formats`` limited to those Pillow can open here (it fails on unknown names)."""
+    if formats is None:
+        return None
+    Image.init()
+    return [f for f in formats if f in Image.OPEN]
+
+
 def open_image(
-    path: str | Path, target_size: int = 224, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: str | Path | BinaryIO,
+    target_size: int = 224,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    formats: Iterable[str] | None = None,
 ) -> DecodedImage:
     """Decode one file to an upright RGB picture, at least ``target_size`` on its short side.
 
-    Raises :class:`DecodeError` with a short human reason on any failure.
+    ``formats`` limits which Pillow formats are tried (e.g. :data:`IMAGE_FORMATS`); by
+    default every format Pillow knows. Raises :class:`DecodeError` with a short human
+    reason on any failure.
     """
     try:
-        with Image.open(path) as im:
+        with Image.open(path, formats=_registered(formats)) as im:
             width, height = im.size
             if width * height > max_pixels:
                 raise DecodeError(
@@ -123,7 +189,7 @@ def open_image(
                 width, height = height, width
             captured = _capture_date(exif)
             upright = ImageOps.exif_transpose(im) if orientation != 1 else im
-            rgb = _to_rgb(upright)
+            rgb = _to_rgb(upright, target_size)
             if rgb is im:
                 rgb = im.copy()
     except DecodeError:
@@ -138,7 +204,9 @@ def open_image(
         raise DecodeError("is a directory") from None
     except Image.UnidentifiedImageError:
         raise DecodeError("not a recognised image format") from None
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
+    except MemoryError:
+        raise DecodeError("cannot decode: not enough memory") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DecodeError(f"cannot decode: {exc}".strip()) from None
     return DecodedImage(rgb, width, height, captured)
 
@@ -161,8 +229,49 @@ def fit_square(image: Image.Image, size: int, mode: str = "shortest") -> np.ndar
 
 
 def load_for_model(
-    path: str | Path, size: int, mode: str = "shortest", max_pixels: int = DEFAULT_MAX_PIXELS
+    path: str | Path | BinaryIO,
+    size: int,
+    mode: str = "shortest",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    formats: Iterable[str] | None = None,
 ) -> tuple[np.ndarray, DecodedImage]:
     """Decode ``path`` and return the model-sized pixels with the decoded facts."""
-    decoded = open_image(path, size, max_pixels)
+    decoded = open_image(path, size, max_pixels, formats)
     return fit_square(decoded.image, size, mode), decoded
+
+
+def image_type(fh: BinaryIO) -> str | None:
+    """The content type of the picture in ``fh`` judged from its bytes (never its name), or
+    None when it is not one of :data:`IMAGE_FORMATS`. Reads the header only; rewinds ``fh``."""
+    try:
+        with Image.open(fh, formats=_registered(IMAGE_FORMATS)) as im:
+            kind = IMAGE_FORMATS.get(im.format or "")
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
+        kind = None
+    fh.seek(0)
+    return kind
+
+
+def write_thumbnail(source: str | Path | BinaryIO, target: Path, size: int, quality: int = 85,
+                    formats: Iterable[str] | None = None) -> None:
+    """Write an upright JPEG of ``source``, at most ``size`` px on its long side, to ``target``.
+
+    The one thumbnail maker (web renditions, report pictures). The JPEG is made in memory
+    (Pillow's encoder writing to a file ignores a short write, so a full disk gave a cut-off
+    JPEG), written to a temporary file beside ``target`` and renamed into place; the
+    temporary file is removed whatever happens, so a cache never holds a partial or empty
+    file. Raises :class:`DecodeError` (source unusable) or :class:`OSError` (not writable).
+    """
+    image = open_image(source, target_size=size, formats=formats).image
+    image.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    jpeg = io.BytesIO()
+    image.save(jpeg, "JPEG", quality=quality, optimize=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(jpeg.getbuffer())
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
