@@ -6,6 +6,7 @@ and tagging quality on them, so all three agree on what "a red circle" looks lik
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import random
 from collections.abc import Iterator
@@ -110,11 +111,21 @@ def captions(sample: Sample) -> list[str]:
 
 
 def write_collection(
-    folder: str | Path, per_class: int = 4, seed: int = 0, samples: list[Sample] | None = None
+    folder: str | Path,
+    per_class: int = 4,
+    seed: int = 0,
+    samples: list[Sample] | None = None,
+    taken: dt.datetime | None = None,
 ) -> dict[Path, Sample]:
-    """Write ``per_class`` JPEGs of each sample into ``folder/<colour>/``; return path -> sample."""
+    """Write ``per_class`` JPEGs of each sample into ``folder/<colour>/``; return path -> sample.
+
+    With ``taken``, every picture carries it as its EXIF capture date (DateTimeOriginal).
+    """
     rng = random.Random(seed)
     folder = Path(folder)
+    exif = Image.Exif()
+    if taken is not None:
+        exif.get_ifd(0x8769)[36867] = taken.strftime("%Y:%m:%d %H:%M:%S")  # Exif IFD, DateTimeOriginal
     written: dict[Path, Sample] = {}
     for sample in samples or all_samples():
         sub = folder / sample.color
@@ -122,7 +133,7 @@ def write_collection(
         for i in range(per_class):
             size = rng.choice([(320, 240), (256, 256), (240, 320), (400, 300)])
             path = sub / f"{sample.shape}-{i:03d}.jpg"
-            draw(sample, size, rng).save(path, quality=90)
+            draw(sample, size, rng).save(path, quality=90, exif=exif)
             written[path] = sample
     return written
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 
 from clipdex.indexer import Indexer
 from clipdex.library import Library
@@ -45,6 +46,17 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path
         [sys.executable, "-m", "clipdex", *args],
         capture_output=True, text=True, env=full_env, timeout=timeout, cwd=cwd,
     )
+
+
+def invoke(*args: str, env: dict | None = None) -> Result:
+    """Run a ``clipdex`` command in this process (no interpreter start, no torch import): the fast way.
+
+    ``stdout`` and ``stderr`` are kept apart; an uncaught exception fails the test with its traceback.
+    """
+    from clipdex.cli import main
+
+    result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+    return result
 
 
 CHROMIUM = os.environ.get("CLIPDEX_CHROMIUM", "/usr/bin/chromium")

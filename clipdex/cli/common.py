@@ -92,5 +92,10 @@ def library_path(library: Path | None, demo_fallback: bool = True) -> Path:
     return path
 
 
+def plural(count: int, one: str, many: str) -> str:
+    """``1 picture`` / ``2 pictures``: counts in messages read as sentences."""
+    return f"{count} {one if count == 1 else many}"
+
+
 def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))

@@ -6,7 +6,25 @@ from pathlib import Path
 
 import click
 
-from clipdex.cli.common import fail_cleanly, json_option, library_option, library_path, print_json
+from clipdex.cli.common import fail_cleanly, json_option, library_option, library_path, plural, print_json
+
+
+def _rows(facts: dict) -> list[tuple[str, str]]:
+    """``clipdex info`` as (heading, value) lines: the library first, then what it holds."""
+    rows = [
+        ("library", facts["library"] + ("  (the demo library)" if facts["demo"] else "")),
+        ("pictures", str(facts["images"])),
+        ("skipped files", str(facts["skipped"]) + ("  (clipdex skipped lists them)" if facts["skipped"] else "")),
+        ("tagged", f"{plural(facts['tagged_images'], 'picture', 'pictures')}, "
+                   f"{plural(facts['tag_labels'], 'label', 'labels')}"),
+        ("model", f"{facts['model'] or 'none yet'}, {facts['embedding_dim'] or '?'}-dimensional vectors"),
+        ("index", f"{facts['index_type']}, generation {facts['generation']}"),
+        ("size on disk", f"{facts['size_bytes'] / 1e6:.1f} MB"),
+        ("probes", ", ".join(facts["probes"]) or "none"),
+    ]
+    shown = {"library", "demo", "images", "skipped", "tagged_images", "tag_labels", "model", "embedding_dim",
+             "index_type", "generation", "size_bytes", "probes"}
+    return rows + [(key.replace("_", " "), str(value)) for key, value in facts.items() if key not in shown]
 
 
 @click.command()
@@ -14,21 +32,18 @@ from clipdex.cli.common import fail_cleanly, json_option, library_option, librar
 @json_option
 @fail_cleanly
 def info(library: Path | None, as_json: bool) -> None:
-    """Show counts, model, embedding size, index type and size on disk."""
+    """Show the library's folder, counts, model, index and size on disk."""
     from clipdex.classify.probe import list_probes
+    from clipdex.demo import DEMO_META
     from clipdex.library import Library
 
     lib = Library.open(library_path(library))
-    facts = {**lib.info(), "probes": [p["name"] for p in list_probes(lib)]}
+    facts = {**lib.info(), "demo": lib.get_meta(DEMO_META) == "1", "probes": [p["name"] for p in list_probes(lib)]}
     if as_json:
         print_json(facts)
         return
-    for key, value in facts.items():
-        if key == "size_bytes":
-            value = f"{value / 1e6:.1f} MB"
-        elif key == "probes":
-            value = ", ".join(value) or "none"
-        click.echo(f"{key.replace('_', ' '):>14}: {value}")
+    for heading, value in _rows(facts):
+        click.echo(f"{heading:<14} {value}")
 
 
 @click.command()
@@ -36,15 +51,18 @@ def info(library: Path | None, as_json: bool) -> None:
 @json_option
 @fail_cleanly
 def skipped(library: Path | None, as_json: bool) -> None:
-    """List files the indexer skipped, with the reason."""
+    """List the files the indexer skipped, with the reason (each is retried once it changes)."""
     from clipdex.library import Library
 
-    rows = Library.open(library_path(library)).skipped()
+    lib = Library.open(library_path(library))
+    rows = lib.skipped()
     if as_json:
         print_json([{"path": p, "reason": r} for p, r in rows])
         return
     if not rows:
-        click.echo("No skipped files.")
+        click.echo(f"No skipped files in {lib.path}.")
+        return
+    click.echo(f"{plural(len(rows), 'skipped file', 'skipped files')} in {lib.path} (retried once they change):")
     for path, reason in rows:
         click.echo(f"{path}\t{reason}")
 
@@ -60,9 +78,9 @@ def skipped(library: Path | None, as_json: bool) -> None:
 def demo(library: Path | None, pictures: Path | None, as_json: bool) -> None:
     """Offline demo: generate pictures, index them with the tiny model, search and tag."""
     from clipdex.demo import run_demo
-    from clipdex.library import default_library_path
+    from clipdex.library import demo_library_path
 
-    lib_path = library or default_library_path().with_name("demo-library")
+    lib_path = library or demo_library_path()
     report = run_demo(lib_path, pictures or lib_path.with_name("demo-pictures"),
                       echo=None if as_json else click.echo)
     if as_json:

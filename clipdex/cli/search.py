@@ -2,11 +2,51 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from clipdex.cli.common import fail_cleanly, json_option, library_option, library_path, model_option, print_json
+from clipdex.cli.common import (
+    fail_cleanly,
+    json_option,
+    library_option,
+    library_path,
+    model_option,
+    plural,
+    print_json,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from clipdex.search import EmptyReason
+
+#: How many labels an "unknown tag" answer lists before it stops with "…".
+SHOWN_LABELS = 6
+
+
+def explain(reason: EmptyReason, first: dt.date | None, last: dt.date | None) -> str:
+    """One reason for an empty answer, in the CLI's words (the options it names are the CLI's)."""
+    if reason.kind == "empty_library":
+        return "the library holds no pictures"
+    if reason.kind == "unknown_tag":
+        if not reason.known:
+            return f"no picture has the tag {reason.tag!r} (no picture is tagged yet: see clipdex tag --help)"
+        shown = ", ".join(reason.known[:SHOWN_LABELS]) + (", …" if len(reason.known) > SHOWN_LABELS else "")
+        return f"no picture has the tag {reason.tag!r} (tags: {shown})"
+    if reason.kind == "empty_folder":
+        return f"no indexed picture under {reason.folder}"
+    if reason.kind == "empty_date_range":
+        return f"--from {first} is after --to {last}"
+    if reason.kind == "none_in_date_range":
+        wanted = f"from {first}" if last is None else f"until {last}" if first is None else f"from {first} to {last}"
+        return (f"no picture was taken {wanted} (capture dates run from {reason.first:%Y-%m-%d} "
+                f"to {reason.last:%Y-%m-%d})")
+    if reason.kind == "undated":
+        return (plural(reason.count, "picture has", "pictures have")
+                + f" no capture date and date filters leave {'it' if reason.count == 1 else 'them'} out")
+    return "no picture matches all the filters together, though each filter matches some"
 
 
 @click.command()
@@ -14,28 +54,57 @@ from clipdex.cli.common import fail_cleanly, json_option, library_option, librar
 @library_option
 @model_option
 @click.option("--image", type=click.Path(dir_okay=False, path_type=Path), help="Search by this example picture.")
+@click.option("--include-self", is_flag=True,
+              help="Keep the --image picture itself in the results when it is in the library (left out by default, "
+              "like 'More like this').")
 @click.option("--not", "negative", metavar="TEXT", help="Push results away from this concept.")
-@click.option("-k", "k", default=20, show_default=True, type=click.IntRange(1, 1000), help="Number of results.")
+@click.option("-k", "k", default=20, show_default=True, type=click.IntRange(1, 1000),
+              help="Number of results, 1-1000 (the web API returns the same ranking in pages of up to 100).")
 @click.option("--tag", default=None, help="Only pictures tagged with this label.")
 @click.option("--folder", default=None, type=click.Path(path_type=Path), help="Only pictures under this folder.")
+@click.option("--from", "first", default=None, metavar="YYYY-MM-DD",
+              help="Only pictures taken on or after this day (undated pictures are left out).")
+@click.option("--to", "last", default=None, metavar="YYYY-MM-DD",
+              help="Only pictures taken on or before this day (undated pictures are left out).")
 @json_option
 @fail_cleanly
-def search(query: str | None, library: Path | None, model: str | None, image: Path | None, negative: str | None,
-           k: int, tag: str | None, folder: Path | None, as_json: bool) -> None:
-    """Find the pictures that best match QUERY (text), --image, or both."""
+def search(query: str | None, library: Path | None, model: str | None, image: Path | None, include_self: bool,
+           negative: str | None, k: int, tag: str | None, folder: Path | None, first: str | None, last: str | None,
+           as_json: bool) -> None:
+    """Find the pictures that best match QUERY (text), --image, or both.
+
+    Filters (--tag, --folder, --from/--to) combine with any search; when nothing is found,
+    the answer says which filter left everything out.
+    """
+    from clipdex.errors import UsageError
     from clipdex.library import Library
-    from clipdex.search import build_query
+    from clipdex.library.catalog import ids_at_paths
+    from clipdex.search import build_query, day_range, parse_day, why_empty
     from clipdex.search import search as run_search
 
+    if not (query and query.strip()) and image is None:
+        raise UsageError("nothing to search for: give a text query, --image PATH, or both")
+    first_day, last_day = parse_day(first, "--from"), parse_day(last, "--to")
+    since, until = day_range(first_day, last_day)
     lib = Library.open(library_path(library))
     encoder = lib.encoder_for(model)
     vector = build_query(encoder, text=query, image=image, negative=negative)
-    hits = run_search(lib, vector, k, tag=tag, folder=str(folder) if folder else None)
+    exclude = None
+    if image is not None and not include_self:
+        exclude = ids_at_paths(lib, sorted({os.path.abspath(image), os.path.realpath(image)})) or None
+    filters = {"tag": tag, "folder": str(folder) if folder else None, "since": since, "until": until}
+    hits = run_search(lib, vector, k, exclude=exclude, **filters)
+    reasons = [] if hits else why_empty(lib, **filters)
+    only_self = not hits and bool(exclude) and bool(run_search(lib, vector, 1, **filters))
     if as_json:
+        why = [{"kind": "only_self"}] if only_self else [r.as_dict() for r in reasons]
         print_json({"query": query, "image": str(image) if image else None, "not": negative,
-                     "results": [h.as_dict() for h in hits]})
+                    "results": [h.as_dict() for h in hits], "why_empty": why})
         return
-    if not hits:
-        click.echo("No results.")
+    if only_self:
+        click.echo("No results: the only match is the --image picture itself (--include-self keeps it)")
+    elif not hits:
+        click.echo("No results: " + "; ".join(explain(r, first_day, last_day) for r in reasons) if reasons
+                   else "No results.")
     for h in hits:
         click.echo(f"{h.score:.4f}  {h.path}")

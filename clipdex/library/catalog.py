@@ -80,3 +80,30 @@ def hit_rows(lib: Library, ids: list[int]) -> dict[int, ImageRow]:
             select(ImageRow.id, ImageRow.path, ImageRow.width, ImageRow.height, ImageRow.captured_at)
             .where(ImageRow.id.in_(ids))
         ).all()}
+
+
+def ids_at_paths(lib: Library, paths: list[str]) -> set[int]:
+    """Ids of the pictures indexed at any of ``paths`` (absolute, as the indexer stores them)."""
+    with lib.session() as s:
+        return set(s.scalars(select(ImageRow.id).where(ImageRow.path.in_(paths))))
+
+
+def count_pictures(lib: Library, tag: str | None = None, folder: str | None = None, undated: bool = False) -> int:
+    """How many pictures carry ``tag``, lie under ``folder`` and (with ``undated``) have no capture date."""
+    stmt = select(func.count(ImageRow.id))
+    if tag is not None:
+        stmt = stmt.where(ImageRow.id.in_(select(TagRow.image_id).where(TagRow.label == tag)))
+    if folder is not None:
+        escaped = folder_prefix(folder).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        stmt = stmt.where(ImageRow.path.like(escaped + "%", escape="\\"))
+    if undated:
+        stmt = stmt.where(ImageRow.captured_at.is_(None))
+    with lib.session() as s:
+        return s.scalar(stmt) or 0
+
+
+def capture_span(lib: Library) -> tuple[dt.datetime, dt.datetime] | None:
+    """The earliest and latest capture dates in the library, or None when no picture has one."""
+    with lib.session() as s:
+        first, last = s.execute(select(func.min(ImageRow.captured_at), func.max(ImageRow.captured_at))).one()
+    return (first, last) if first is not None else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +45,15 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / norm if norm > 0 else v
 
 
+def check_query_image(path: str | Path) -> None:
+    """:class:`UsageError` when the example picture does not exist (checked before the model loads)."""
+    if not os.path.exists(path):
+        raise UsageError(f"query image not found: {path}")
+
+
 def encode_image_file(encoder: Encoder, path: str | Path) -> np.ndarray:
-    """Encode one picture the way the indexer does; :class:`UsageError` if unreadable."""
+    """Encode one picture the way the indexer does; :class:`UsageError` if missing or unreadable."""
+    check_query_image(path)
     try:
         pixels, _ = load_for_model(path, encoder.image_size, encoder.resize_mode)
     except DecodeError as exc:
@@ -61,6 +69,8 @@ def build_query(
     image_vector: np.ndarray | None = None,
 ) -> np.ndarray:
     """One unit query vector: text and image add up, ``negative`` is subtracted."""
+    if image is not None:
+        check_query_image(image)
     parts = []
     if text is not None and text.strip():
         parts.append(encoder.encode_texts([text])[0])
@@ -69,7 +79,7 @@ def build_query(
     if image_vector is not None:
         parts.append(_unit(np.asarray(image_vector, np.float32)))
     if not parts:
-        raise UsageError("nothing to search for: give a text query, --image PATH, or both")
+        raise UsageError("nothing to search for: give a text, an example picture, or both")
     query = _unit(np.sum(parts, axis=0))
     if negative is not None and negative.strip():
         query = _unit(query - encoder.encode_texts([negative])[0])
