@@ -158,6 +158,46 @@ def unknown_architecture_message(name: str, known: list[str]) -> str:
     return f"unknown model architecture {name!r} ({similar}list them all with: {LIST_MODELS_COMMAND})"
 
 
+#: Models loaded in this process: (identity, device, precision, weights stamp) -> (model, tokenizer, cfg).
+_LOADED: dict[tuple, tuple[Any, Any, dict[str, Any]]] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def _weights_stamp(spec: ModelSpec) -> tuple:
+    """For a model folder, its files' names, sizes and mtimes (changed weights load afresh); else ()."""
+    if spec.kind not in ("local-dir", "tiny"):
+        return ()
+    folder = Path(spec.open_clip_name[len("local-dir:"):])
+    try:
+        return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()))
+    except OSError:
+        return ()
+
+
+def _load_model(spec: ModelSpec, device: str, precision: str) -> tuple[Any, Any, dict[str, Any]]:
+    """Check the weights are there, then build the open_clip model, its tokenizer and preprocessing config."""
+    _preflight(spec)
+    import open_clip
+    import torch
+
+    if device == "cpu" and not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    kwargs: dict[str, Any] = {"device": device, "precision": precision}
+    if spec.kind == "builtin":
+        kwargs["pretrained"] = spec.tag
+    try:
+        model = open_clip.create_model(spec.open_clip_name, **kwargs)
+        tokenizer = open_clip.get_tokenizer(spec.open_clip_name)
+    except Exception as exc:  # noqa: BLE001 - a broken model folder or config, in one line
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelUnavailable(f"cannot load model {spec}: {reason}") from None
+    model.eval()
+    cfg = dict(open_clip.get_model_preprocess_cfg(model))
+    size = cfg.get("size", 224)
+    cfg["size"] = int(size if isinstance(size, int) else size[0])
+    return model, tokenizer, cfg
+
+
 def pick_device(device: str | None = None) -> str:
     """``cuda`` when a GPU is usable, else ``cpu``; an explicit choice wins."""
     if device:
@@ -184,32 +224,24 @@ class Encoder:
         self._cfg: dict[str, Any] = {}
 
     def load(self) -> Encoder:
-        """Load weights now (idempotent); raises :class:`ModelUnavailable`."""
+        """Load weights now (idempotent); raises :class:`ModelUnavailable`.
+
+        A model already loaded in this process (same weights, device and precision) is shared,
+        not read again: in-process callers (tests, a server's app factory) pay for it once.
+        """
         with self._lock:
             if self._model is not None:
                 return self
-            _preflight(self.spec)
-            import open_clip
             import torch
 
             device = pick_device(self._device)
             precision = self._precision or ("fp16" if device.startswith("cuda") else "fp32")
-            if device == "cpu" and not os.environ.get("OMP_NUM_THREADS"):
-                torch.set_num_threads(max(1, os.cpu_count() or 1))
-            kwargs: dict[str, Any] = {"device": device, "precision": precision}
-            if self.spec.kind == "builtin":
-                kwargs["pretrained"] = self.spec.tag
-            try:
-                model = open_clip.create_model(self.spec.open_clip_name, **kwargs)
-                tokenizer = open_clip.get_tokenizer(self.spec.open_clip_name)
-            except Exception as exc:  # noqa: BLE001 - a broken model folder or config, in one line
-                reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-                raise ModelUnavailable(f"cannot load model {self.spec}: {reason}") from None
-            model.eval()
-            cfg = dict(open_clip.get_model_preprocess_cfg(model))
-            size = cfg.get("size", 224)
-            cfg["size"] = int(size if isinstance(size, int) else size[0])
-            self._cfg = cfg
+            key = (self.spec.identity, device, precision, _weights_stamp(self.spec))
+            with _LOADED_LOCK:
+                if key not in _LOADED:
+                    _LOADED[key] = _load_model(self.spec, device, precision)
+                model, tokenizer, cfg = _LOADED[key]
+            self._cfg = dict(cfg)
             self._torch_device = torch.device(device)
             self._dtype = next(model.parameters()).dtype
             self._mean = torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1)
