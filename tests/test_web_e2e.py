@@ -87,6 +87,19 @@ def titles(page, n: int) -> list[str]:
     return [page.locator("#grid .card").nth(i).get_attribute("title") for i in range(n)]
 
 
+# Predicates are functions, not expression strings: Playwright evaluates strings with eval(),
+# which the page's Content-Security-Policy (rightly) forbids.
+def images_loaded(page, selector: str, n: int = 1) -> None:
+    page.wait_for_function(
+        "([sel, n]) => [...document.querySelectorAll(sel)].slice(0, n).every(i => i.naturalWidth > 0)",
+        arg=[selector, n])
+
+
+def every_title_has(page, text: str) -> None:
+    page.wait_for_function(
+        "t => [...document.querySelectorAll('#grid .card')].every(c => c.title.includes(t))", arg=text)
+
+
 def search(page, server, text: str) -> None:
     page.goto(server + "/")
     page.press("body", "/")  # keyboard shortcut to the search box
@@ -102,8 +115,8 @@ def test_type_a_query_and_see_the_right_thumbnails(page, server, tmp_path):
     # each card names the parent folder and the file, in full when it fits
     where = page.locator("#grid .card .where")
     assert all(re.fullmatch(r"red/circle-00\d\.jpg", t) for t in where.all_text_contents()[:5])
-    assert page.evaluate("[...document.querySelectorAll('#grid .where')].every(w => w.scrollWidth <= w.clientWidth)")
-    page.wait_for_function("[...document.querySelectorAll('#grid img')].slice(0, 12).every(i => i.naturalWidth > 0)")
+    assert where.evaluate_all("all => all.every(w => w.scrollWidth <= w.clientWidth)")  # nothing cut
+    images_loaded(page, "#grid img", 12)
     page.locator("#q").blur()
     shot(page, "results.png", tmp_path, "CLIPDEX_SCREENSHOT")
 
@@ -134,7 +147,7 @@ def test_detail_view_more_like_this_and_back(page, server):
     expect(page.locator("#detail-dims")).to_contain_text("×")
     expect(page.locator("#detail-tags li").first).to_contain_text("blue")
     name = page.locator("#detail-name").text_content()
-    page.wait_for_function("document.getElementById('detail-img').naturalWidth > 0")
+    images_loaded(page, "#detail-img")
     page.click("#similar")
     expect(dialog).to_be_hidden()
     expect(page.locator("#status")).to_have_text("30 similar pictures")
@@ -142,7 +155,7 @@ def test_detail_view_more_like_this_and_back(page, server):
     # the reference picture is named and shown above the grid
     expect(page.locator("#reference h2")).to_have_text(f"Pictures like {name}")
     expect(page.locator("#ref-path")).to_contain_text(f"/blue/{name}")
-    page.wait_for_function("document.getElementById('ref-img').naturalWidth > 0")
+    images_loaded(page, "#ref-img")
     assert page.locator("#ref-img").get_attribute("src").endswith("/thumbnail")
     assert all("/blue/square-" in t for t in titles(page, 4))
     page.go_back()
@@ -164,7 +177,7 @@ def test_filter_by_tag(page, server):
     page.select_option("#tag", "green")
     expect(page.locator("#status")).to_contain_text("results for")
     assert "tag=green" in page.url
-    page.wait_for_function("[...document.querySelectorAll('#grid .card')].every(c => c.title.includes('/green/'))")
+    every_title_has(page, "/green/")
     assert page.locator("#grid .card").count() > 0
 
 
@@ -196,11 +209,11 @@ def test_upload_a_picture(page, server, tmp_path):
     expect(page.locator("#status")).to_have_text("30 similar pictures")
     expect(page.locator("#reference h2")).to_have_text("Pictures like mine.png")
     assert page.locator("#ref-img").get_attribute("src").startswith("blob:")
-    page.wait_for_function("document.getElementById('ref-img').naturalWidth === 240")
+    page.wait_for_function("() => document.getElementById('ref-img').naturalWidth === 240")
     assert all("/purple/star-" in t for t in titles(page, 4))
     page.select_option("#tag", "red")  # a filter re-runs the same picture search
     expect(page.locator("#reference h2")).to_have_text("Pictures like mine.png")
-    page.wait_for_function("[...document.querySelectorAll('#grid .card')].every(c => c.title.includes('/red/'))")
+    every_title_has(page, "/red/")
 
 
 def test_drop_a_picture_on_a_readable_overlay(page, server, tmp_path):
@@ -306,7 +319,7 @@ def test_phone_header_folds_the_filters(browser, server, tmp_path):
     assert boxes[0]["y"] == boxes[1]["y"] and boxes[2]["y"] > boxes[0]["y"]  # two per row
     assert pg.evaluate("document.documentElement.scrollWidth") <= 390
     expect(pg.locator("#filter-count")).to_be_hidden()
-    pg.wait_for_function("[...document.querySelectorAll('#grid img')].slice(0, 4).every(i => i.naturalWidth > 0)")
+    images_loaded(pg, "#grid img", 4)
     shot(pg, "phone.png", tmp_path)
     context.close()
 
@@ -337,7 +350,7 @@ def test_no_library_yet_says_what_to_run(page, tmp_path):
 def test_everything_is_local_and_nothing_inline(page, server):
     page.goto(server + "/?q=a+green+star&tag=green")
     page.locator("#grid .card").first.click()
-    page.wait_for_function("document.getElementById('detail-img').naturalWidth > 0")
+    images_loaded(page, "#detail-img")
     assert page.requests and all(u.startswith(server + "/") for u in page.requests), page.requests
     assert page.errors == []  # a Content-Security-Policy violation is reported as a console error
     with urllib.request.urlopen(server + "/") as response:

@@ -1,11 +1,10 @@
 // clipdex page: the URL holds the query (bookmarkable, back button works); every
 // string from the server goes into the page through textContent, never as HTML.
-// Searches are built from the URL (or the upload), never from half-loaded form controls.
-"use strict";
+// Searches are built from the URL (or the upload), never from half-loaded form controls. An ES module.
+import { FILTERS, describeFilters, pickFilters, reasonText } from "./filters.js";
 
 const $ = (id) => document.getElementById(id);
 const PAGE = 30;
-const FILTERS = ["tag", "folder", "from", "to"];
 const INTRO = $("status").textContent;
 let view = null; // the search whose results are shown: {kind, filters, offset, fetch(offset), found(n), none}
 let seq = 0; // answers to superseded requests are dropped
@@ -35,28 +34,8 @@ function plural(n, word) { return `${n} ${word}${n === 1 ? "" : "s"}`; }
 
 // -- filters ------------------------------------------------------------------
 
-function pickFilters(read) {
-  const params = new URLSearchParams();
-  for (const name of FILTERS) {
-    const value = (read(name) || "").trim();
-    if (value) params.set(name, value);
-  }
-  return params;
-}
-
 const urlFilters = () => pickFilters((name) => new URLSearchParams(location.search).get(name));
 const formFilters = () => pickFilters((name) => $(name).value);
-
-function describeFilters(filters) {
-  const words = [];
-  if (filters.get("tag")) words.push(`tag “${filters.get("tag")}”`);
-  if (filters.get("folder")) words.push(`folder ${filters.get("folder")}`);
-  const from = filters.get("from"), to = filters.get("to");
-  if (from && to) words.push(`taken ${from} to ${to}`);
-  else if (from) words.push(`taken since ${from}`);
-  else if (to) words.push(`taken until ${to}`);
-  return words;
-}
 
 function tagOptionText(label, count) {
   if (count !== undefined) return `${label} (${count})`;
@@ -150,10 +129,12 @@ function clearResults(status) {
 /** Why nothing came back: the filters in use, what is known about them, a way out. */
 function explainEmpty(body) {
   const active = describeFilters(view.filters);
-  const hints = [];
+  const reasons = body.why_empty || [];
+  const hints = reasons.map(reasonText).filter(Boolean);
   const tag = view.filters.get("tag");
-  if (tag && knownTags && !knownTags.has(tag)) hints.push(`No picture has the tag “${tag}”.`);
-  for (const hint of body.hints || []) hints.push(typeof hint === "string" ? hint : hint.message);
+  if (tag && knownTags && !knownTags.has(tag) && !reasons.some((r) => r.kind === "unknown_tag")) {
+    hints.unshift(`No picture has the tag “${tag}”.`);
+  }
   $("empty-filters").textContent = active.length ? `Filters in use: ${active.join(" · ")}.` : "";
   const list = $("empty-hints");
   list.replaceChildren();
