@@ -137,7 +137,7 @@ def test_a_long_path_is_cut_at_its_start_so_the_name_stays(page, server):
     assert where["folder"] < where["left"], where  # the folder's start is what the ellipsis hides
 
 
-def test_detail_view_more_like_this_and_back(page, server):
+def test_detail_view_more_like_this_and_back(page, server, tmp_path):
     search(page, server, "a blue square")
     page.locator("#grid .card").first.focus()
     page.keyboard.press("Enter")
@@ -158,6 +158,7 @@ def test_detail_view_more_like_this_and_back(page, server):
     images_loaded(page, "#ref-img")
     assert page.locator("#ref-img").get_attribute("src").endswith("/thumbnail")
     assert all("/blue/square-" in t for t in titles(page, 4))
+    shot(page, "similar.png", tmp_path)
     page.go_back()
     expect(page.locator("#status")).to_contain_text("for “a blue square”")
     expect(page.locator("#q")).to_have_value("a blue square")
@@ -312,6 +313,7 @@ def test_phone_header_folds_the_filters(browser, server, tmp_path):
     expect(toggle).to_have_attribute("aria-expanded", "true")
     expect(pg.locator("#tag")).to_be_visible()
     expect(pg.locator("#tag")).to_have_value("yellow")
+    shot(pg, "phone-filters.png", tmp_path)
     toggle.click()
     expect(pg.locator("#filters")).to_be_hidden()
     pg.goto(server + "/?q=a+yellow+square")
