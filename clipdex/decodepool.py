@@ -3,7 +3,9 @@
 A decoder that crashes (segfault, abort) or hangs on one file costs that file, not the
 run: the worker is killed, the file is reported with a reason, a fresh worker takes its
 place and carries on with the rest. Each worker has its own pipe, so killing one never
-corrupts a queue the others share.
+corrupts a queue the others share. When a pool is done (finished, failed or
+interrupted) no process it started is left: neither workers nor the resource tracker
+that ``multiprocessing`` starts beside them.
 """
 
 from __future__ import annotations
@@ -105,6 +107,29 @@ def _cpu_seconds(pid: int | None) -> float | None:
         return None
 
 
+def _tracker_running() -> bool:
+    from multiprocessing import resource_tracker
+
+    return getattr(resource_tracker._resource_tracker, "_fd", None) is not None
+
+
+def _stop_tracker() -> None:
+    """Stop the resource tracker process that spawning workers started, and reap it.
+
+    It would otherwise outlive the command for a moment (it exits when it notices its
+    parent is gone), seen from outside as a leftover process. The pools use pipes only, so
+    it tracks nothing of theirs; the next pool starts it again if needed.
+    """
+    from multiprocessing import resource_tracker
+
+    stop = getattr(resource_tracker._resource_tracker, "_stop", None)
+    if stop is not None:
+        try:
+            stop()
+        except (OSError, ChildProcessError):
+            pass
+
+
 @dataclass
 class _Slot:
     proc: mp.process.BaseProcess
@@ -160,6 +185,7 @@ class DecodePool:
         self.buffer = buffer
         self._ctx = mp.get_context("spawn")
         self._slots: list[_Slot] | None = None
+        self._owns_tracker = False  # this pool started the resource tracker: it stops it when done
 
     def _spawn(self) -> _Slot:
         parent, child = self._ctx.Pipe(duplex=True)
@@ -182,14 +208,23 @@ class DecodePool:
     def start(self, count: int | None = None) -> DecodePool:
         """Spawn the workers now (they take a moment to import), e.g. while the model loads."""
         if self._slots is None:
-            self._slots = [self._spawn() for _ in range(min(self.workers, count or self.workers))]
+            self._owns_tracker = self._owns_tracker or not _tracker_running()
+            self._slots = []
+            for _ in range(min(self.workers, count or self.workers)):
+                self._slots.append(self._spawn())
         return self
 
     def close(self) -> None:
-        """Stop workers started by :meth:`start` that no :meth:`run` took over."""
-        for slot in self._slots or []:
+        """Stop workers started by :meth:`start` that no :meth:`run` took over, and what came with them."""
+        slots, self._slots = self._slots or [], None
+        for slot in slots:
             self._kill(slot)
-        self._slots = None
+        self._release()
+
+    def _release(self) -> None:
+        if self._owns_tracker and self._slots is None:
+            self._owns_tracker = False
+            _stop_tracker()
 
     def run(
         self, paths: Iterable[str], size: int, mode: str = "shortest", chunk: int = 1
@@ -240,6 +275,7 @@ class DecodePool:
         finally:
             stop.set()
             thread.join()
+            self._release()
         if errors:
             raise errors[0]
 

@@ -2,7 +2,8 @@
 
 Vectors are L2-normalised, so inner product is cosine similarity. The file name carries
 the database generation it was written for (``index.<generation>.faiss``); a file from
-any other generation is stale and the index is rebuilt from the vectors in SQLite.
+any other generation is stale, and one whose ids disagree with the database (by
+:func:`ids_checksum`) is wrong; either way the index is rebuilt from the vectors in SQLite.
 """
 
 from __future__ import annotations
@@ -11,12 +12,32 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import faiss
 import numpy as np
 
 _FILE_RE = re.compile(r"^index\.(\d+)\.faiss$")
 INDEX_TYPE = "IndexIDMap2(IndexFlatIP)"
+
+
+class IdsChecksum(NamedTuple):
+    """How many ids, their sum, and the sum of a 32-bit multiplicative hash of each.
+
+    Cheap to compute both in SQL and here, and changed by any id added, missing or
+    replaced, so a FAISS file that does not hold exactly the database's pictures is caught.
+    """
+
+    count: int
+    total: int
+    mixed: int
+
+
+def ids_checksum(ids: np.ndarray) -> IdsChecksum:
+    """:class:`IdsChecksum` of ``ids`` (the SQL twin is ``Library.ids_checksum``)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    mixed = (ids.astype(np.uint64) * np.uint64(2654435761)) % np.uint64(1 << 32)
+    return IdsChecksum(len(ids), int(ids.sum()), int(mixed.sum()))
 
 
 class VectorIndex:
@@ -91,16 +112,23 @@ class VectorIndex:
         return target
 
     @classmethod
-    def load(cls, folder: Path, generation: int, dim: int) -> VectorIndex | None:
-        """The saved index for exactly ``generation``, or None when missing, stale or unreadable."""
+    def load(cls, folder: Path, generation: int, dim: int, expected: IdsChecksum | None = None) -> VectorIndex | None:
+        """The saved index for exactly ``generation``, or None when missing, stale or unreadable.
+
+        With ``expected`` (the database's :class:`IdsChecksum`), a file holding other ids is
+        None too: it was saved wrongly or belongs to another database.
+        """
         path = folder / f"index.{generation}.faiss"
         try:
             index = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
-        except (OSError, RuntimeError):  # missing, replaced meanwhile, or damaged
+        except (OSError, RuntimeError, ValueError):  # missing, replaced meanwhile, or damaged
             return None
-        if index.d != dim:
+        if index.d != dim or not isinstance(index, faiss.IndexIDMap2):
             return None
-        return cls(dim, index)
+        loaded = cls(dim, index)
+        if expected is not None and ids_checksum(loaded.ids()) != expected:
+            return None
+        return loaded
 
 
 def index_files(folder: Path) -> list[Path]:

@@ -134,8 +134,9 @@ def test_other_model_is_refused_unless_rebuilding(tmp_path, pics):
                     tmp_path / "other-model")
     with pytest.raises(ModelMismatch, match=r"was built with model tiny, not local-dir:.*other-model"):
         lib.encoder_for(other)
-    with pytest.raises(ModelMismatch, match="re-encode everything with: clipdex index PATH --rebuild --model"):
+    with pytest.raises(ModelMismatch, match="their vectors cannot be compared$") as refused:
         Indexer(lib, other).run([str(pics)])
+    assert refused.value.requested == f"local-dir:{(tmp_path / 'other-model').resolve()}"  # the CLI hints with it
     stats = Indexer(lib, other, workers=2).run([str(pics)], rebuild=True)
     assert stats.encoded == 24
     assert str(Library.open(lib.path).model_spec).startswith("local-dir:")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -26,16 +27,22 @@ def index(paths: tuple[Path, ...], library: Path | None, model: str | None, rebu
     """Index the pictures under PATHS (folders or files).
 
     Only new and changed files are encoded; deleted ones are dropped and moved ones keep
-    their vector. Unreadable files are skipped and listed by `clipdex skipped`.
+    their vector. Unreadable files are skipped and listed by `clipdex skipped`. When stderr
+    is a terminal, progress lines and a bar show there as the run goes (with --json too:
+    stdout holds only the JSON).
     """
+    interactive = sys.stderr.isatty()
+    say = (lambda line: click.echo(line, err=True)) if interactive else None
     from clipdex.indexer import Indexer
     from clipdex.library import Library
 
     lib = Library.create(library_path(library, demo_fallback=False))
     indexer = Indexer(lib, model, batch_size=batch_size, workers=workers, timeout=timeout, device=device,
-                      progress=None if not as_json else False)
+                      progress=interactive, say=say)
     stats = indexer.run([str(p) for p in paths], rebuild=rebuild)
     if as_json:
         print_json(stats.as_dict())
-    else:
-        click.echo(stats.summary())
+        return
+    for note in stats.notes():
+        click.echo(note)
+    click.echo(stats.summary())

@@ -1,13 +1,18 @@
-"""A library: one directory holding the SQLite database and the FAISS index.
+"""A library: one folder holding the SQLite database and the FAISS index.
 
 The database is the truth; the index file is a cache of its vectors, valid only for
 the database *generation* it was saved for (bumped by every commit that changes a
-vector). A stale or missing index is rebuilt from SQLite without re-encoding.
+vector) and only while it holds exactly the database's ids. A stale, missing or
+disagreeing index is rebuilt from SQLite without re-encoding.
+
+A library on a read-only folder opens read-only (searchable, not changeable); a damaged
+database is reported and never written to (see :mod:`clipdex.library.storage`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import sys
@@ -16,18 +21,25 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from clipdex.errors import LibraryError, ModelMismatch, NoLibrary
-from clipdex.library import migrations
-from clipdex.library.schema import ImageRow, Meta, RootRow, SkippedRow, TagRow, make_engine
+from clipdex.library import migrations, storage
+from clipdex.library.schema import ImageRow, Meta, RootRow, SkippedRow, TagRow
+from clipdex.library.writes import delete_in_chunks
 from clipdex.models import DEFAULT_MODEL, Encoder, ModelSpec, parse_model_spec
-from clipdex.vectorindex import INDEX_TYPE, VectorIndex, index_files
+from clipdex.vectorindex import INDEX_TYPE, IdsChecksum, VectorIndex, index_files
 
 DB_NAME = "clipdex.db"
 LOCK_NAME = ".write.lock"
+
+
+def _refuse_file(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise LibraryError(f"library path {path} is a file, not a folder")
 
 
 def default_library_path() -> Path:
@@ -70,37 +82,98 @@ class Library:
 
     def __init__(self, path: Path):
         self.path = Path(path).expanduser().resolve()
-        self.engine = make_engine(self.path / DB_NAME)
-        migrations.upgrade(self.engine, str(self.path))
+        db = self.path / DB_NAME
+        if db.exists():
+            storage.check_file(db)
+        self.read_only = not storage.folder_is_writable(self.path)
+        self.engine = storage.open_engine(db, self.read_only)
+        self._created_db = False  # made by :meth:`create`, with these folders (deepest first)
+        self._created_folders: list[Path] = []
         self._index: VectorIndex | None = None
         self._index_generation = -1
         self._index_lock = threading.Lock()
+        try:
+            self._upgrade()
+        except BaseException:
+            self.engine.dispose()
+            raise
+
+    def _upgrade(self) -> None:
+        if not self.read_only:
+            migrations.upgrade(self.engine, str(self.path))
+            return
+        version, latest = migrations.pending(self.engine)
+        if version is None:
+            raise NoLibrary(str(self.path), empty=True)
+        if version < latest:
+            raise LibraryError(
+                f"library at {self.path} was written by an older clipdex (schema version {version}) and must be "
+                f"upgraded to version {latest} before use, which needs write access to its folder"
+            )
+        migrations.upgrade(self.engine, str(self.path))  # refuses a newer schema; writes nothing here
 
     # -- opening ----------------------------------------------------------------
     @classmethod
     def open(cls, path: Path | str) -> Library:
         """Open an existing library; :class:`LibraryError` if there is none."""
         path = Path(path).expanduser()
+        _refuse_file(path)
         if not (path / DB_NAME).is_file():
             raise NoLibrary(str(path))
         lib = cls(path)
         if lib.get_meta("model_identity") is None:
+            lib.close()
             raise NoLibrary(str(path), empty=True)
         return lib
 
     @classmethod
     def create(cls, path: Path | str) -> Library:
-        """Open a library for writing, creating the directory and database if needed."""
+        """Open a library for writing, creating the folder and database if needed.
+
+        What this call created is remembered, so a run that fails before storing anything
+        can take it away again (:meth:`discard_if_unused`).
+        """
         path = Path(path).expanduser()
+        _refuse_file(path)
+        absolute = path.resolve()
+        created = [p for p in (absolute, *absolute.parents) if not p.exists()]
+        new_db = not (path / DB_NAME).exists()
         try:
-            if path.exists() and not path.is_dir():
-                raise LibraryError(f"library path {path} is a file, not a directory")
             path.mkdir(parents=True, exist_ok=True)
-            return cls(path)
+            lib = cls(path)
         except OSError as exc:
             raise LibraryError(f"cannot create library at {path}: {exc.strerror}") from None
         except SQLAlchemyError as exc:
             raise LibraryError(f"cannot open the database in {path}: {exc.orig or exc}") from None
+        lib._created_db, lib._created_folders = new_db, created
+        return lib
+
+    def discard_if_unused(self) -> bool:
+        """Remove what :meth:`create` made (database, folders) if no picture was stored in it.
+
+        For a run that failed on a library that did not exist before it: no empty library is
+        left behind. Anything the library did not create, or holding pictures, stays.
+        """
+        if not self._created_db:
+            return False
+        try:
+            with self.session() as s:
+                if s.scalar(select(func.count(ImageRow.id))):
+                    return False
+        except LibraryError:
+            pass  # a database that cannot even be read holds nothing worth keeping: it was made just now
+        self.close()
+        for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", DB_NAME + "-journal", LOCK_NAME):
+            (self.path / name).unlink(missing_ok=True)
+        for leftover in [*index_files(self.path), *self.path.glob(".index-*.tmp")]:
+            leftover.unlink(missing_ok=True)
+        for folder in self._created_folders:  # deepest first; stops at the first that holds something else
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        self._created_db, self._created_folders = False, []
+        return True
 
     def close(self) -> None:
         self.engine.dispose()
@@ -111,7 +184,14 @@ class Library:
     @contextlib.contextmanager
     def write_lock(self) -> Iterator[None]:
         """Exclusive lock for writers (index, tag); readers never need it."""
-        fh = open(self.path / LOCK_NAME, "w")
+        if self.read_only:
+            raise storage.ReadOnlyLibrary(storage.read_only_message(self.path))
+        try:
+            fh = open(self.path / LOCK_NAME, "w")
+        except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise storage.ReadOnlyLibrary(storage.read_only_message(self.path)) from None
+            raise LibraryError(f"cannot lock the library at {self.path}: {exc.strerror}") from None
         try:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -197,24 +277,44 @@ class Library:
     def index(self) -> VectorIndex:
         """The FAISS index for the current generation: cached, loaded from disk, or rebuilt.
 
+        A file on disk is used only when it holds exactly the ids the database holds (see
+        :meth:`ids_checksum`): one saved wrongly, damaged or copied from elsewhere is rebuilt.
         Safe to call from several threads; a reader picks up what a writer committed. A
         rebuilt index is saved when no writer holds the library, so the next process
         loads it instead of rebuilding again.
         """
-        generation = self.generation
+        generation, expected = self._snapshot()
         with self._index_lock:
             if self._index is not None and self._index_generation == generation:
                 return self._index
             dim = self.dim
             if dim is None:
                 raise LibraryError(f"library at {self.path} is empty")
-            index = VectorIndex.load(self.path, generation, dim)
+            index = VectorIndex.load(self.path, generation, dim, expected)
             if index is None:
                 index = VectorIndex(dim)
                 index.add(*self.load_vectors())
                 self._save_if_unlocked(index, generation)
             self._index, self._index_generation = index, generation
             return index
+
+    def _snapshot(self) -> tuple[int, IdsChecksum]:
+        """The generation and :meth:`ids_checksum`, read in one transaction so they agree."""
+        with self.engine.connect() as conn:
+            value = conn.execute(select(Meta.value).where(Meta.key == "generation")).scalar()
+            return int(value or 0), self.ids_checksum(conn)
+
+    @staticmethod
+    def ids_checksum(conn: Connection) -> IdsChecksum:
+        """Count and two sums of the pictures' ids: what a FAISS file for this database must hold.
+
+        Read from a covering index (tens of milliseconds for 100,000 pictures); it is the
+        same as :func:`clipdex.vectorindex.ids_checksum` of the ids.
+        """
+        row = conn.execute(text(
+            "SELECT count(*), coalesce(sum(id), 0), coalesce(sum((id * 2654435761) % 4294967296), 0) FROM images"
+        )).one()
+        return IdsChecksum(int(row[0]), int(row[1]), int(row[2]))
 
     def _save_if_unlocked(self, index: VectorIndex, generation: int) -> None:
         try:
@@ -274,5 +374,4 @@ class Library:
 
     def forget(self, session: Session, ids: list[int]) -> None:
         """Delete image rows (their tags go with them)."""
-        for start in range(0, len(ids), 500):
-            session.execute(delete(ImageRow).where(ImageRow.id.in_(ids[start:start + 500])))
+        delete_in_chunks(session, ImageRow.id, ids)

@@ -66,9 +66,19 @@ def _tag_passes(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX ix_tags_label ON tags (label)"))
     conn.execute(text("CREATE INDEX ix_tags_pass ON tags (pass_id)"))
 
+
+def _staged_vectors(conn: Connection) -> None:
+    """Staging for ``--rebuild``: new vectors wait here until all are made, then swap in at once."""
+    conn.execute(text(
+        "CREATE TABLE staged_vectors (image_id INTEGER NOT NULL, size INTEGER NOT NULL, mtime FLOAT NOT NULL, "
+        "content_hash VARCHAR(64), width INTEGER, height INTEGER, captured_at DATETIME, vector BLOB, "
+        "reason VARCHAR, PRIMARY KEY (image_id), "
+        "FOREIGN KEY(image_id) REFERENCES images (id) ON DELETE CASCADE)"))
+
+
 #: Version 1 is clipdex 0.1.0's schema (images, skipped, tags, roots, probes, meta).
 #: ``STEPS[i]`` upgrades a database from version ``i + 1`` to ``i + 2``.
-STEPS: list[Step] = [_tag_passes]
+STEPS: list[Step] = [_tag_passes, _staged_vectors]
 
 LATEST = 1 + len(STEPS)
 

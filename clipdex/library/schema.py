@@ -1,4 +1,4 @@
-"""The library's SQLite schema (SQLAlchemy 2.0 style) and engine setup.
+"""The library's SQLite schema (SQLAlchemy 2.0 style); the engine is opened by :mod:`clipdex.library.storage`.
 
 The database is the source of truth: each picture's row holds its metadata *and* its
 vector, so the FAISS index can always be rebuilt from it without re-encoding.
@@ -7,7 +7,6 @@ vector, so the FAISS index can always be rebuilt from it without re-encoding.
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 import numpy as np
 from sqlalchemy import (
@@ -19,10 +18,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
-    create_engine,
-    event,
 )
-from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -139,20 +135,23 @@ class ProbeRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DBAPI types
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.close()
+class StagedRow(Base):
+    """A picture re-encoded by an unfinished ``--rebuild``, waiting to replace its row's vector.
 
-
-def make_engine(path: Path) -> Engine:
-    """An engine on ``path`` with WAL (readers never block the indexer) and foreign keys on.
-
-    The schema is created or upgraded by :func:`clipdex.library.migrations.upgrade`.
+    Filled batch by batch while the library keeps answering with its current vectors;
+    ``meta.staging_model_identity`` says which model made them. When every picture has one,
+    a single transaction swaps them in. ``vector`` is NULL for a file that could not be
+    used: ``reason`` then says why (it is recorded as skipped), or is NULL for a file that
+    is simply gone (it is removed, as any run removes deleted files).
     """
-    engine = create_engine(f"sqlite:///{path}", future=True)
-    event.listen(engine, "connect", _sqlite_pragmas)
-    return engine
+
+    __tablename__ = "staged_vectors"
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    size: Mapped[int] = mapped_column(Integer)
+    mtime: Mapped[float] = mapped_column(Float)
+    content_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    width: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    height: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    captured_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    vector: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    reason: Mapped[str | None] = mapped_column(String, nullable=True)

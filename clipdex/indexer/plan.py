@@ -1,0 +1,106 @@
+"""Planning a run: compare what is on disk with what the library holds.
+
+Pure: it takes a :class:`~clipdex.indexer.scan.Scan`, the library's rows under the scanned
+folders and its skip list, and says what to encode, what moved and what went away. Only
+move detection reads files (their content hash), through ``hash_fn``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from clipdex.decodepool import hash_file
+from clipdex.indexer.scan import Scan
+from clipdex.library.writes import KnownRow
+
+
+@dataclass
+class Plan:
+    """What one run will do under the scanned folders."""
+
+    todo: list[str]                   # new and changed files to decode and encode
+    changed_ids: dict[str, int]       # path -> id of the row a changed file replaces
+    unchanged_ids: list[int]          # rows whose file has the same size and mtime
+    moves: list[tuple[int, str]]      # (id, new path): a vanished picture found elsewhere
+    removed_ids: list[int]            # rows whose file is gone
+
+    @property
+    def new(self) -> int:
+        return len(self.todo) - len(self.changed_ids)
+
+    @property
+    def unchanged(self) -> int:
+        return len(self.unchanged_ids)
+
+    def describe(self) -> str:
+        """One line for the user: how the files on disk compare with the library."""
+        found = len(self.todo) + self.unchanged + len(self.moves)
+        return (f"found {found} pictures: {self.new} new, {len(self.changed_ids)} changed, {self.unchanged} unchanged, "
+                f"{len(self.moves)} moved; {len(self.removed_ids)} gone from the library")
+
+
+def make_plan(
+    found: Scan,
+    known: Iterable[KnownRow],
+    skipped: dict[str, tuple[int, float]],
+    *,
+    retry_skipped: bool = False,
+    hash_fn: Callable[[str], str] = hash_file,
+) -> Plan:
+    """Plan a run from a scan and the library's rows and skips (only those under ``found.roots`` count).
+
+    A file skipped before is not retried while its size and mtime are the ones recorded,
+    unless ``retry_skipped``. A new file with the size and content hash of a vanished row is
+    that picture, moved: it keeps its id and vector.
+    """
+    rows = [r for r in known if found.covers(r.path)]
+    by_path = {r.path: r for r in rows}
+    todo: list[str] = []
+    changed: dict[str, int] = {}
+    unchanged: list[int] = []
+    for path, facts in found.files.items():
+        row = by_path.get(path)
+        if row is None:
+            if not retry_skipped and skipped.get(path) == (facts.size, facts.mtime):
+                continue  # still the same bad file: don't retry it every run
+            todo.append(path)
+        elif row.size != facts.size or row.mtime != facts.mtime:
+            todo.append(path)
+            changed[path] = row.id
+        else:
+            unchanged.append(row.id)
+    vanished = {r.id: r for r in rows if r.path not in found.files}
+    moves = find_moves(todo, changed, found, vanished, hash_fn)
+    moved_paths = {path for _, path in moves}
+    todo = [p for p in todo if p not in moved_paths]
+    return Plan(todo, changed, unchanged, moves, list(vanished))
+
+
+def find_moves(
+    todo: list[str], changed: dict[str, int], found: Scan, vanished: dict[int, KnownRow],
+    hash_fn: Callable[[str], str] = hash_file,
+) -> list[tuple[int, str]]:
+    """Pair new files with vanished rows of the same size and content hash; paired rows leave ``vanished``.
+
+    Only a new file of a vanished picture's size is hashed, so a run with nothing vanished
+    reads no file here.
+    """
+    by_hash_size: dict[tuple[int, str], list[int]] = {}
+    for r in vanished.values():
+        by_hash_size.setdefault((r.size, r.content_hash), []).append(r.id)
+    sizes = {size for size, _ in by_hash_size}
+    moves: list[tuple[int, str]] = []
+    for path in todo:
+        size = found.files[path].size
+        if path in changed or size not in sizes:
+            continue
+        try:
+            candidates = by_hash_size.get((size, hash_fn(path)))
+        except OSError:
+            continue
+        if candidates:
+            image_id = candidates.pop()
+            moves.append((image_id, path))
+            del vanished[image_id]
+    return moves

@@ -1,0 +1,105 @@
+"""``index --rebuild``: re-encode every picture of the library, then switch over in one step.
+
+Nothing in the library changes until the new model has loaded. The new vectors are
+staged beside the current ones (:mod:`clipdex.library.staging`), so a rebuild that fails
+or is killed half-way leaves a library that searches exactly as before, and running it
+again continues where it stopped. Every picture the library holds is re-encoded, not
+only those under the folders given (their paths are known); the folders given are then
+swept as by any run, for pictures new there.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from clipdex.decodepool import Decoded, DecodePool
+from clipdex.indexer.scan import Scan
+from clipdex.library import staging, writes
+from clipdex.library.staging import Unusable
+from clipdex.library.writes import KnownRow, Picture
+from clipdex.models import Encoder
+
+if TYPE_CHECKING:  # pragma: no cover
+    from clipdex.indexer.run import Indexer, IndexStats
+
+Facts = tuple[int, float]
+GONE: Facts = (-1, -1.0)
+
+
+def survey(rows: list[KnownRow], staged: dict[int, Facts], roots: Scan
+           ) -> tuple[list[str], dict[str, tuple[int, int, float]], list[Unusable], list[int]]:
+    """Which pictures still need re-encoding: ``(paths, path -> (id, size, mtime), unusable, done ids)``.
+
+    A picture staged earlier with the size and mtime its file has now is done. A file gone
+    from under the folders being indexed is simply removed at the switch, as any run would;
+    one gone from elsewhere, or unreadable, is removed and listed as skipped with the reason.
+    """
+    todo: list[str] = []
+    facts: dict[str, tuple[int, int, float]] = {}
+    unusable: list[Unusable] = []
+    done: list[int] = []
+    for row in rows:
+        reason: str | None = None
+        try:
+            st = os.stat(row.path)
+        except FileNotFoundError:
+            fact = GONE
+            if not roots.covers(row.path):
+                reason = "file not found when the library was rebuilt"
+        except OSError as exc:
+            fact, reason = GONE, f"cannot stat: {exc.strerror}"
+        else:
+            fact = (st.st_size, st.st_mtime)
+            if not stat.S_ISREG(st.st_mode):
+                reason = "not a regular file"
+        if staged.get(row.id) == fact:
+            done.append(row.id)
+            continue
+        if fact == GONE or reason is not None:
+            unusable.append(Unusable(row.id, reason, *fact))
+        else:
+            todo.append(row.path)
+            facts[row.path] = (row.id, *fact)
+    return todo, facts, unusable, done
+
+
+def rebuild_library(indexer: Indexer, encoder: Encoder, roots: Scan, stats: IndexStats) -> set[int]:
+    """Re-encode every picture with ``encoder`` and switch the library to it; returns the ids re-encoded."""
+    lib = indexer.lib
+    rows = writes.known_rows(lib, lambda _path: True)
+    pool = DecodePool(indexer.workers, indexer.timeout, decode_fn=indexer.decode_fn).start(len(rows)) if rows else None
+    try:
+        indexer.load_model(encoder)  # first: a model that cannot load must cost the library nothing
+        staged = staging.begin(lib, encoder.spec, encoder.dim)
+        todo, facts, unusable, done = survey(rows, staged, roots)
+        staging.stage(lib, [], unusable)
+        indexer.say(f"re-encoding {len(todo)} pictures with model {encoder.spec}"
+                    + (f" ({len(done)} were done by an interrupted rebuild)" if done else "") + " …")
+        stats.reused += sum(1 for i in done if staged[i] != GONE)
+        if todo:
+            by_hash = staging.staged_hashes(lib)
+
+            def store(ok: list[tuple[Decoded, np.ndarray]], failed: list[Decoded]) -> None:
+                pictures = [Picture(d.path, facts[d.path][1], facts[d.path][2], d.content_hash, d.width, d.height,
+                                    d.captured_at, v, facts[d.path][0]) for d, v in ok]
+                staging.stage(lib, pictures, [Unusable(facts[d.path][0], d.error, *facts[d.path][1:])
+                                              for d in failed])
+                for p in pictures:
+                    by_hash.setdefault(p.content_hash, p.image_id)
+
+            indexer.encode_stream(encoder, pool, todo, "re-encoding", by_hash,
+                                  lambda ids: staging.staged_vectors(lib, ids), store, stats)
+    finally:
+        if pool is not None:
+            pool.close()
+    swapped = staging.swap(lib, encoder.spec, encoder.dim)
+    indexer.say(f"switched the library to model {encoder.spec}")
+    stats.indexed += len(swapped.ids)
+    stats.removed += len(swapped.removed)
+    stats.skipped += len(swapped.skipped)
+    stats.skipped_files.update(swapped.skipped)
+    return swapped.ids

@@ -1,0 +1,113 @@
+"""Opening the library's SQLite file safely: damaged files, read-only folders, full disks.
+
+Every SQLite error of a library's engine is turned into one :class:`LibraryError` that says
+what is wrong in words (damaged, read-only, disk full, busy), so no front end ever shows a
+traceback, and nothing here ever writes to a file it could not read: a damaged or emptied
+database is reported and left exactly as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from urllib.parse import quote
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine, ExceptionContext
+
+from clipdex.errors import LibraryError
+
+
+class DamagedLibrary(LibraryError):
+    """The database file is not a readable SQLite database (truncated, emptied, overwritten)."""
+
+
+class ReadOnlyLibrary(LibraryError):
+    """The library can be read but not written here (read-only folder or mount)."""
+
+
+class DiskFull(LibraryError):
+    """The disk holding the library filled up; what was committed before stays."""
+
+
+def damaged_message(db: Path, what: str) -> str:
+    return (f"the library database {db} is damaged ({what}); it was left as it is: restore it from a backup, "
+            "or move it away and index again")
+
+
+def read_only_message(folder: Path) -> str:
+    return f"library at {folder} is read-only: it can be searched here but not changed"
+
+
+def check_file(db: Path) -> None:
+    """Refuse a database file that SQLite would silently treat as a new, empty database.
+
+    A zero-byte file is one: opening it normally would write a fresh schema over it.
+    (clipdex writes the SQLite header before anything else, so it never leaves one.)
+    """
+    if db.stat().st_size == 0:
+        raise DamagedLibrary(damaged_message(db, "the file is empty, 0 bytes"))
+
+
+def folder_is_writable(folder: Path) -> bool:
+    """False on a read-only mount or a folder this user may not write to."""
+    return os.access(folder, os.W_OK)
+
+
+def _translate(db: Path, folder: Path):  # noqa: ANN202 - an event handler
+    def handle_error(ctx: ExceptionContext) -> None:
+        exc = ctx.original_exception
+        if not isinstance(exc, sqlite3.DatabaseError) or isinstance(
+            exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
+        ):
+            return  # programming errors stay what they are
+        text = str(exc)
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code == sqlite3.SQLITE_FULL or "database or disk is full" in text:
+            raise DiskFull(f"the disk holding the library at {folder} is full") from None
+        if code == sqlite3.SQLITE_READONLY or "readonly database" in text:
+            raise ReadOnlyLibrary(read_only_message(folder)) from None
+        if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or "malformed" in text or "not a database" in text:
+            raise DamagedLibrary(damaged_message(db, text)) from None
+        if code == sqlite3.SQLITE_BUSY or "database is locked" in text:
+            raise LibraryError(f"the library database {db} is busy: another program holds it locked") from None
+        raise LibraryError(f"cannot use the library database {db}: {text}") from None
+
+    return handle_error
+
+
+def _pragmas(read_only: bool):  # noqa: ANN202 - an event handler
+    def on_connect(dbapi_conn, _record) -> None:  # noqa: ANN001 - DBAPI types
+        cur = dbapi_conn.cursor()
+        if not read_only:
+            cur.execute("PRAGMA journal_mode=WAL")  # readers never block the indexer
+            cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    return on_connect
+
+
+def open_engine(db: Path, read_only: bool = False) -> Engine:
+    """An engine on ``db`` whose errors are :class:`LibraryError`; read-only when the folder is.
+
+    Read-only, SQLite cannot create the ``-wal``/``-shm`` files a WAL database normally
+    needs, so when there are no pending changes in a ``-wal`` file the database is opened
+    ``immutable`` (nothing can change it anyway); otherwise plain ``mode=ro``.
+    """
+    if read_only:
+        wal = db.with_name(db.name + "-wal")
+        pending = wal.exists() and wal.stat().st_size > 0
+        uri = f"file:{quote(str(db))}?mode=ro" + ("" if pending else "&immutable=1")
+
+        def connect() -> sqlite3.Connection:
+            return sqlite3.connect(uri, uri=True, check_same_thread=False)
+
+        engine = create_engine(f"sqlite:///{db}", creator=connect)
+    else:
+        engine = create_engine(f"sqlite:///{db}")
+    event.listen(engine, "connect", _pragmas(read_only))
+    event.listen(engine, "handle_error", _translate(db, db.parent))
+    return engine
