@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,10 +20,34 @@ if TYPE_CHECKING:  # pragma: no cover
     from clipdex.library import Library
 
 
-def picture(lib: Library, image_id: int) -> ImageRow | None:
-    """One picture's row (detached), or None when the id is unknown."""
+@dataclass(frozen=True)
+class Picture:
+    """One indexed picture's facts as stored (size and mtime are the file's when it was indexed)."""
+
+    id: int
+    path: str
+    size: int
+    mtime: float
+    content_hash: str
+    width: int
+    height: int
+    captured_at: dt.datetime | None
+    indexed_at: dt.datetime
+
+
+#: Row ids are SQLite INTEGERs; a larger number cannot be an id (and SQLite refuses to bind it).
+MAX_ID = 2**63 - 1
+
+
+def picture(lib: Library, image_id: int) -> Picture | None:
+    """One picture's facts, or None when the id is unknown (or cannot be an id)."""
+    if not 0 <= image_id <= MAX_ID:
+        return None
     with lib.session() as s:
-        return s.get(ImageRow, image_id)
+        row = s.execute(select(ImageRow.id, ImageRow.path, ImageRow.size, ImageRow.mtime, ImageRow.content_hash,
+                               ImageRow.width, ImageRow.height, ImageRow.captured_at, ImageRow.indexed_at)
+                        .where(ImageRow.id == image_id)).first()
+    return Picture(*row) if row else None
 
 
 def picture_tags(lib: Library, image_id: int) -> list[dict]:

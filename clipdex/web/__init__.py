@@ -1,22 +1,39 @@
 """The browser UI and JSON API: ``create_app(config)`` builds the Flask application.
 
 Config keys: ``LIBRARY`` (folder), ``MODEL`` (optional spec, must match the library's),
-``MAX_CONTENT_LENGTH`` (upload limit in bytes), ``WARM_UP`` (load model and index now).
+``DEMO`` (the library is the generated demo one, standing in for the user's own),
+``BIND_HOST`` (the address the server listens on; default 127.0.0.1) and ``ALLOWED_HOSTS``
+(more names requests may be addressed to, see :mod:`clipdex.web.security`),
+``MAX_CONTENT_LENGTH`` (upload limit in bytes), ``UPLOAD_DECODER`` (keyword arguments for
+:class:`clipdex.web.uploads.UploadDecoder`), ``WARM_UP`` (load model and index now).
+
+Flask and the routes are imported inside :func:`create_app`, so the upload decoder's worker
+processes, which import :mod:`clipdex.web.uploads`, stay light.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from flask import Flask
+if TYPE_CHECKING:  # pragma: no cover
+    from flask import Flask
 
-from clipdex.web import api, errors, pages
-from clipdex.web.state import WebState
+#: Largest upload (bytes); the server refuses bigger bodies before reading them.
+MAX_UPLOAD_BYTES = 20_000_000
 
 
 def create_app(config: dict | None = None) -> Flask:
+    """The application for one library (see the module docstring for ``config``)."""
+    from flask import Flask
+
+    from clipdex.web import api, errors, pages, security
+    from clipdex.web.state import WebState
+    from clipdex.web.uploads import UploadDecoder
+
     app = Flask(__name__)
-    app.config.update(MAX_CONTENT_LENGTH=20 * 1024 * 1024, WARM_UP=True, MODEL=None, JSON_SORT_KEYS=False)
+    app.config.update(MAX_CONTENT_LENGTH=MAX_UPLOAD_BYTES, WARM_UP=True, MODEL=None, JSON_SORT_KEYS=False,
+                      DEMO=False, BIND_HOST="127.0.0.1", ALLOWED_HOSTS=(), UPLOAD_DECODER={})
     app.config.update(config or {})
     if "LIBRARY" not in app.config:
         from clipdex.library import default_library_path
@@ -24,7 +41,9 @@ def create_app(config: dict | None = None) -> Flask:
         app.config["LIBRARY"] = default_library_path()
     state = WebState(Path(app.config["LIBRARY"]), app.config["MODEL"])
     app.extensions["clipdex"] = state
+    app.extensions["clipdex_uploads"] = UploadDecoder(**app.config["UPLOAD_DECODER"])
     errors.init_app(app)
+    security.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     if app.config["WARM_UP"]:

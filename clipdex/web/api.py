@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
 import os
 import time
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
 
 from clipdex.errors import DecodeError
-from clipdex.imaging import load_for_model
 from clipdex.library.catalog import picture_tags, tag_counts
 from clipdex.search.query import build_query, search
+from clipdex.web import media
 from clipdex.web.errors import APIError
-from clipdex.web.media import image_row, rendition, source_path
+from clipdex.web.media import image_row
+from clipdex.web.uploads import DecoderBusy, UploadDecoder
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -26,6 +26,10 @@ CACHE_SECONDS = 7 * 24 * 3600
 
 def state():
     return current_app.extensions["clipdex"]
+
+
+def uploads() -> UploadDecoder:
+    return current_app.extensions["clipdex_uploads"]
 
 
 def int_arg(name: str, default: int, low: int, high: int) -> int:
@@ -62,11 +66,13 @@ def text_arg(name: str) -> str | None:
 
 def filters() -> dict:
     until = date_arg("to")
+    if until is not None:  # "to" is inclusive: up to the start of the next day (or the end of time)
+        until = dt.datetime.max if until.date() == dt.date.max else until + dt.timedelta(days=1)
     return {
         "tag": text_arg("tag"),
         "folder": text_arg("folder"),
         "since": date_arg("from"),
-        "until": until + dt.timedelta(days=1) if until else None,  # "to" is inclusive
+        "until": until,
     }
 
 
@@ -98,7 +104,7 @@ def health():
 
 @bp.get("/info")
 def info():
-    return jsonify(state().library().info())
+    return jsonify({**state().library().info(), "demo": bool(current_app.config["DEMO"])})
 
 
 @bp.get("/search")
@@ -119,7 +125,9 @@ def search_upload():
     encoder = state().encoder()
     started = time.perf_counter()
     try:
-        pixels, _ = load_for_model(io.BytesIO(upload.read()), encoder.image_size, encoder.resize_mode)
+        pixels = uploads().decode(upload.read(), encoder.image_size, encoder.resize_mode)
+    except DecoderBusy as exc:
+        raise APIError(503, str(exc), {"Retry-After": "2"}) from None
     except DecodeError as exc:
         raise APIError(422, f"cannot use the uploaded file: {exc}") from None
     vector = build_query(encoder, text=text_arg("q"), negative=text_arg("not"),
@@ -155,25 +163,34 @@ def image(image_id: int):
     })
 
 
-def _cached_file(path, etag: str, mimetype: str | None = None) -> Response:
-    response = send_file(path, mimetype=mimetype, etag=etag, max_age=CACHE_SECONDS, conditional=True)
-    response.cache_control.public = True
-    return response
-
-
 @bp.get("/images/<int:image_id>/<any(thumbnail, preview):kind>")
 def rendered(image_id: int, kind: str):
-    """The 320 px thumbnail or the 1600 px preview, upright JPEG."""
+    """The 320 px thumbnail or the 1600 px preview, upright JPEG (cached a week: they rarely change)."""
     lib = state().library()
     row = image_row(lib, image_id)
-    return _cached_file(rendition(lib, row, kind), f"{kind[0]}{row.content_hash[:20]}", "image/jpeg")
+    path, version = media.rendition(lib, row, kind)
+    name = f"{os.path.splitext(os.path.basename(row.path))[0]}-{kind}.jpg"
+    response = send_file(path, mimetype="image/jpeg", download_name=name, etag=f"{kind[0]}{version}",
+                         max_age=CACHE_SECONDS, conditional=True)
+    response.cache_control.public = False  # someone's own pictures: no shared cache keeps them
+    response.cache_control.private = True
+    return response
 
 
 @bp.get("/images/<int:image_id>/file")
 def original(image_id: int):
+    """The original file, typed by its bytes; revalidated on every use, so an edited picture shows at once."""
     lib = state().library()
     row = image_row(lib, image_id)
-    return _cached_file(source_path(lib, row), f"f{row.content_hash[:20]}")
+    source, mimetype = media.original(lib, row)
+    response = send_file(source.file, mimetype=mimetype, download_name=media.download_name(row, mimetype),
+                         etag=f"f{source.version}", last_modified=source.mtime, conditional=True)
+    response.call_on_close(source.close)
+    if response.status_code == 200:
+        response.content_length = source.size
+    response.cache_control.private = True
+    response.cache_control.no_cache = True
+    return response
 
 
 @bp.get("/tags")

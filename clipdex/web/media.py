@@ -1,66 +1,137 @@
 """Pictures served by id only: the original file, and cached JPEG renditions.
 
-A file is served only if its id is indexed and its real path (symlinks resolved) lies
-inside a folder that was given to ``clipdex index``; no request parameter is ever a path.
+A file is served only if its id is indexed, its real path (symlinks resolved) lies inside a
+folder that was given to ``clipdex index``, and it is still the file that was indexed (same
+size and modification time). An original is served with the content type of the image
+format its bytes hold, never one guessed from a name, and only for the formats clipdex
+indexes: a picture replaced by (or a symlink turned to) an HTML or SVG file is never served
+as a page. No request parameter is ever a path.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-import tempfile
+import stat
+from dataclasses import dataclass
 from pathlib import Path
-
-from PIL import Image
+from typing import BinaryIO
 
 from clipdex.errors import DecodeError
-from clipdex.imaging import open_image
+from clipdex.imaging import IMAGE_FORMATS, image_type, is_image_path, write_thumbnail
 from clipdex.library import Library
-from clipdex.library.catalog import picture
-from clipdex.library.schema import ImageRow
+from clipdex.library.catalog import Picture, picture
 from clipdex.web.errors import APIError
 
 SIZES = {"thumbnail": 320, "preview": 1600}
 
 
-def image_row(lib: Library, image_id: int) -> ImageRow:
+def image_row(lib: Library, image_id: int) -> Picture:
+    """The picture with this id; 404 when there is none (any integer, however large, is only a miss)."""
     row = picture(lib, image_id)
     if row is None:
         raise APIError(404, f"no picture with id {image_id}")
     return row
 
 
-def source_path(lib: Library, row: ImageRow) -> Path:
-    """The real file behind ``row``, checked to lie inside an indexed folder."""
-    real = os.path.realpath(row.path)
-    inside = False
-    for root in lib.roots():
+@dataclass
+class Source:
+    """An indexed picture's file, opened and checked to be the one that was indexed."""
+
+    file: BinaryIO
+    size: int
+    mtime: float
+    version: str  # changes whenever the content may have: hash, size and mtime together
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _inside(real: str, roots: list[str]) -> bool:
+    for root in roots:
         root_real = os.path.realpath(root)
         if real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep):
-            inside = True
-            break
-    if not inside:
+            return True
+    return False
+
+
+def version_of(row: Picture, size: int, mtime: float) -> str:
+    """A short key for this content: part of rendition file names and of ETags."""
+    return hashlib.sha256(f"{row.content_hash}:{size}:{mtime!r}".encode()).hexdigest()[:20]
+
+
+def open_source(lib: Library, row: Picture) -> Source:
+    """Open the file behind ``row`` if it may be served and is unchanged since it was indexed.
+
+    404 when it lies outside the indexed folders or is gone, 409 when it changed. The checks
+    are made on the opened file itself, so what is served is what was checked.
+    """
+    roots = lib.roots()
+    real = os.path.realpath(row.path)
+    if not _inside(real, roots):
         raise APIError(404, f"picture {row.id} is not inside an indexed folder")
-    if not os.path.isfile(real):
-        raise APIError(404, f"picture {row.id} is no longer on disk")
-    return Path(real)
-
-
-def rendition(lib: Library, row: ImageRow, kind: str) -> Path:
-    """An upright JPEG of at most ``SIZES[kind]`` px, made on first request and cached."""
-    size = SIZES[kind]
-    cache = lib.path / "thumbs"
-    target = cache / f"{row.id}-{row.content_hash[:16]}-{size}.jpg"
-    if target.is_file():
-        return target
-    source = source_path(lib, row)
     try:
-        image = open_image(source, target_size=size).image
-    except DecodeError as exc:
-        raise APIError(422, f"picture {row.id} cannot be decoded: {exc}") from None
-    image.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    cache.mkdir(exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache, suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        image.save(fh, "JPEG", quality=85, optimize=True)
-    os.replace(tmp, target)
-    return target
+        fh = open(real, "rb")  # noqa: SIM115 - returned open, closed by the caller
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        raise APIError(404, f"picture {row.id} is no longer on disk") from None
+    except PermissionError:
+        raise APIError(404, f"picture {row.id} cannot be read (permission denied)") from None
+    try:
+        st = os.fstat(fh.fileno())
+        opened = os.path.realpath(f"/proc/self/fd/{fh.fileno()}") if os.path.isdir("/proc/self/fd") else real
+        if not stat.S_ISREG(st.st_mode):
+            raise APIError(404, f"picture {row.id} is no longer a file")
+        if not _inside(opened, roots):  # swapped between the path check and the open
+            raise APIError(404, f"picture {row.id} is not inside an indexed folder")
+        if (st.st_size, st.st_mtime) != (row.size, row.mtime):
+            raise APIError(409, f"picture {row.id} changed on disk since it was indexed; index its folder "
+                                "again to show it")
+    except BaseException:
+        fh.close()
+        raise
+    return Source(fh, st.st_size, st.st_mtime, version_of(row, st.st_size, st.st_mtime))
+
+
+def original(lib: Library, row: Picture) -> tuple[Source, str]:
+    """The checked source file and its content type, judged from its bytes (415 if not an indexed format)."""
+    source = open_source(lib, row)
+    mimetype = image_type(source.file)
+    if mimetype is None:
+        source.close()
+        raise APIError(415, f"picture {row.id} is no longer in an image format clipdex serves")
+    return source, mimetype
+
+
+def download_name(row: Picture, mimetype: str) -> str:
+    """The file name offered for an original: its own, with a fitting extension if it has none."""
+    name = os.path.basename(row.path)
+    if is_image_path(name):
+        return name
+    return f"{name}.{mimetype.split('/')[1]}"
+
+
+def rendition(lib: Library, row: Picture, kind: str) -> tuple[Path, str]:
+    """An upright JPEG of at most ``SIZES[kind]`` px and its version, made on first request and cached.
+
+    The cache file is named after the source's content version, and the source is checked
+    on every request, so a rendition of a file that changed or vanished is never served.
+    """
+    size = SIZES[kind]
+    source = open_source(lib, row)
+    try:
+        cache = lib.path / "thumbs"
+        target = cache / f"{row.id}-{source.version}-{size}.jpg"
+        if target.is_file():
+            return target, source.version
+        try:
+            write_thumbnail(source.file, target, size, formats=IMAGE_FORMATS)
+        except DecodeError as exc:
+            raise APIError(422, f"picture {row.id} cannot be decoded: {exc}") from None
+        except OSError as exc:
+            raise APIError(503, f"cannot write the {kind} of picture {row.id}: {exc.strerror or exc}") from None
+    finally:
+        source.close()
+    for old in cache.glob(f"{row.id}-*-{size}.jpg"):  # renditions of earlier versions
+        if old != target:
+            old.unlink(missing_ok=True)
+    return target, source.version

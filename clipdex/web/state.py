@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 
-from clipdex.errors import LibraryError
+from sqlalchemy.exc import SQLAlchemyError
+
+from clipdex.errors import ClipdexError, LibraryError
 from clipdex.library import Library
 from clipdex.models import Encoder
 
 
 class WebState:
-    """Opens the library on first need (it may not exist yet when the server starts).
+    """Opens the library on first need, and again on every request until it can.
 
-    The model is loaded once; the FAISS index follows the library's generation, so
-    pictures added by a concurrent ``clipdex index`` appear once that run commits.
+    The server starts without a library (or with a damaged one), answers 503 with the
+    reason, and serves the library as soon as it can be opened, without a restart. The
+    model is loaded once; the FAISS index follows the library's generation, so pictures
+    added by a concurrent ``clipdex index`` appear once that run commits.
     """
 
     def __init__(self, library_path: Path, model: str | None = None):
@@ -25,11 +30,18 @@ class WebState:
         self._lock = threading.Lock()
 
     def library(self) -> Library:
-        """The open library; :class:`LibraryError` while there is none."""
+        """The open library; :class:`LibraryError` (with the reason) while there is none."""
         with self._lock:
             if self._lib is None:
-                self._lib = Library.open(self.library_path)
+                self._lib = self._open()
             return self._lib
+
+    def _open(self) -> Library:
+        try:
+            return Library.open(self.library_path)
+        except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
+            reason = getattr(exc, "orig", None) or getattr(exc, "strerror", None) or exc
+            raise LibraryError(f"library at {self.library_path} cannot be opened: {reason}") from None
 
     def encoder(self) -> Encoder:
         lib = self.library()
@@ -38,10 +50,11 @@ class WebState:
                 self._encoder = lib.encoder_for(self.model).load()
             return self._encoder
 
-    def warm_up(self) -> None:
-        """Load the model and index at start-up, if there is a library yet."""
+    def warm_up(self) -> ClipdexError | None:
+        """Load the model and index now, if there is a library yet; the problem if not."""
         try:
             self.encoder()
             self.library().index()
-        except LibraryError:
-            pass
+        except ClipdexError as exc:
+            return exc
+        return None
