@@ -10,6 +10,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, send_file
 
 from clipdex.errors import DecodeError
 from clipdex.library.catalog import picture_tags, tag_counts
+from clipdex.search.filters import why_empty
 from clipdex.search.query import build_query, search
 from clipdex.web import media
 from clipdex.web.errors import APIError
@@ -88,6 +89,8 @@ def run_search(vector, exclude: set[int] | None = None, timings: dict | None = N
         "offset": offset,
         "has_more": len(hits) > k,
     }
+    if not hits and offset == 0:  # why nothing: reasons as data, the page words them
+        body["why_empty"] = [r.as_dict() for r in why_empty(state().library(), **filters())]
     response = jsonify(body)
     response.headers["Server-Timing"] = ", ".join(f"{name};dur={sec * 1000:.2f}" for name, sec in timings.items())
     return response

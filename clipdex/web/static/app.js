@@ -129,12 +129,7 @@ function clearResults(status) {
 /** Why nothing came back: the filters in use, what is known about them, a way out. */
 function explainEmpty(body) {
   const active = describeFilters(view.filters);
-  const reasons = body.why_empty || [];
-  const hints = reasons.map(reasonText).filter(Boolean);
-  const tag = view.filters.get("tag");
-  if (tag && knownTags && !knownTags.has(tag) && !reasons.some((r) => r.kind === "unknown_tag")) {
-    hints.unshift(`No picture has the tag “${tag}”.`);
-  }
+  const hints = (body.why_empty || []).map(reasonText).filter(Boolean);
   $("empty-filters").textContent = active.length ? `Filters in use: ${active.join(" · ")}.` : "";
   const list = $("empty-hints");
   list.replaceChildren();
@@ -154,7 +149,6 @@ function render(body, append) {
   $("more").hidden = !body.has_more;
   const shown = grid.children.length;
   setStatus(shown ? view.found(shown) : view.none);
-  view.answer = body;
   if (shown) $("empty").hidden = true;
   else explainEmpty(body);
 }
@@ -313,7 +307,6 @@ async function loadTags() {
   for (const [value, option] of present) {
     if (value && !knownTags.has(value)) option.textContent = tagOptionText(value);
   }
-  if (view && view.answer && !$("grid").children.length) explainEmpty(view.answer); // now knows unknown tags
 }
 
 function typing(element) {
