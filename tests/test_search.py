@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +90,17 @@ def test_unreadable_query_image_is_a_usage_error(encoder, tmp_path):
     bad.write_text("not a picture")
     with pytest.raises(UsageError, match="cannot use .*nope.jpg as a query image: not a recognised image format"):
         build_query(encoder, image=bad)
+
+
+def test_why_empty_returns_reasons_as_data(library, tmp_path):
+    from clipdex.search import EmptyReason, why_empty
+
+    assert why_empty(library) == []  # no filter: nothing to blame
+    assert why_empty(library, tag="red") == [EmptyReason("unknown_tag", tag="red", known=())]
+    empty_folder = EmptyReason("empty_folder", folder=str(tmp_path / "x"))
+    assert why_empty(library, folder=f"{tmp_path}/x/") == [empty_folder]
+    since, until = dt.datetime(2020, 1, 1), dt.datetime(2021, 1, 1)
+    assert why_empty(library, since=since, until=until) == [EmptyReason("undated", count=120)]
+    assert why_empty(library, since=until, until=since) == [EmptyReason("empty_date_range")]
+    assert [r.as_dict() for r in why_empty(library, tag="red", since=since)] == [
+        {"kind": "unknown_tag", "tag": "red", "known": []}]
