@@ -3,14 +3,24 @@ limited worker processes, thumbnails written without leftovers."""
 
 from __future__ import annotations
 
+import io
+import os
+import struct
 import subprocess
 import sys
+import time
 import tracemalloc
+import zlib
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from clipdex.imaging import open_image, write_thumbnail
+from clipdex.errors import DecodeError
+from clipdex.imaging import DEFAULT_MAX_PIXELS, open_image, write_thumbnail
+from clipdex.synthetic import Sample, draw
+from clipdex.web import create_app
+from clipdex.web.uploads import UPLOAD_MAX_PIXELS, UploadDecoder, decode_upload
 
 
 def test_16_bit_pictures_decode_without_float_copies(tmp_path):
@@ -56,3 +66,93 @@ def test_a_thumbnail_that_cannot_be_written_leaves_no_file_behind(tmp_path):
     write_thumbnail(source, cache / "x-320.jpg", 320)  # without the limit: the JPEG alone
     assert [p.name for p in cache.iterdir()] == ["x-320.jpg"]
     assert Image.open(cache / "x-320.jpg").size == (320, 320)
+
+
+# -- uploads, decoded in limited worker processes ----------------------------------------------------------
+
+
+def png_header_only(width: int, height: int, depth: int = 16) -> bytes:
+    """A 60-byte greyscale PNG whose header claims ``width x height`` pixels (no pixel data)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, 0, 0, 0, 0))
+            + chunk(b"IEND", b""))
+
+
+def blank_png(width: int, height: int) -> bytes:
+    """An all-white RGB PNG, made quickly (rows of one colour compress to almost nothing)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (255, 255, 255)).save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def faulty_decode(data: bytes, size: int, mode: str, max_pixels: int) -> np.ndarray:
+    """Runs in the worker: a decoder stuck in a loop, blocked, or crashing, as the bytes say."""
+    if data == b"spin":
+        while True:
+            pass
+    if data == b"hang":
+        time.sleep(3600)
+    if data == b"crash":
+        os.abort()
+    return decode_upload(data, size, mode, max_pixels)
+
+
+def post(client, data: bytes, name: str = "upload.png"):
+    return client.post("/api/search", data={"image": (io.BytesIO(data), name)}, content_type="multipart/form-data")
+
+
+def assert_refused(r, status: int, message: str) -> None:
+    assert (r.status_code, r.get_json()) == (status, {"status": status, "message": message})
+
+
+def test_uploads_have_a_lower_pixel_limit_than_indexing(library):
+    """Was: a 13000 x 13000 16-bit PNG (169 MP, under indexing's 180 MP) was decoded in the
+    request thread: 21 s and 0.9 -> 5 GB of server memory for 328 KB posted."""
+    client = create_app({"LIBRARY": library.path}).test_client()
+    assert_refused(post(client, png_header_only(13000, 13000)), 422,
+                   "cannot use the uploaded file: refused: 13000x13000 pixels exceeds the 50,000,000 pixel limit "
+                   "(possible decompression bomb)")
+    assert UPLOAD_MAX_PIXELS == 50_000_000 < DEFAULT_MAX_PIXELS
+
+
+def test_an_upload_needing_more_memory_than_allowed_is_refused_and_the_next_one_works(library):
+    client = create_app({"LIBRARY": library.path, "UPLOAD_DECODER": {"memory_bytes": 16 << 20}}).test_client()
+    assert_refused(post(client, blank_png(4000, 3000)), 422,  # 36 MB of RGB pixels
+                   "cannot use the uploaded file: cannot decode: not enough memory")
+    buf = io.BytesIO()
+    draw(Sample("yellow", "star"), (200, 200)).save(buf, "PNG")
+    r = post(client, buf.getvalue())
+    assert r.status_code == 200 and "/yellow/star-" in r.get_json()["results"][0]["path"]
+
+
+def test_a_decoder_that_spins_crashes_or_hangs_costs_that_upload_only(library):
+    decoder = UploadDecoder(workers=1, cpu_seconds=1, wall_seconds=600, decode_fn=faulty_decode)
+    try:
+        with pytest.raises(DecodeError, match=r"^decoding needed more than 1 s of CPU time$"):  # RLIMIT_CPU
+            decoder.decode(b"spin", 224)
+        with pytest.raises(DecodeError, match=r"^the decoder crashed \(signal 6\)$"):
+            decoder.decode(b"crash", 224)
+        decoder.wall_seconds = 0.5  # blocked without using CPU: the wall clock ends it
+        with pytest.raises(DecodeError, match=r"^decoding took longer than 0.5 s$"):
+            decoder.decode(b"hang", 224)
+        decoder.wall_seconds = 600
+        assert decoder.decode(blank_png(300, 300), 224).shape == (224, 224, 3)
+    finally:
+        decoder.close()
+
+
+def test_when_every_decoder_is_busy_the_answer_is_503_with_retry_after(library):
+    app = create_app({"LIBRARY": library.path})
+    decoder = app.extensions["clipdex_uploads"]
+    assert decoder.workers == 2
+    for _ in range(decoder.workers):  # two uploads being decoded
+        assert decoder.slots.acquire(blocking=False)
+    try:
+        r = post(app.test_client(), blank_png(300, 300))
+        assert_refused(r, 503, "the server is busy decoding other uploads; try again in a moment")
+        assert r.headers["Retry-After"] == "2"
+    finally:
+        for _ in range(decoder.workers):
+            decoder.slots.release()
+    assert post(app.test_client(), blank_png(300, 300)).status_code == 200
