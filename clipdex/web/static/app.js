@@ -162,7 +162,8 @@ async function load(append) {
   } catch (err) {
     if (mine !== seq) return;
     showError(err.message);
-    if (!append) $("reference").hidden = true;
+    if (append) view.offset -= PAGE; // "More results" asks for the same page again
+    else $("reference").hidden = true;
   }
 }
 
@@ -222,7 +223,7 @@ function runFromUrl() {
   const filters = urlFilters();
   $("q").value = params.get("q") || "";
   showFilters(filters);
-  clearResults("");
+  clearResults("Searching…");
   const similar = params.get("similar"), q = (params.get("q") || "").trim();
   if (similar) startSimilar(similar, filters);
   else if (q) startText(q, filters);
@@ -246,7 +247,7 @@ function searchByFile(file) {
   const filters = formFilters();
   history.pushState(null, "", filtersOnlyUrl(filters)); // back returns to the previous search
   $("q").value = "";
-  clearResults("");
+  clearResults("Searching…");
   startUpload(file, filters);
 }
 
@@ -256,7 +257,7 @@ function refilter(filters) {
   if (view && view.kind === "upload") {
     history.replaceState(null, "", filtersOnlyUrl(filters));
     showFilters(filters);
-    clearResults("");
+    clearResults("Searching…");
     startUpload(view.file, filters);
     return;
   }
