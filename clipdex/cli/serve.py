@@ -2,27 +2,91 @@
 
 from __future__ import annotations
 
+import errno
+import ipaddress
+import re
+import socket
 from pathlib import Path
 
 import click
 
-from clipdex.cli.common import fail_cleanly, library_option, library_path
+from clipdex.cli.common import cli_hint, fail_cleanly, library_option, library_path
+from clipdex.errors import ClipdexError, UsageError
+
+
+def _check_host(host: str) -> str:
+    """``host`` without IPv6 brackets; a numeric address that is not one (``256.1.1.1``) is
+    refused at once, without a DNS lookup."""
+    bare = host.removeprefix("[").removesuffix("]")
+    if re.fullmatch(r"[0-9.]+", bare) or ":" in bare:
+        try:
+            ipaddress.ip_address(bare)
+        except ValueError:
+            raise UsageError(f"--host {host} is not a valid IP address") from None
+    return bare
+
+
+def bind_error(exc: OSError, host: str, port: int) -> ClipdexError:
+    """One line saying why the server cannot listen on ``host:port``."""
+    if isinstance(exc, socket.gaierror):
+        return UsageError(f"--host {host} is not an address or a known name of this machine ({exc.strerror})")
+    if exc.errno == errno.EADDRINUSE:
+        return ClipdexError(f"port {port} on {host} is already in use (another server, perhaps another "
+                            "clipdex serve, listens there; stop it or choose another port with --port)")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return UsageError(f"cannot listen on {host}: it is not an address of this machine")
+    if exc.errno == errno.EACCES:
+        return ClipdexError(f"not allowed to listen on port {port} (ports below 1024 need administrator "
+                            "rights; choose another with --port)")
+    return ClipdexError(f"cannot listen on {host} port {port}: {exc.strerror or exc}")
+
+
+def _url(host: str, server) -> str:  # noqa: ANN001 - a waitress server
+    """The address to open, with the port the server really listens on (``--port 0`` picks one)."""
+    port = getattr(server, "effective_port", None) or server.effective_listen[0][1]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/"
 
 
 @click.command()
 @library_option
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0 makes your pictures reachable from other machines).")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0 picks a free one).")
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 64))
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="Also answer requests addressed to NAME (a name this machine is reached by, e.g. through "
+                   "a proxy). Others are refused, which stops web pages elsewhere from reaching the server "
+                   "through DNS rebinding. Repeatable.")
 @fail_cleanly
-def serve(library: Path | None, host: str, port: int, threads: int) -> None:
-    """Search the library in a browser, with a JSON API under /api (waitress WSGI server)."""
-    import waitress
+def serve(library: Path | None, host: str, port: int, threads: int, allowed_hosts: tuple[str, ...]) -> None:
+    """Search the library in a browser, with a JSON API under /api (waitress WSGI server).
 
+    The server starts even without a library (or with a damaged one): the page and the API
+    say what is wrong, and the library is served as soon as it can be opened.
+    """
+    host = _check_host(host)
+    from clipdex.library import demo_library_path
     from clipdex.web import create_app
+    from clipdex.web.server import make_server
 
     path = library_path(library)
-    app = create_app({"LIBRARY": path})
-    click.echo(f"clipdex: serving {path} on http://{host}:{port}/  (Ctrl-C stops)")
-    waitress.serve(app, host=host, port=port, threads=threads, ident="clipdex")
+    demo = library is None and path == demo_library_path()
+    app = create_app({"LIBRARY": path, "WARM_UP": False, "DEMO": demo, "BIND_HOST": host,
+                      "ALLOWED_HOSTS": allowed_hosts})
+    try:  # bind before the model loads: a busy port is reported at once
+        server = make_server(app, host, port, threads)
+    except OSError as exc:
+        raise bind_error(exc, host, port) from None
+    click.echo("clipdex: loading the model and the index …", err=True)
+    app.extensions["clipdex_uploads"].warm_up()
+    problem = app.extensions["clipdex"].warm_up()
+    if problem is not None:
+        click.echo(f"clipdex: {problem}{cli_hint(problem)}; the page says so until it is fixed, no restart "
+                   "needed", err=True)
+    click.echo(f"clipdex: serving {path} on {_url(host, server)}  (Ctrl-C stops)")
+    try:
+        server.run()
+    finally:
+        app.extensions["clipdex_uploads"].close()
