@@ -1,4 +1,4 @@
-"""clipdex eval and linear probes on generated labelled datasets, with the tiny model."""
+"""clipdex eval and linear probes on generated labelled datasets, with the tiny model (commands run in-process)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner, Result
 
+from clipdex.cli import main
 from clipdex.imaging import load_for_model
 from clipdex.indexer import Indexer
 from clipdex.library import Library
 from clipdex.models import TINY_MODEL
 from clipdex.synthetic import SHAPES, Sample, draw
-from tests.conftest import run_cli
 
 CODE_NAMES = {"zorblat": "red", "quixotl": "blue", "fendrak": "green", "mirvane": "yellow"}
 
@@ -48,9 +49,16 @@ def code_names(tmp_path_factory):
     return write_classes(tmp_path_factory.mktemp("codes"), CODE_NAMES, 20, 2)
 
 
+def run_cli(*args: str) -> Result:
+    """The real ``clipdex`` command, in-process (``returncode`` as for a subprocess)."""
+    result = CliRunner().invoke(main, list(args))
+    result.returncode = result.exit_code
+    return result
+
+
 def cli_json(*args):
     out = run_cli(*args, "--json")
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 0, (out.output, out.exception)
     return json.loads(out.stdout)
 
 
@@ -121,6 +129,14 @@ def test_probe_learns_code_names_that_words_cannot(lib_dir, code_names):
     assert np.mean([r["label"] == "zorblat" for r in red]) >= 0.9
     info = cli_json("info", "--library", str(lib_dir))
     assert info["probes"] == ["codes"]
+    # the probe's pass and a zero-shot pass live side by side; re-running the probe changes nothing
+    assert cli_json("tag", "--labels", "red,blue", "--library", str(lib_dir))["added"] == 120
+    again = cli_json("tag", "--probe", "codes", "--library", str(lib_dir))
+    assert (again["added"], again["changed"], again["removed"], again["unchanged"]) == (0, 0, 0, 120)
+    rows = json.loads(run_cli("tags", "export", "--format", "json", "--library", str(lib_dir)).stdout)
+    assert sorted({(r["source"], r["pass"]) for r in rows}) == [("probe:codes", "probe:codes"),
+                                                                ("zero-shot", "red, blue")]
+    assert len(rows) == 240
 
 
 def test_split_keeps_test_pictures_out_of_training():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -61,3 +62,74 @@ def test_a_newer_schema_is_refused_not_guessed(v1_library):
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(migrations.LATEST + 1),))
     with pytest.raises(LibraryError, match=r"written by a newer clipdex \(schema version \d+; this one knows"):
         Library.open(lib_dir)
+
+
+@pytest.fixture()
+def v1_db(tmp_path) -> Path:
+    """A library folder holding a copy of the 0.1.0 database (its pictures are not needed here)."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    shutil.copy(V1 / "clipdex.db", lib / "clipdex.db")
+    return lib
+
+
+def _tags(db: Path) -> list[tuple]:
+    with sqlite3.connect(db) as conn:
+        return sorted(conn.execute("SELECT image_id, label, source, probability, tagged_at FROM tags").fetchall())
+
+
+def test_v1_tags_become_passes_and_keep_working(v1_db, encoder):
+    from clipdex.classify.probe import tag_with_probe
+    from clipdex.classify.tagging import export_tags, tag_library
+    from clipdex.synthetic import COLORS
+
+    lib_dir = v1_db
+    db = lib_dir / "clipdex.db"
+    with sqlite3.connect(db) as conn:  # 0.1.0 could also hold a probe's tags: add some, as it wrote them
+        ids = [i for (i,) in conn.execute("SELECT id FROM images ORDER BY id")]
+        w = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+        conn.execute("INSERT INTO probes VALUES ('codes', 'clipdex:tiny-shapes', '[\"zorblat\", \"quixotl\"]', ?, ?, "
+                     "'{\"probe_accuracy\": 1.0}', '2024-05-01 10:00:00')",
+                     (w.tobytes(), np.zeros(2, np.float32).tobytes()))
+        conn.executemany("INSERT INTO tags VALUES (?, 'zorblat', 'probe:codes', 0.9, '2024-05-01 10:00:00')",
+                         [(i,) for i in ids[:5]])
+    before = _tags(db)
+    assert len(before) == 29
+
+    lib = Library.open(lib_dir)
+    assert _tags(db) == before  # every tag survives, with its source, probability and date
+    with sqlite3.connect(db) as conn:
+        passes = conn.execute("SELECT key, name, kind, labels, model_identity FROM tag_passes ORDER BY key").fetchall()
+    assert passes == [("probe:codes", "probe:codes", "probe:codes", '["zorblat", "quixotl"]', "clipdex:tiny-shapes"),
+                      ("zero-shot", "zero-shot", "zero-shot", '["blue", "green", "orange", "purple", "red", "yellow"]',
+                       "clipdex:tiny-shapes")]
+    rows = json.loads(export_tags(lib, "json"))
+    assert {(r["source"], r["pass"]) for r in rows} == {("zero-shot", "zero-shot"), ("probe:codes", "probe:codes")}
+
+    # the colour set, run again, takes over the 0.1.0 pass: the same tags, nothing duplicated
+    stats = tag_library(lib, encoder, list(COLORS))
+    assert (stats.added, stats.removed, stats.changed + stats.unchanged) == (0, 0, 24)
+    assert stats.pass_name == "red, green, blue, yellow, purple, orange"
+    # and the probe's pass goes on: its 5 tags are kept or changed, the 19 other pictures get theirs
+    probe = tag_with_probe(lib, "codes")
+    assert (probe.added, probe.removed, probe.changed + probe.unchanged) == (19, 0, 5)
+    rows = json.loads(export_tags(lib, "json"))
+    assert len(rows) == 48 and {r["pass"] for r in rows} == {stats.pass_name, "probe:codes"}
+
+
+def test_an_upgraded_database_has_the_schema_of_a_new_one(v1_db, tmp_path):
+    from sqlalchemy import inspect
+
+    old, new = Library.open(v1_db), Library.create(tmp_path / "new")
+
+    def shape(lib: Library, table: str) -> tuple:
+        i = inspect(lib.engine)
+        return ([(c["name"], str(c["type"]), c["nullable"]) for c in i.get_columns(table)],
+                i.get_pk_constraint(table)["constrained_columns"],
+                sorted((f["referred_table"], tuple(f["constrained_columns"]), f["options"].get("ondelete"))
+                       for f in i.get_foreign_keys(table)),
+                sorted((x["name"], tuple(x["column_names"]), bool(x["unique"])) for x in i.get_indexes(table)),
+                sorted(tuple(u["column_names"]) for u in i.get_unique_constraints(table)))
+
+    for table in ("tags", "tag_passes"):
+        assert shape(old, table) == shape(new, table), table

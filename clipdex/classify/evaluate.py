@@ -106,14 +106,12 @@ def zero_shot(data: Dataset, encoder: Encoder, prompts: dict[str, str], template
 
 
 def evaluate(
-    data: Dataset, encoder: Encoder, prompt_specs: list[str], template_sets: list[list[str]],
+    data: Dataset, encoder: Encoder, prompt_sets: list[dict[str, str]], template_sets: list[list[str]],
     template_names: list[str], mistakes: int = 10,
 ) -> list[dict]:
-    """Every prompt set x template set, evaluated on the whole dataset."""
-    specs = prompt_specs or ["|".join(data.classes)]
+    """Every prompt set (see :func:`parse_prompts`; default: the class names) x template set, on the whole dataset."""
     results = []
-    for spec in specs:
-        prompts = parse_prompts(spec, data.classes)
+    for prompts in prompt_sets or [{c: c for c in data.classes}]:
         for name, templates in zip(template_names, template_sets):
             probs = zero_shot(data, encoder, prompts, templates)
             m = metrics(data.labels, probs.argmax(axis=1), data.classes)

@@ -74,10 +74,11 @@ def eval_command(dataset: Path, library: Path | None, prompt_sets: tuple[str, ..
     same model already holds reuse their stored vectors.
     """
     from clipdex.classify.datasets import embed, load_dataset
-    from clipdex.classify.evaluate import evaluate, template_set
+    from clipdex.classify.evaluate import evaluate, parse_prompts, template_set
     from clipdex.classify.tagging import check_templates
 
     data = load_dataset(dataset)
+    prompts = [parse_prompts(spec, data.classes) for spec in prompt_sets]  # before any picture is encoded
     names = list(template_names) or ([] if custom else ["photo"])
     sets = [template_set(n) for n in names]
     if custom:
@@ -86,7 +87,7 @@ def eval_command(dataset: Path, library: Path | None, prompt_sets: tuple[str, ..
     lib, _ = _existing_library(library)
     encoder = _encoder(lib, model)
     embed(data, encoder, lib)
-    results = evaluate(data, encoder, list(prompt_sets), sets, names)
+    results = evaluate(data, encoder, prompts, sets, names)
     report = None
     if report_dir:
         from clipdex.classify.report import write_report
