@@ -330,13 +330,16 @@ def test_phone_header_folds_the_filters(browser, server, tmp_path):
     context.close()
 
 
-def test_demo_library_says_so_and_how_to_index_your_own(page, e2e_library):
+def test_demo_library_says_so_and_how_to_index_your_own(page, e2e_library, tmp_path):
     srv, url = serve(create_app({"LIBRARY": e2e_library, "DEMO": True, "WARM_UP": False}))
     try:
         page.goto(url + "/")
         expect(page.locator("#demo-banner")).to_have_text(
             "This is the demo library: generated shapes. Index your own pictures with clipdex index ~/Pictures, "
             "then restart clipdex serve.")
+        page.goto(url + "/?q=a+green+square")
+        images_loaded(page, "#grid img", 6)
+        shot(page, "demo.png", tmp_path)
     finally:
         srv.close()
 
@@ -349,6 +352,7 @@ def test_no_library_yet_says_what_to_run(page, tmp_path):
         expect(page.locator("#no-library")).to_contain_text(
             "Index a folder of your pictures with clipdex index ~/Pictures")
         expect(page.locator("#demo-banner")).to_have_count(0)
+        shot(page, "no-library.png", tmp_path)
     finally:
         srv.close()
 
