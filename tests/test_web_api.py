@@ -79,6 +79,8 @@ def test_tag_folder_and_date_filters(client, web_library):
     assert [Path(n).name for n in names(r)] == ["mid-red-circle.jpg"]
     r = client.get("/api/search", query_string={"q": "a red circle", "to": "2021-06-15"})
     assert sorted(Path(n).name for n in names(r)) == ["mid-red-circle.jpg", "old-red-circle.jpg"]
+    r = client.get("/api/search", query_string={"q": "a red circle", "from": "2020-01-01", "to": "9999-12-31"})
+    assert sorted(Path(n).name for n in names(r)) == ["mid-red-circle.jpg", "new-blue-square.jpg"]  # was a 500
 
 
 def test_search_by_uploaded_picture(client):

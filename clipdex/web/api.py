@@ -8,12 +8,12 @@ import time
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
 
-from clipdex.errors import DecodeError
+from clipdex.errors import ClipdexError, DecodeError
 from clipdex.library.catalog import picture_tags, tag_counts
 from clipdex.search.filters import why_empty
 from clipdex.search.query import build_query, search
 from clipdex.web import media
-from clipdex.web.errors import APIError
+from clipdex.web.errors import APIError, error_response, message_for
 from clipdex.web.media import image_row
 from clipdex.web.uploads import DecoderBusy, UploadDecoder
 
@@ -102,7 +102,7 @@ def health():
         lib = state().library()
         return jsonify({"status": "ok", "library": str(lib.path), "generation": lib.generation})
     except Exception as exc:  # noqa: BLE001 - health reports, never raises
-        return jsonify({"status": 503, "message": str(exc)}), 503
+        return error_response(503, message_for(exc) if isinstance(exc, ClipdexError) else str(exc))
 
 
 @bp.get("/info")
