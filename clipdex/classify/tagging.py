@@ -127,10 +127,14 @@ def apply_classifier(
     threshold = spec.threshold if spec.threshold is not None else 0.5
     if spec.multi_label and not 0.0 < threshold <= 1.0:
         raise UsageError(f"the probability threshold must be above 0 and at most 1, got {threshold:g}")
-    subset = allowed_ids(lib, folder=folder)
-    ids, vectors = lib.load_vectors(None if subset is None else subset.tolist())
-    kept = choose(classify(vectors), list(spec.labels), spec.multi_label, threshold) if len(ids) else []
-    return write_pass(lib, spec, ids.tolist(), kept, dry_run=dry_run)
+
+    def tagger() -> tuple[list[int], list[list[tuple[str, float]]]]:
+        subset = allowed_ids(lib, folder=folder)
+        ids, vectors = lib.load_vectors(None if subset is None else subset.tolist())
+        kept = choose(classify(vectors), list(spec.labels), spec.multi_label, threshold) if len(ids) else []
+        return ids.tolist(), kept
+
+    return write_pass(lib, spec, tagger, dry_run=dry_run)
 
 
 def tag_library(

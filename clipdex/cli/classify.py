@@ -134,7 +134,13 @@ def probe_train(dataset: Path, name: str, library: Path | None, seed: int, model
     encoder = lib.encoder_for(model) if lib is not None else _encoder(None, model)  # a probe reads the library's model
     trained = train_probe(encoder, embed(data, encoder, lib), name, seed)
     created = lib is None
-    save_probe(lib or Library.create(path), encoder, trained)
+    target = lib or Library.create(path)
+    try:
+        save_probe(target, encoder, trained)
+    except BaseException:
+        if created:
+            target.discard_if_unused()  # no empty library left behind
+        raise
     if created:
         again = f" --library {path}" if library else ""
         click.echo(f"(created a library at {path} for model {encoder.spec}, holding the probe; add pictures with: "

@@ -11,15 +11,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from clipdex.errors import ModelMismatch
 from clipdex.library.schema import ImageRow, ProbeRow, TagPassRow, TagRow, utcnow
+from clipdex.library.writes import CHUNK, delete_in_chunks
 from clipdex.models import ModelSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,7 +31,6 @@ ZERO_SHOT = "zero-shot"
 LEGACY_ZERO_SHOT = "zero-shot"
 NAME_LENGTH = 48
 SAME = 1e-6  # probabilities closer than this count as unchanged
-CHUNK = 500  # ids per IN (...) clause
 
 
 def _chunks(items: list) -> Iterator[list]:
@@ -160,19 +160,22 @@ def _save_pass(s: Session, row: TagPassRow | None, spec: PassSpec) -> TagPassRow
     return row
 
 
-def write_pass(
-    lib: Library, spec: PassSpec, ids: list[int], kept: list[list[tuple[str, float]]], *,
-    dry_run: bool = False, examples: int = 3,
-) -> TagStats:
-    """Give pictures ``ids`` the tags ``kept`` (one list per picture) as pass ``spec``, in one transaction.
+#: Returns picture ids and, per picture, the ``(label, probability)`` tags to give it.
+Tagger = Callable[[], tuple[list[int], list[list[tuple[str, float]]]]]
 
-    Only this pass's earlier tags of these pictures are replaced. With ``dry_run`` nothing
-    is written, and the answer says what would change. ``examples`` per kind of change are
-    kept for people to look at.
+
+def write_pass(lib: Library, spec: PassSpec, tagger: Tagger, *, dry_run: bool = False, examples: int = 3) -> TagStats:
+    """Tag pictures as pass ``spec`` with what ``tagger()`` says, in one transaction.
+
+    ``tagger`` runs while the library's write lock is held, so no picture changes between
+    reading its vector and storing its tags. Only this pass's earlier tags of these pictures
+    are replaced. With ``dry_run`` nothing is written (and no lock taken), and the answer
+    says what would change. ``examples`` per kind of change are kept for people to look at.
     """
-    stats = TagStats(images=len(ids), pass_key=spec.key, dry_run=dry_run)
     lock = contextlib.nullcontext() if dry_run else lib.write_lock()
     with lock, lib.session() as s:
+        ids, kept = tagger()
+        stats = TagStats(images=len(ids), pass_key=spec.key, dry_run=dry_run)
         row = _find_pass(s, spec)
         wanted = set(ids)
         before: dict[int, dict[str, float]] = {}
@@ -205,8 +208,7 @@ def write_pass(
             row = _save_pass(s, row, spec)
             by_id = dict(zip(ids, kept))
             now = utcnow()
-            for chunk in _chunks(rewrite):
-                s.execute(delete(TagRow).where(TagRow.pass_id == row.id, TagRow.image_id.in_(chunk)))
+            delete_in_chunks(s, TagRow.image_id, rewrite, TagRow.pass_id == row.id)
             rows = [{"image_id": i, "label": label, "pass_id": row.id, "source": spec.kind, "probability": p,
                      "tagged_at": now} for i in rewrite for label, p in by_id[i]]
             if rows:
