@@ -73,6 +73,13 @@ def test_export_into_a_missing_folder_is_one_line(library, tmp_path):
     assert out.stdout == ""
 
 
+def test_a_report_folder_that_cannot_be_made_fails_before_any_work(tmp_path, colours):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("")
+    out = cli("eval", colours, "--report", blocker / "report", "--library", tmp_path / "none", code=2)
+    assert out.stderr == f"Error: cannot write the report into {blocker / 'report'}: Not a directory\n"
+
+
 def test_probe_names_the_class_with_too_few_pictures(tmp_path):
     dataset = write_classes(tmp_path / "ds", {"red": "red", "blue": "blue"}, 4, 0)
     for extra in sorted((dataset / "blue").glob("*.jpg"))[2:]:

@@ -10,10 +10,8 @@ import hashlib
 from html import escape
 from pathlib import Path
 
-from PIL import Image
-
 from clipdex.errors import DecodeError, UsageError
-from clipdex.imaging import open_image
+from clipdex.imaging import write_thumbnail
 
 
 def confusion_svg(matrix: list[list[int]], classes: list[str], cell: int = 44) -> str:
@@ -43,24 +41,30 @@ def confusion_svg(matrix: list[list[int]], classes: list[str], cell: int = 44) -
 
 
 def _thumbnail(path: str, folder: Path) -> str | None:
+    """A 160 px copy of a mistaken picture beside the report (None if it cannot be read now)."""
     name = hashlib.sha1(path.encode()).hexdigest()[:16] + ".jpg"
     target = folder / name
     if not target.exists():
         try:
-            image = open_image(path, target_size=160).image
+            write_thumbnail(path, target, 160)
         except DecodeError:
             return None
-        image.thumbnail((160, 160), Image.Resampling.LANCZOS)
-        folder.mkdir(parents=True, exist_ok=True)
-        image.save(target, "JPEG", quality=85)
     return f"thumbs/{name}"
 
 
 def write_report(folder: Path, dataset: str, classes: list[str], results: list[dict]) -> Path:
     """Write ``folder/index.html`` for the results of :func:`clipdex.classify.evaluate.evaluate`."""
+    prepare(folder)
+    try:
+        return _write(folder, dataset, classes, results)
+    except OSError as exc:
+        raise UsageError(f"cannot write the report into {folder}: {exc.strerror}") from None
+
+
+def prepare(folder: Path) -> None:
+    """Make the report folder (call before the work, so a bad folder fails at once)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        return _write(folder, dataset, classes, results)
     except OSError as exc:
         raise UsageError(f"cannot write the report into {folder}: {exc.strerror}") from None
 

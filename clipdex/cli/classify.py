@@ -84,6 +84,10 @@ def eval_command(dataset: Path, library: Path | None, prompt_sets: tuple[str, ..
     if custom:
         names.append("custom")
         sets.append(check_templates(list(custom)))
+    if report_dir:
+        from clipdex.classify.report import prepare
+
+        prepare(report_dir)
     lib, _ = _existing_library(library)
     encoder = _encoder(lib, model)
     embed(data, encoder, lib)
