@@ -59,6 +59,11 @@ def test_tag_needs_exactly_one_of_labels_labels_file_or_probe(tmp_path, args):
     assert out.stderr == "Error: give exactly one of --labels, --labels-file or --probe\n"
 
 
+def test_a_threshold_outside_0_1_names_the_option(tmp_path):
+    out = cli("tag", "--labels", "a,b", "--multi-label", "--threshold", "1.5", "--library", tmp_path / "none", code=2)
+    assert out.stderr == "Error: --threshold must be above 0 and at most 1, got 1.5\n"
+
+
 def test_an_empty_prompt_is_refused_by_tag_and_eval(library, colours):
     out = cli("tag", "--labels", "red=,blue", "--library", library.path, code=2)
     assert out.stderr == "Error: label 'red' has an empty prompt after '='\n"
