@@ -114,7 +114,8 @@ def test_type_a_query_and_see_the_right_thumbnails(page, server, tmp_path):
     assert all("/red/circle-" in t for t in titles(page, 5))
     # each card names the parent folder and the file, in full when it fits
     where = page.locator("#grid .card .where")
-    assert all(re.fullmatch(r"red/circle-00\d\.jpg", t) for t in where.all_text_contents()[:5])
+    shown = where.all_text_contents()[:5]
+    assert len(shown) == 5 and all(re.fullmatch(r"red/circle-00\d\.jpg", t) for t in shown), shown
     assert where.evaluate_all("all => all.every(w => w.scrollWidth <= w.clientWidth)")  # nothing cut
     images_loaded(page, "#grid img", 12)
     page.locator("#q").blur()
