@@ -123,9 +123,11 @@ def write_collection(
     """
     rng = random.Random(seed)
     folder = Path(folder)
-    exif = Image.Exif()
+    extra: dict = {}  # without ``taken`` the files stay byte for byte what earlier versions wrote
     if taken is not None:
+        exif = Image.Exif()
         exif.get_ifd(0x8769)[36867] = taken.strftime("%Y:%m:%d %H:%M:%S")  # Exif IFD, DateTimeOriginal
+        extra["exif"] = exif
     written: dict[Path, Sample] = {}
     for sample in samples or all_samples():
         sub = folder / sample.color
@@ -133,7 +135,7 @@ def write_collection(
         for i in range(per_class):
             size = rng.choice([(320, 240), (256, 256), (240, 320), (400, 300)])
             path = sub / f"{sample.shape}-{i:03d}.jpg"
-            draw(sample, size, rng).save(path, quality=90, exif=exif)
+            draw(sample, size, rng).save(path, quality=90, **extra)
             written[path] = sample
     return written
 
