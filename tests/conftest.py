@@ -18,6 +18,19 @@ from clipdex.synthetic import write_collection
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach for the network
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "slow: end to end through a browser, whole demo runs, crash recovery; the fast tier is "
+        "`pytest -m 'not slow'`")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test driving the browser is ``slow`` without saying so."""
+    for item in items:
+        if "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def encoder() -> Encoder:
     return Encoder(TINY_MODEL).load()

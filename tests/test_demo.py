@@ -71,6 +71,7 @@ def check_demo_commands(commands: list[str], lib: Path, pics: Path, note: str) -
     assert run_printed(serve) == lib
 
 
+@pytest.mark.slow
 def test_the_demo_leads_to_commands_that_work_as_printed(home):
     demo_lib = home / ".local" / "share" / "clipdex" / "demo-library"
     demo_pics = demo_lib.with_name("demo-pictures")

@@ -76,7 +76,10 @@ def skipped(library: Path | None, as_json: bool) -> None:
 @json_option
 @fail_cleanly
 def demo(library: Path | None, pictures: Path | None, as_json: bool) -> None:
-    """Offline demo: generate pictures, index them with the tiny model, search and tag."""
+    """Offline demo: generate pictures, index them with the tiny model, search and tag.
+
+    It ends with commands to try next, which work exactly as printed.
+    """
     from clipdex.demo import run_demo
     from clipdex.library import demo_library_path
 
