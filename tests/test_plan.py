@@ -57,12 +57,10 @@ def test_a_changed_file_is_never_taken_for_a_move():
     assert (plan.todo, plan.changed_ids, plan.moves, plan.removed_ids) == (["/pics/a.jpg"], {"/pics/a.jpg": 1}, [], [2])
 
 
-def test_a_skipped_file_is_retried_only_when_it_changed_or_when_asked():
+def test_a_skipped_file_is_retried_only_once_it_changed():
     found = scan_of(["/pics"], {"/pics/bad.jpg": (5, 1.0), "/pics/fixed.jpg": (6, 2.0)})
     skipped = {"/pics/bad.jpg": (5, 1.0), "/pics/fixed.jpg": (6, 1.0)}
     assert make_plan(found, [], skipped, hash_fn=no_reads).todo == ["/pics/fixed.jpg"]
-    assert make_plan(found, [], skipped, retry_skipped=True, hash_fn=no_reads).todo == ["/pics/bad.jpg",
-                                                                                          "/pics/fixed.jpg"]
 
 
 def test_rebuild_survey_resumes_and_sorts_out_what_is_gone(tmp_path):

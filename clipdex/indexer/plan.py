@@ -45,14 +45,13 @@ def make_plan(
     known: Iterable[KnownRow],
     skipped: dict[str, tuple[int, float]],
     *,
-    retry_skipped: bool = False,
     hash_fn: Callable[[str], str] = hash_file,
 ) -> Plan:
     """Plan a run from a scan and the library's rows and skips (only those under ``found.roots`` count).
 
-    A file skipped before is not retried while its size and mtime are the ones recorded,
-    unless ``retry_skipped``. A new file with the size and content hash of a vanished row is
-    that picture, moved: it keeps its id and vector.
+    A file in ``skipped`` is not retried while its size and mtime are the ones recorded
+    there. A new file with the size and content hash of a vanished row is that picture,
+    moved: it keeps its id and vector.
     """
     rows = [r for r in known if found.covers(r.path)]
     by_path = {r.path: r for r in rows}
@@ -62,7 +61,7 @@ def make_plan(
     for path, facts in found.files.items():
         row = by_path.get(path)
         if row is None:
-            if not retry_skipped and skipped.get(path) == (facts.size, facts.mtime):
+            if skipped.get(path) == (facts.size, facts.mtime):
                 continue  # still the same bad file: don't retry it every run
             todo.append(path)
         elif row.size != facts.size or row.mtime != facts.mtime:

@@ -67,8 +67,8 @@ def survey(rows: list[KnownRow], staged: dict[int, Facts], roots: Scan
     return todo, facts, unusable, done
 
 
-def rebuild_library(indexer: Indexer, encoder: Encoder, roots: Scan, stats: IndexStats) -> set[int]:
-    """Re-encode every picture with ``encoder`` and switch the library to it; returns the ids re-encoded."""
+def rebuild_library(indexer: Indexer, encoder: Encoder, roots: Scan, stats: IndexStats) -> staging.Swapped:
+    """Re-encode every picture with ``encoder`` and switch the library to it; returns what the switch did."""
     lib = indexer.lib
     rows = writes.known_rows(lib, lambda _path: True)
     pool = DecodePool(indexer.workers, indexer.timeout, decode_fn=indexer.decode_fn).start(len(rows)) if rows else None
@@ -102,4 +102,4 @@ def rebuild_library(indexer: Indexer, encoder: Encoder, roots: Scan, stats: Inde
     stats.removed += len(swapped.removed)
     stats.skipped += len(swapped.skipped)
     stats.skipped_files.update(swapped.skipped)
-    return swapped.ids
+    return swapped

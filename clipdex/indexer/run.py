@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -138,12 +138,13 @@ class Indexer:
     def _run(self, paths: list[str], rebuild: bool, stats: IndexStats) -> None:
         roots = normalise_roots(paths)
         encoder = self.lib.encoder_for(self.requested, self.device, switching=rebuild)
-        fresh: set[int] = set()
-        if rebuild:
-            from clipdex.indexer.rebuild import rebuild_library
+        if not rebuild:
+            self._update(encoder, roots, stats)
+            return
+        from clipdex.indexer.rebuild import rebuild_library
 
-            fresh = rebuild_library(self, encoder, Scan(roots), stats)
-        self._update(encoder, roots, stats, retry_skipped=rebuild, fresh=fresh)
+        swapped = rebuild_library(self, encoder, Scan(roots), stats)
+        self._update(encoder, roots, stats, fresh=swapped.ids, fresh_skips=set(swapped.skipped))
 
     def load_model(self, encoder: Encoder) -> None:
         """Load the model, saying so the first time (it can take a while)."""
@@ -152,16 +153,23 @@ class Indexer:
             self._announced = encoder
         encoder.load()
 
-    def _update(self, encoder: Encoder, roots: list[str], stats: IndexStats, retry_skipped: bool,
-                fresh: set[int]) -> None:
-        """The incremental pass over ``roots`` (after a rebuild, ``fresh`` ids were just re-encoded)."""
+    def _update(self, encoder: Encoder, roots: list[str], stats: IndexStats, fresh: Collection[int] = (),
+                fresh_skips: Collection[str] | None = None) -> None:
+        """The incremental pass over ``roots``.
+
+        After a rebuild, ``fresh`` pictures were just re-encoded (they are not "unchanged")
+        and of the files skipped before only ``fresh_skips``, just found unusable, are not
+        tried again: a rebuild gives every other skipped file another chance.
+        """
         self.say(f"scanning {', '.join(roots)} …")
         self.lib.add_roots(roots)
         found = scan(roots, exclude=[str(self.lib.path)])
-        plan = make_plan(found, writes.known_rows(self.lib, found.covers), writes.skipped_facts(self.lib, found.covers),
-                         retry_skipped=retry_skipped)
+        skipped = writes.skipped_facts(self.lib, found.covers)
+        if fresh_skips is not None:
+            skipped = {path: facts for path, facts in skipped.items() if path in fresh_skips}
+        plan = make_plan(found, writes.known_rows(self.lib, found.covers), skipped)
         self.say(plan.describe())
-        stats.unchanged = len(set(plan.unchanged_ids) - fresh)
+        stats.unchanged = len(set(plan.unchanged_ids).difference(fresh))
         stats.moved = len(plan.moves)
         stats.empty_roots = [r for r in roots if not any(Scan([r]).covers(p) for p in found.files)]
         pool = None

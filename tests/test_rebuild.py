@@ -1,0 +1,144 @@
+"""``index --rebuild`` never leaves a library that cannot answer: old vectors until the new set is complete."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from clipdex.cli import main
+from clipdex.decodepool import decode_file
+from clipdex.indexer import Indexer
+from clipdex.library import Library
+from clipdex.models import Encoder, tiny_model_dir
+from clipdex.search import build_query
+from tests.terminal import Terminal
+
+
+@pytest.fixture()
+def copied(tmp_path, library) -> Path:
+    """A private copy of the session library (120 pictures, tiny model)."""
+    shutil.copytree(library.path, tmp_path / "lib")
+    return tmp_path / "lib"
+
+
+@pytest.fixture()
+def other_model(tmp_path) -> str:
+    """The tiny model again, from another folder: another model identity, same vectors."""
+    shutil.copytree(tiny_model_dir(), tmp_path / "other-model")
+    return f"local-dir:{tmp_path / 'other-model'}"
+
+
+def top_hits(lib: Library, encoder: Encoder, text: str = "a red circle", k: int = 5) -> list[int]:
+    return [i for i, _ in lib.index().search(build_query(encoder, text), k)]
+
+
+def staged(lib_dir: Path) -> int:
+    with sqlite3.connect(f"file:{lib_dir / 'clipdex.db'}?mode=ro", uri=True) as conn:
+        return conn.execute("SELECT count(*) FROM staged_vectors").fetchone()[0]
+
+
+def test_a_rebuild_with_a_model_that_cannot_load_changes_nothing(copied, library, encoder, collection):
+    root = next(iter(collection)).parent.parent
+    before = Library.open(copied).generation
+    out = CliRunner().invoke(main, ["index", str(root), "--library", str(copied), "--rebuild",
+                                    "--model", "ViT-B-32:nosuchtag"])
+    assert out.exit_code == 2
+    assert out.stderr.startswith("Error: unknown pretrained tag 'nosuchtag' for ViT-B-32 (known: ")
+    lib = Library.open(copied)
+    assert (lib.info()["images"], str(lib.model_spec), lib.generation) == (120, "tiny", before)
+    assert top_hits(lib, encoder) == top_hits(library, encoder)
+    assert staged(copied) == 0
+
+
+def test_kill_9_mid_rebuild_keeps_the_old_library_then_the_rerun_switches(copied, library, encoder, collection,
+                                                                          other_model):
+    root = next(iter(collection)).parent.parent
+    ids_before, vectors_before = Library.open(copied).load_vectors()
+    run = Terminal("index", str(root), "--library", str(copied), "--rebuild", "--model", other_model,
+                   "--workers", "1", "--batch-size", "4")
+    run.wait_for(r"re-encoding: +\d+%\|[^|]*\| +(2\d|[3-9]\d)/120")  # at least 20 staged and committed
+    os.killpg(run.group, signal.SIGKILL)
+    run.finish()
+    done = staged(copied)
+    assert 20 <= done < 120
+
+    lib = Library.open(copied)  # still the old library: its model, all its pictures, the same answers
+    assert str(lib.model_spec) == "tiny"
+    ids, vectors = lib.load_vectors()
+    assert ids.tolist() == ids_before.tolist() and np.array_equal(vectors, vectors_before)
+    assert lib.index().ntotal == 120 and top_hits(lib, encoder) == top_hits(library, encoder)
+
+    stats = Indexer(lib, other_model, workers=2, progress=False).run([str(root)], rebuild=True)
+    assert (stats.indexed, stats.encoded, stats.reused, stats.unchanged) == (120, 120 - done, done, 0)
+    switched = Library.open(copied)
+    assert switched.model_spec.identity == other_model
+    assert switched.load_vectors()[0].tolist() == ids_before.tolist()  # every picture keeps its id
+    assert sorted(switched.index().ids().tolist()) == ids_before.tolist()
+    assert top_hits(switched, switched.encoder_for(None)) == top_hits(library, encoder)
+    assert staged(copied) == 0
+
+
+def test_a_rebuild_covers_the_whole_library_and_reports_what_is_gone(tmp_path, encoder, other_model):
+    from clipdex.synthetic import write_collection
+
+    here, there = tmp_path / "here", tmp_path / "there"
+    write_collection(here, per_class=1, seed=3)
+    write_collection(there, per_class=1, seed=4)
+    lib = Library.create(tmp_path / "lib")
+    Indexer(lib, encoder, workers=2, progress=False).run([str(here), str(there)])
+    (here / "red" / "circle-000.jpg").unlink()                 # deleted under the folder given
+    (there / "blue" / "square-000.jpg").unlink()               # gone from a folder not given this time
+    bad = here / "green" / "star-000.jpg"
+    bad.write_bytes(bad.read_bytes()[:200])                    # now unreadable
+
+    stats = Indexer(lib, other_model, workers=2, progress=False).run([str(here)], rebuild=True)
+    assert (stats.indexed, stats.encoded, stats.removed, stats.skipped) == (45, 45, 1, 2)
+    gone = str(there / "blue" / "square-000.jpg")
+    why = decode_file(str(bad), 64, "shortest", 10**8).error  # whatever the decoder says of it, recorded as such
+    assert why
+    expected = {gone: "file not found when the library was rebuilt", str(bad): why}
+    assert stats.skipped_files == expected
+    assert dict(Library.open(lib.path).skipped()) == expected
+    fresh = Library.open(lib.path)
+    assert fresh.info()["images"] == 45 and fresh.model_spec.identity == other_model
+    assert sum(1 for p in fresh.load_vectors()[0]) == fresh.index().ntotal == 45
+
+
+def test_staging_made_for_another_model_is_discarded(copied, collection, other_model, encoder):
+    from clipdex.library import staging
+
+    lib = Library.open(copied)
+    spec = Encoder(other_model).spec
+    staging.begin(lib, spec, 64)
+    ids, vectors = lib.load_vectors()
+    staging.stage(lib, [], [staging.Unusable(int(ids[0]), "made up")])
+    assert staging.pending(lib) == (str(spec), 1)
+    root = next(iter(collection)).parent.parent
+    stats = Indexer(lib, encoder, workers=2, progress=False).run([str(root)], rebuild=True)
+    assert (stats.indexed, stats.encoded, stats.skipped) == (120, 120, 0)  # the stale entry was not used
+    assert staging.pending(lib) is None
+
+
+def test_an_upgraded_database_stages_like_a_new_one(tmp_path):
+    from sqlalchemy import inspect
+
+    old_dir = tmp_path / "old"
+    old_dir.mkdir()
+    shutil.copy(Path(__file__).parent / "data" / "library-v1" / "clipdex.db", old_dir / "clipdex.db")
+    old, new = Library.open(old_dir), Library.create(tmp_path / "new")
+
+    def shape(lib: Library) -> tuple:
+        i = inspect(lib.engine)
+        return ([(c["name"], str(c["type"]), c["nullable"]) for c in i.get_columns("staged_vectors")],
+                i.get_pk_constraint("staged_vectors")["constrained_columns"],
+                [(f["referred_table"], f["constrained_columns"], f["options"].get("ondelete"))
+                 for f in i.get_foreign_keys("staged_vectors")])
+
+    assert shape(old) == shape(new)
