@@ -77,11 +77,15 @@ def test_from_and_to_are_inclusive_days(dated):
     assert {r["captured_at"] for r in found["results"]} == {TAKEN.isoformat()}
 
 
+SPAN = "(capture dates run from 2021-07-14 to 2021-07-14)"
+UNDATED = "120 pictures have no capture date and date filters leave them out"
+
+
 @pytest.mark.parametrize("args,answer", [
-    (["--from", "2021-07-15"], "No results: no picture was taken from 2021-07-15 (capture dates run from 2021-07-14 "
-                               "to 2021-07-14); 120 pictures have no capture date and date filters leave them out\n"),
-    (["--to", "2021-07-13"], "No results: no picture was taken until 2021-07-13 (capture dates run from 2021-07-14 "
-                             "to 2021-07-14); 120 pictures have no capture date and date filters leave them out\n"),
+    (["--from", "2021-07-15"], f"No results: no picture was taken on or after 2021-07-15 {SPAN}; {UNDATED}\n"),
+    (["--to", "2021-07-13"], f"No results: no picture was taken on or before 2021-07-13 {SPAN}; {UNDATED}\n"),
+    (["--from", "2021-07-15", "--to", "2021-07-16"],
+     f"No results: no picture was taken between 2021-07-15 and 2021-07-16 {SPAN}; {UNDATED}\n"),
     (["--from", "2021-07-15", "--to", "2021-07-14"], "No results: --from 2021-07-15 is after --to 2021-07-14\n"),
 ])
 def test_an_empty_date_range_says_why(dated, args, answer):

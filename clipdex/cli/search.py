@@ -40,7 +40,8 @@ def explain(reason: EmptyReason, first: dt.date | None, last: dt.date | None) ->
     if reason.kind == "empty_date_range":
         return f"--from {first} is after --to {last}"
     if reason.kind == "none_in_date_range":
-        wanted = f"from {first}" if last is None else f"until {last}" if first is None else f"from {first} to {last}"
+        wanted = (f"on or after {first}" if last is None else f"on or before {last}" if first is None
+                  else f"between {first} and {last}")
         return (f"no picture was taken {wanted} (capture dates run from {reason.first:%Y-%m-%d} "
                 f"to {reason.last:%Y-%m-%d})")
     if reason.kind == "undated":
