@@ -1,0 +1,309 @@
+"""Export an open_clip model's two towers to ONNX, verify them against PyTorch, cache them atomically.
+
+The only part of the ONNX path that needs torch. The image graph takes the decoders' uint8
+``N x S x S x 3`` batches (or float NCHW, see :class:`ExportSettings`) and does the layout
+change, scaling, mean/std and the final L2 normalisation itself; the text graph takes CLIP
+token ids and ends in the L2 normalisation too. Before an export is accepted, both graphs run
+in onnxruntime on probe batches of another size than the one traced (so the batch axis is
+really dynamic) and every vector must match PyTorch's (cosine >= 0.999 for fp32); the
+tokenizer port must give open_clip's tokens exactly. Otherwise the model is refused for the
+ONNX path with the reason, and the refusal is remembered for that cache key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipdex.onnx import BackendUnavailable
+from clipdex.onnx.cache import META_FILE, CacheKey, ExportSettings, cache_root, find, key_for_spec, record_refusal
+from clipdex.onnx.runtime import make_session
+from clipdex.onnx.tokenizer import BPE_FILENAME, ClipTokenizer, default_bpe_path
+
+#: Texts the towers are compared on (a mix of lengths, scripts and punctuation; one past 77 tokens).
+PROBE_TEXTS = [
+    "a photo of a dog", "A RED CIRCLE on a blue background!", "", "naïve café – 東京の夜景 🌃",
+    "don't stop: 3 cats & 2 dogs", "x", "a " + "very " * 90 + "long caption", "Ünïcödé ß ﬁ “quotes” &amp; <b>",
+]
+#: Texts the tokenizer port is compared on, token for token, before the towers.
+TOKEN_PROBES = PROBE_TEXTS + [
+    "  spaces\tand\nnewlines  ", "UPPER lower MiXeD", "it's we're they'll I'd you've I'M", "2023-05-17 12:30",
+    "e\u0301 vs é", "ＡＢＣ full width", "Ελληνικά και Русский", "مرحبا بالعالم", "emoji 👍🏽👨‍👩‍👧",
+    "&lt;tag&gt; &#39;", "CafÃ© mojibake", "!!!???...,,,", "hello_world snake_case", "\x00control\x07chars\x1b[31m",
+]
+
+
+class _ImageTower:
+    """Factory for the image graph's module (defined lazily: torch is imported only when exporting)."""
+
+    @staticmethod
+    def build(model: Any, mean: list[float], std: list[float], layout: str) -> Any:
+        import torch
+
+        class ImageTower(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+                std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+                mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+                # (x / 255 - mean) / std as one multiply-add per channel
+                self.register_buffer("scale", 1.0 / (255.0 * std_t) if layout == "uint8-nhwc" else 1.0 / std_t)
+                self.register_buffer("shift", -mean_t / std_t)
+
+            def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+                x = pixels.permute(0, 3, 1, 2).float() if layout == "uint8-nhwc" else pixels
+                x = x * self.scale + self.shift
+                return torch.nn.functional.normalize(self.model.encode_image(x), dim=-1)
+
+        return ImageTower().eval()
+
+
+def _text_tower(model: Any) -> Any:
+    import torch
+
+    class TextTower(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.normalize(self.model.encode_text(tokens), dim=-1)
+
+    return TextTower().eval()
+
+
+def tokenizer_config(tokenizer: Any, label: str) -> dict[str, Any]:
+    """What the runtime needs to rebuild ``tokenizer`` (an open_clip tokenizer) without open_clip,
+    or a refusal for tokenizers the port does not cover."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    if not isinstance(tokenizer, SimpleTokenizer):
+        raise BackendUnavailable(label, f"its tokenizer is {type(tokenizer).__name__}, not CLIP's BPE tokenizer, "
+                                        "and the ONNX path runs only CLIP's BPE tokenizer")
+    if tokenizer.reduction_fn is not None:
+        raise BackendUnavailable(label, "its tokenizer shortens long texts by dropping tokens, "
+                                        "which the ONNX path does not do")
+    cleans = {"_clean_lower": "lower", "_clean_whitespace": "whitespace", "_clean_canonicalize": "canonicalize"}
+    clean = cleans.get(getattr(tokenizer.clean_fn, "__name__", ""))
+    if clean is None:
+        raise BackendUnavailable(label, "its tokenizer cleans text in a way the ONNX path does not know")
+    specials = [tokenizer.decoder[i] for i in tokenizer.all_special_ids]
+    return {"kind": "clip-bpe", "file": BPE_FILENAME, "context_length": int(tokenizer.context_length),
+            "clean": clean, "additional_special_tokens": specials[2:]}
+
+
+def _probe_pixels(n: int, size: int) -> np.ndarray:
+    """``n`` deterministic pictures: noise, a smooth gradient, flat colours, then more noise."""
+    rng = np.random.default_rng(8)
+    out = rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+    ramp = np.linspace(0, 255, size, dtype=np.float32)
+    if n > 1:
+        out[1] = np.stack([ramp[None, :].repeat(size, 0), ramp[:, None].repeat(size, 1),
+                           np.full((size, size), 128, np.float32)], axis=-1).astype(np.uint8)
+    if n > 2:
+        out[2] = (200, 40, 30)
+    return out
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return float(np.min(np.sum(a * b, axis=1)))
+
+
+def _quantize_int8(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+
+
+def export_towers(model: Any, tokenizer: Any, preprocess: dict[str, Any], folder: Path, label: str,
+                  settings: ExportSettings | None = None, probe_images: int = 3) -> dict[str, Any]:
+    """Write ``image.onnx``, ``text.onnx`` and the BPE merges file into ``folder`` and verify them.
+
+    ``model`` is an open_clip model on the CPU in float32, ``tokenizer`` its open_clip tokenizer,
+    ``preprocess`` its preprocessing config (``size``, ``mean``, ``std``, ``resize_mode``).
+    Returns the metadata for ``meta.json`` (without the key); raises :class:`BackendUnavailable`.
+    """
+    import torch
+
+    settings = settings or ExportSettings()
+    started = time.perf_counter()
+    tok_cfg = tokenizer_config(tokenizer, label)
+    size = preprocess["size"]
+    size = int(size if isinstance(size, int) else size[0])
+    mean, std = [float(v) for v in preprocess["mean"]], [float(v) for v in preprocess["std"]]
+    shutil.copyfile(default_bpe_path(), folder / BPE_FILENAME)
+    port = ClipTokenizer(folder / BPE_FILENAME, tok_cfg["context_length"], tok_cfg["clean"],
+                         tok_cfg["additional_special_tokens"])
+    if port.encoder != tokenizer.encoder:
+        raise BackendUnavailable(label, "its tokenizer's vocabulary is not the one of open_clip's merges file")
+    for text in TOKEN_PROBES:
+        if not np.array_equal(port([text]), tokenizer([text]).numpy()):
+            raise BackendUnavailable(label, f"the tokenizer port gives other tokens than open_clip for {text!r}")
+
+    image, text = _ImageTower.build(model, mean, std, settings.pixels), _text_tower(model)
+    pixels = _probe_pixels(max(2, probe_images), size)
+    feed = pixels if settings.pixels == "uint8-nhwc" else pixels.transpose(0, 3, 1, 2).astype(np.float32) / 255
+    tokens = port(PROBE_TEXTS)
+    image_file = "image.onnx"
+    traced = folder / (image_file if settings.precision == "fp32" else "image.fp32.onnx")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(image, (torch.from_numpy(feed[:1]),), str(traced), dynamo=False,
+                              input_names=["pixels"], output_names=["embedding"], opset_version=settings.opset,
+                              dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}})
+            torch.onnx.export(text, (torch.from_numpy(tokens[:1]),), str(folder / "text.onnx"), dynamo=False,
+                              input_names=["tokens"], output_names=["embedding"], opset_version=settings.opset,
+                              dynamic_axes={"tokens": {0: "batch"}, "embedding": {0: "batch"}})
+        except (OSError, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any exporter failure refuses this model, in one line
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise BackendUnavailable(label, f"export to ONNX failed ({type(exc).__name__}: {first})") from None
+        want_image = image(torch.from_numpy(feed)).numpy()
+        want_text = text(torch.from_numpy(tokens)).numpy()
+    if settings.precision == "int8":
+        _quantize_int8(traced, folder / image_file)
+        traced.unlink()
+
+    got_image = make_session(folder / image_file).run(None, {"pixels": feed})[0]
+    got_text = make_session(folder / "text.onnx").run(None, {"tokens": tokens})[0]
+    image_cos, text_cos = _min_cosine(got_image, want_image), _min_cosine(got_text, want_text)
+    for tower, cos in (("image", image_cos), ("text", text_cos)):
+        if not cos >= settings.min_cosine:  # NaN fails too
+            raise BackendUnavailable(label, f"its {tower} vectors from ONNX Runtime differ from PyTorch's "
+                                            f"(lowest cosine {cos:.4f}, needs {settings.min_cosine})")
+    return {
+        "identity": label,
+        "image": {"file": image_file, "input": "pixels", "layout": settings.pixels, "size": size,
+                  "resize_mode": preprocess.get("resize_mode", "shortest"),
+                  "interpolation": preprocess.get("interpolation", "bicubic"),
+                  "mean": mean, "std": std, "normalised_in_graph": True, "precision": settings.precision},
+        "text": {"file": "text.onnx", "input": "tokens", "context_length": tok_cfg["context_length"]},
+        "tokenizer": tok_cfg,
+        "dim": int(want_text.shape[1]),
+        "logit_scale": float(model.logit_scale.exp().item()) if hasattr(model, "logit_scale") else 100.0,
+        "verified": {"image_min_cosine": image_cos, "text_min_cosine": text_cos, "probe_images": len(pixels),
+                     "probe_texts": len(PROBE_TEXTS), "token_probes": len(TOKEN_PROBES)},
+        "export_seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+#: Inside a temporary export folder: the host and pid of the exporting process.
+OWNER_FILE = ".owner"
+
+Loader = Callable[[], tuple[Any, Any, dict[str, Any]]]
+
+
+def export_to_cache(key: CacheKey, load: Loader, root: Path | None = None, probe_images: int = 3) -> Path:
+    """The export folder for ``key``, exporting with ``load()`` -> (model, tokenizer, preprocess cfg) when
+    it is not cached yet. Written in a temporary folder and renamed into place, so the cache never
+    holds a partial export; a refusal is recorded (see :func:`clipdex.onnx.cache.refusal`) and raised."""
+    root = root or cache_root()
+    found = find(key, root)
+    if found is not None:
+        return found
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(root)
+    tmp = root / f".tmp-{uuid.uuid4().hex[:8]}-{key.name}"
+    tmp.mkdir()
+    (tmp / OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}")
+    try:
+        model, tokenizer, preprocess = load()
+        try:
+            meta = export_towers(model, tokenizer, preprocess, tmp, key.identity, key.settings, probe_images)
+        except BackendUnavailable as exc:
+            record_refusal(key, exc.reason, root)
+            raise
+        meta = {"key": key.as_dict(), **meta}
+        _write_durably(tmp / META_FILE, json.dumps(meta, indent=1).encode())
+        (tmp / OWNER_FILE).unlink()
+        for f in tmp.iterdir():
+            if f.name != META_FILE:
+                _fsync(f)
+        final = key.folder(root)
+        if final.exists() and find(key, root) is None:  # a damaged folder under our name: move it away
+            shutil.rmtree(_rename_aside(final), ignore_errors=True)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if find(key, root) is None:  # not another process's complete export: a real failure
+                raise
+        return final
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ensure_export(spec: Any, settings: ExportSettings | None = None, root: Path | None = None) -> Path:
+    """The export folder of ``spec`` (a :class:`clipdex.models.ModelSpec`), exporting it on first use."""
+    key = key_for_spec(spec, settings)
+    return export_to_cache(key, lambda: torch_parts(spec), root)
+
+
+def torch_parts(spec: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """The float32 CPU open_clip model of ``spec``, its tokenizer and preprocessing config, shared with
+    the process's :class:`clipdex.models.Encoder` cache."""
+    from clipdex.models import Encoder
+
+    enc = Encoder(spec, device="cpu", precision="fp32").load()
+    # Encoder has no public accessor for its torch parts yet; the integration adds one.
+    return enc._model, enc._tokenizer, dict(enc._cfg)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _rename_aside(folder: Path) -> Path:
+    aside = folder.with_name(f".tmp-stale-{folder.name}-{uuid.uuid4().hex[:8]}")
+    os.rename(folder, aside)
+    return aside
+
+
+def _remove_abandoned(root: Path) -> None:
+    """Delete temporary folders of exports killed midway: their process (on this host) is gone, or
+    they are a day old and say nothing of their owner."""
+    host = socket.gethostname()
+    for tmp in root.glob(".tmp-*"):
+        if not tmp.is_dir():
+            continue
+        try:
+            owner_host, pid = (tmp / OWNER_FILE).read_text().split()
+        except (OSError, ValueError):
+            try:
+                if time.time() - tmp.stat().st_mtime > 86400:
+                    shutil.rmtree(tmp, ignore_errors=True)
+            except OSError:
+                pass
+            continue
+        if owner_host != host or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass

@@ -1,0 +1,166 @@
+"""Encode pictures and texts with onnxruntime from an export folder: no torch, no open_clip.
+
+:class:`OnnxEncoder` offers what the rest of clipdex uses of :class:`clipdex.models.Encoder`
+(``image_size``, ``resize_mode``, ``logit_scale``, ``dim``, ``encode_pixels``, ``encode_texts``).
+Everything it needs at query time comes from the folder's ``meta.json``, the two graphs and the
+BPE merges file. Each tower's session is created on first use, so a text search never loads
+the image tower. Session settings were chosen by measurement on a 2-core CPU
+(``benchmarks/bench_backends.py``): all graph optimisations, one inter-op thread, intra-op
+threads = the cores this process may use, and no spinning of idle threads so that the decode
+workers get the CPU while the encoder waits for a batch.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipdex.onnx import BackendUnavailable
+from clipdex.onnx.cache import CacheKey, ExportSettings, cache_root, find, key_for_spec, read_meta, refusal
+from clipdex.onnx.tokenizer import ClipTokenizer
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, which containers and ``taskset`` narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """onnxruntime settings; ``threads=None`` means :func:`usable_cores`."""
+
+    threads: int | None = None
+    optimization: str = "all"  # "disable", "basic", "extended" or "all"
+    spinning: bool = False
+
+
+def make_session(path: Path, options: SessionOptions = SessionOptions()) -> Any:
+    """An onnxruntime CPU session for one graph."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise BackendUnavailable(str(path.parent.name), "onnxruntime is not installed") from None
+    levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    so = ort.SessionOptions()
+    so.graph_optimization_level = levels[options.optimization]
+    so.intra_op_num_threads = options.threads or usable_cores()
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3  # errors only: no GPU-discovery warnings on machines without one
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spinning else "0")
+    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+
+
+class OnnxEncoder:
+    """The two towers of one exported model; thread-safe, sessions created on first use."""
+
+    def __init__(self, folder: Path, options: SessionOptions = SessionOptions()):
+        meta = read_meta(folder)
+        if meta is None:
+            raise BackendUnavailable(folder.name, f"no readable export in {folder}")
+        self.folder, self.meta, self.options = folder, meta, options
+        self.identity: str = meta["identity"]
+        self._lock = threading.Lock()
+        self._sessions: dict[str, Any] = {}
+        self._tokenizer: ClipTokenizer | None = None
+
+    @classmethod
+    def from_cache(cls, spec: Any, settings: ExportSettings | None = None, root: Path | None = None,
+                   options: SessionOptions = SessionOptions()) -> OnnxEncoder:
+        """The cached export of ``spec`` (a :class:`clipdex.models.ModelSpec`); raises
+        :class:`BackendUnavailable` when there is none yet or the model was refused."""
+        return cls.from_key(key_for_spec(spec, settings), root, options)
+
+    @classmethod
+    def from_key(cls, key: CacheKey, root: Path | None = None,
+                 options: SessionOptions = SessionOptions()) -> OnnxEncoder:
+        folder = find(key, root)
+        if folder is None:
+            reason = refusal(key, root)
+            raise BackendUnavailable(key.identity, reason or f"not exported yet (cache {root or cache_root()})")
+        return cls(folder, options)
+
+    # --- facts from meta.json: no session needed
+    @property
+    def image_size(self) -> int:
+        """Side in pixels of the square the model sees."""
+        return int(self.meta["image"]["size"])
+
+    @property
+    def resize_mode(self) -> str:
+        return self.meta["image"]["resize_mode"]
+
+    @property
+    def logit_scale(self) -> float:
+        """The model's learned temperature, for zero-shot softmax."""
+        return float(self.meta["logit_scale"])
+
+    @property
+    def dim(self) -> int:
+        """Length of the embedding vectors."""
+        return int(self.meta["dim"])
+
+    @property
+    def context_length(self) -> int:
+        return int(self.meta["text"]["context_length"])
+
+    def session(self, tower: str) -> Any:
+        """The onnxruntime session of ``image`` or ``text``, created on first use."""
+        with self._lock:
+            if tower not in self._sessions:
+                self._sessions[tower] = make_session(self.folder / self.meta[tower]["file"], self.options)
+            return self._sessions[tower]
+
+    @property
+    def tokenizer(self) -> ClipTokenizer:
+        with self._lock:
+            if self._tokenizer is None:
+                tok = self.meta["tokenizer"]
+                self._tokenizer = ClipTokenizer(self.folder / tok["file"], tok["context_length"], tok["clean"],
+                                                tok["additional_special_tokens"])
+            return self._tokenizer
+
+    def load(self) -> OnnxEncoder:
+        """Create both sessions and the tokenizer now (a server does this before it answers)."""
+        self.session("image")
+        self.session("text")
+        _ = self.tokenizer
+        return self
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Encode a ``N x S x S x 3`` uint8 batch (see :func:`clipdex.imaging.fit_square`) to unit float32 rows."""
+        s = self.image_size
+        if pixels.ndim != 4 or pixels.shape[1:] != (s, s, 3):
+            raise ValueError(f"expected pixels of shape (N, {s}, {s}, 3), got {tuple(pixels.shape)}")
+        if len(pixels) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        x = np.ascontiguousarray(pixels, dtype=np.uint8)
+        if self.meta["image"]["layout"] == "float-nchw":
+            x = x.transpose(0, 3, 1, 2).astype(np.float32) * np.float32(1 / 255)
+        return self._run("image", x)
+
+    def encode_tokens(self, tokens: np.ndarray) -> np.ndarray:
+        """Encode ``N x context_length`` int64 token ids to unit float32 rows."""
+        if len(tokens) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return self._run("text", np.ascontiguousarray(tokens, dtype=np.int64))
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """Encode a list of strings to unit float32 rows."""
+        return self.encode_tokens(self.tokenizer(list(texts)))
+
+    def _run(self, tower: str, x: np.ndarray) -> np.ndarray:
+        session = self.session(tower)
+        (out,) = session.run(None, {self.meta[tower]["input"]: x})
+        return np.asarray(out, dtype=np.float32)  # the graph ends in the L2 normalisation
