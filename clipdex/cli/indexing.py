@@ -14,7 +14,9 @@ from clipdex.cli.common import fail_cleanly, json_option, library_option, librar
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @library_option
 @model_option
-@click.option("--rebuild", is_flag=True, help="Re-encode every picture (also switches the library to --model).")
+@click.option("--rebuild", is_flag=True,
+              help="Re-encode every picture of the library (also switches it to --model). It answers searches with "
+              "its current vectors until the new set is complete; an interrupted rebuild continues where it stopped.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--workers", default=None, type=click.IntRange(1, 256), help="Decoder processes [default: CPU count].")
 @click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(0.1),

@@ -86,6 +86,8 @@ class Library:
         if db.exists():
             storage.check_file(db)
         self.read_only = not storage.folder_is_writable(self.path)
+        if self.read_only and not db.exists():
+            raise storage.ReadOnlyLibrary(f"cannot create a library in {self.path}: the folder is read-only")
         self.engine = storage.open_engine(db, self.read_only)
         self._created_db = False  # made by :meth:`create`, with these folders (deepest first)
         self._created_folders: list[Path] = []

@@ -9,6 +9,7 @@ database is reported and left exactly as it is.
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 from pathlib import Path
 from urllib.parse import quote
@@ -55,6 +56,15 @@ def folder_is_writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK)
 
 
+def _nearly_full(folder: Path) -> bool:
+    """After an I/O error: is the disk (all but) full? SQLite reports some writes failing for want of
+    space (growing its shared-memory file) as plain I/O errors."""
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
+
+
 def _translate(db: Path, folder: Path):  # noqa: ANN202 - an event handler
     def handle_error(ctx: ExceptionContext) -> None:
         exc = ctx.original_exception
@@ -64,7 +74,8 @@ def _translate(db: Path, folder: Path):  # noqa: ANN202 - an event handler
             return  # programming errors stay what they are
         text = str(exc)
         code = getattr(exc, "sqlite_errorcode", None)
-        if code == sqlite3.SQLITE_FULL or "database or disk is full" in text:
+        if code == sqlite3.SQLITE_FULL or "database or disk is full" in text or (
+                code is not None and code & 0xFF == sqlite3.SQLITE_IOERR and _nearly_full(folder)):
             raise DiskFull(f"the disk holding the library at {folder} is full") from None
         if code == sqlite3.SQLITE_READONLY or "readonly database" in text:
             raise ReadOnlyLibrary(read_only_message(folder)) from None
