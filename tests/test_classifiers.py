@@ -169,13 +169,12 @@ def test_eval_errors(tmp_path, lib_dir, colours, setup, args, message):
     assert out.stderr.startswith("Error: ") and message in out.stderr and "Traceback" not in out.stderr
 
 
-def test_probe_from_another_model_is_refused(tmp_path, code_names):
+def test_probe_from_another_model_is_refused(tmp_path):
     from clipdex.models import tiny_model_dir
 
-    pics = write_classes(tmp_path / "pics", {"a": "red", "b": "blue"}, 2, 0)
+    pics = write_classes(tmp_path / "pics", {"a": "red", "b": "blue"}, 3, 0)
     lib = tmp_path / "lib"
-    assert run_cli("index", str(pics), "--library", str(lib), "--model", "tiny").returncode == 0
-    cli_json("probe", "train", str(code_names), "--name", "codes", "--library", str(lib))
+    cli_json("probe", "train", str(pics), "--name", "codes", "--model", "tiny", "--library", str(lib))
     other = tmp_path / "other-model"
     shutil.copytree(tiny_model_dir(), other)
     assert run_cli("index", str(pics), "--library", str(lib), "--rebuild", "--model", f"local-dir:{other}"
