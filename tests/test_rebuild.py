@@ -74,6 +74,10 @@ def test_kill_9_mid_rebuild_keeps_the_old_library_then_the_rerun_switches(copied
     ids, vectors = lib.load_vectors()
     assert ids.tolist() == ids_before.tolist() and np.array_equal(vectors, vectors_before)
     assert lib.index().ntotal == 120 and top_hits(lib, encoder) == top_hits(library, encoder)
+    said: list[str] = []  # an ordinary run meanwhile mentions the unfinished rebuild, and leaves it be
+    Indexer(lib, None, workers=2, progress=False, say=said.append).run([str(root)])
+    assert said[0] == (f"(an unfinished rebuild with model {other_model} holds {done} re-encoded pictures: "
+                       "rebuilding with that model again continues from there)")
 
     stats = Indexer(lib, other_model, workers=2, progress=False).run([str(root)], rebuild=True)
     assert (stats.indexed, stats.encoded, stats.reused, stats.unchanged) == (120, 120 - done, done, 0)

@@ -20,7 +20,7 @@ import numpy as np
 from clipdex.decodepool import Decoded, DecodeFn, DecodePool, decode_file
 from clipdex.indexer.plan import Plan, make_plan
 from clipdex.indexer.scan import Scan, normalise_roots, scan
-from clipdex.library import Library, writes
+from clipdex.library import Library, staging, writes
 from clipdex.library.storage import DiskFull
 from clipdex.library.writes import Failure, Picture
 from clipdex.models import Encoder
@@ -139,6 +139,10 @@ class Indexer:
         roots = normalise_roots(paths)
         encoder = self.lib.encoder_for(self.requested, self.device, switching=rebuild)
         if not rebuild:
+            unfinished = staging.pending(self.lib)
+            if unfinished:
+                self.say(f"(an unfinished rebuild with model {unfinished[0]} holds {unfinished[1]} re-encoded "
+                         "pictures: rebuilding with that model again continues from there)")
             self._update(encoder, roots, stats)
             return
         from clipdex.indexer.rebuild import rebuild_library

@@ -285,10 +285,11 @@ class Library:
         rebuilt index is saved when no writer holds the library, so the next process
         loads it instead of rebuilding again.
         """
-        generation, expected = self._snapshot()
+        generation = self.generation
         with self._index_lock:
             if self._index is not None and self._index_generation == generation:
                 return self._index
+            generation, expected = self._snapshot()  # only when loading: it reads every id
             dim = self.dim
             if dim is None:
                 raise LibraryError(f"library at {self.path} is empty")
