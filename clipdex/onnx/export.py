@@ -12,21 +12,33 @@ ONNX path with the reason, and the refusal is remembered for that cache key.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
+import sys
+import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from clipdex.onnx import BackendUnavailable
-from clipdex.onnx.cache import META_FILE, CacheKey, ExportSettings, cache_root, find, key_for_spec, record_refusal
+from clipdex.onnx.cache import (
+    META_FILE,
+    CacheKey,
+    ExportSettings,
+    cache_root,
+    find,
+    key_for_spec,
+    record_refusal,
+    refusal,
+)
 from clipdex.onnx.runtime import make_session
 from clipdex.onnx.tokenizer import BPE_FILENAME, ClipTokenizer, default_bpe_path
 
@@ -121,6 +133,43 @@ def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.min(np.sum(a * b, axis=1)))
 
 
+@contextlib.contextmanager
+def _fast_attention_off(torch: Any) -> Iterator[None]:
+    """Without gradients, ``nn.MultiheadAttention`` takes a fused fast path that has no ONNX export;
+    switched off while tracing (same numbers, plain ops)."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None:
+        yield
+        return
+    before = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(before)
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """torch's TorchScript exporter dumps its whole graph on stderr when it fails (its log switch is
+    stuck on); the failure is reported in one line instead. Redirects file descriptor 2 briefly."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), fd)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
 def _quantize_int8(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -158,7 +207,7 @@ def export_towers(model: Any, tokenizer: Any, preprocess: dict[str, Any], folder
     tokens = port(PROBE_TEXTS)
     image_file = "image.onnx"
     traced = folder / (image_file if settings.precision == "fp32" else "image.fp32.onnx")
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), _fast_attention_off(torch), _stderr_silenced():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(image, (torch.from_numpy(feed[:1]),), str(traced), dynamo=False,
@@ -172,8 +221,12 @@ def export_towers(model: Any, tokenizer: Any, preprocess: dict[str, Any], folder
         except Exception as exc:  # noqa: BLE001 - any exporter failure refuses this model, in one line
             first = (str(exc).strip().splitlines() or [""])[0][:200]
             raise BackendUnavailable(label, f"export to ONNX failed ({type(exc).__name__}: {first})") from None
-        want_image = image(torch.from_numpy(feed)).numpy()
-        want_text = text(torch.from_numpy(tokens)).numpy()
+    # what clipdex.models.Encoder computes: open_clip's own tokens, normalisation outside the model
+    with torch.inference_mode():
+        x = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) \
+            / torch.tensor(std).view(1, 3, 1, 1)
+        want_image = torch.nn.functional.normalize(model.encode_image(x).float(), dim=-1).numpy()
+        want_text = torch.nn.functional.normalize(model.encode_text(tokenizer(PROBE_TEXTS)).float(), dim=-1).numpy()
     if settings.precision == "int8":
         _quantize_int8(traced, folder / image_file)
         traced.unlink()
@@ -207,14 +260,19 @@ OWNER_FILE = ".owner"
 Loader = Callable[[], tuple[Any, Any, dict[str, Any]]]
 
 
-def export_to_cache(key: CacheKey, load: Loader, root: Path | None = None, probe_images: int = 3) -> Path:
+def export_to_cache(key: CacheKey, load: Loader, root: Path | None = None, probe_images: int = 3,
+                    retry_refused: bool = False) -> Path:
     """The export folder for ``key``, exporting with ``load()`` -> (model, tokenizer, preprocess cfg) when
     it is not cached yet. Written in a temporary folder and renamed into place, so the cache never
-    holds a partial export; a refusal is recorded (see :func:`clipdex.onnx.cache.refusal`) and raised."""
+    holds a partial export. A refusal is recorded (see :func:`clipdex.onnx.cache.refusal`) and raised,
+    and raised again at once on later calls unless ``retry_refused``."""
     root = root or cache_root()
     found = find(key, root)
     if found is not None:
         return found
+    reason = None if retry_refused else refusal(key, root)
+    if reason:
+        raise BackendUnavailable(key.identity, reason)
     root.mkdir(parents=True, exist_ok=True)
     _remove_abandoned(root)
     tmp = root / f".tmp-{uuid.uuid4().hex[:8]}-{key.name}"
