@@ -34,7 +34,7 @@ class IdsChecksum(NamedTuple):
 
 
 def ids_checksum(ids: np.ndarray) -> IdsChecksum:
-    """:class:`IdsChecksum` of ``ids`` (the SQL twin is ``Library.ids_checksum``)."""
+    """:class:`IdsChecksum` of ``ids`` (its SQL twin is in ``Library._snapshot``)."""
     ids = np.asarray(ids, dtype=np.int64)
     mixed = (ids.astype(np.uint64) * np.uint64(2654435761)) % np.uint64(1 << 32)
     return IdsChecksum(len(ids), int(ids.sum()), int(mixed.sum()))

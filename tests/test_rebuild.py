@@ -81,6 +81,7 @@ def test_kill_9_mid_rebuild_keeps_the_old_library_then_the_rerun_switches(copied
 
     stats = Indexer(lib, other_model, workers=2, progress=False).run([str(root)], rebuild=True)
     assert (stats.indexed, stats.encoded, stats.reused, stats.unchanged) == (120, 120 - done, done, 0)
+    assert stats.rebuilt
     switched = Library.open(copied)
     assert switched.model_spec.identity == other_model
     assert switched.load_vectors()[0].tolist() == ids_before.tolist()  # every picture keeps its id

@@ -98,6 +98,7 @@ def rebuild_library(indexer: Indexer, encoder: Encoder, roots: Scan, stats: Inde
             pool.close()
     swapped = staging.swap(lib, encoder.spec, encoder.dim)
     indexer.say(f"switched the library to model {encoder.spec}")
+    stats.rebuilt = True
     stats.indexed += len(swapped.ids)
     stats.removed += len(swapped.removed)
     stats.skipped += len(swapped.skipped)

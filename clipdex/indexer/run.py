@@ -49,7 +49,7 @@ class IndexStats:
     seconds: float = 0.0
     encode_seconds: float = 0.0
     images_per_second: float = 0.0
-    rebuilt: bool = False
+    rebuilt: bool = False  # a rebuild switched the library to the new vectors
     empty_roots: list[str] = field(default_factory=list)
     skipped_files: dict[str, str] = field(default_factory=dict)
     processed: int = field(default=0, repr=False)
@@ -111,7 +111,7 @@ class Indexer:
         full disk says how many pictures it committed (a new run continues from there).
         """
         start = time.monotonic()
-        stats = IndexStats(rebuilt=rebuild)
+        stats = IndexStats()
         try:
             with self.lib.write_lock():
                 try:
@@ -120,18 +120,20 @@ class Indexer:
                     self.lib.discard_if_unused()
                     raise
         except DiskFull:
-            raise DiskFull(self._disk_full(stats)) from None
+            raise DiskFull(self._disk_full(stats, rebuild)) from None
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
-            raise DiskFull(self._disk_full(stats)) from None
+            raise DiskFull(self._disk_full(stats, rebuild)) from None
         stats.seconds = time.monotonic() - start
         stats.images_per_second = stats.processed / stats.encode_seconds if stats.encode_seconds else 0.0
         return stats
 
-    def _disk_full(self, stats: IndexStats) -> str:
-        done = (f"{stats.indexed} pictures were indexed and committed before it filled up" if not stats.rebuilt
-                else "the library still holds its previous vectors, and what was re-encoded so far is kept")
+    def _disk_full(self, stats: IndexStats, rebuild: bool) -> str:
+        if rebuild and not stats.rebuilt:
+            done = "the library still holds its previous vectors, and what was re-encoded so far is kept"
+        else:
+            done = f"{stats.indexed} pictures were indexed and committed before it filled up"
         return (f"the disk holding the library at {self.lib.path} is full: {done}; free some space and run the "
                 "same indexing again to continue from there")
 
