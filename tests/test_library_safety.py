@@ -52,7 +52,8 @@ def in_namespace(setup: str, script: str, tmp_path: Path) -> subprocess.Complete
     return subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
                            f"{setup} && exec {sys.executable} {code}"],
                           capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent,
-                          env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path)})
+                          env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path),
+                               "PYTHONPATH": str(Path(__file__).parent.parent)})
 
 
 @pytest.fixture()
@@ -156,17 +157,21 @@ def test_a_full_disk_stops_the_run_with_what_was_committed_and_the_next_run_cont
     disk.mkdir()
     script = f"""
         import shutil, subprocess, sys
-        run = subprocess.run([sys.executable, "-m", "clipdex", "index", "{pics}", "--library", "{disk / 'lib'}",
-                              "--model", "tiny", "--batch-size", "4", "--workers", "1"], capture_output=True, text=True)
+        from tests.terminal import processes_in_group
+        run = subprocess.Popen([sys.executable, "-m", "clipdex", "index", "{pics}", "--library", "{disk / 'lib'}",
+                                "--model", "tiny", "--batch-size", "4", "--workers", "1"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+        _, err = run.communicate()
+        left = processes_in_group(run.pid)  # the error struck mid-run: no decoder may outlive it
         shutil.copytree("{disk / 'lib'}", "{kept}")  # the small disk goes away with the namespace
-        sys.stdout.write(str(run.returncode) + "\\n" + run.stderr)
+        sys.stdout.write(str(run.returncode) + " " + str(left) + "\\n" + err)
     """
     done = in_namespace(f"mount -t tmpfs -o size=300k tmpfs {disk}", script, tmp_path)
     code, message = done.stdout.split("\n", 1)
     found = re.fullmatch(
         rf"Error: the disk holding the library at {disk / 'lib'} is full: (\d+) pictures were indexed and committed "
         r"before it filled up; free some space and run the same indexing again to continue from there\n", message)
-    assert code == "1" and found, done.stdout + done.stderr
+    assert code == "1 []" and found, done.stdout + done.stderr
     committed = int(found.group(1))
     with sqlite3.connect(kept / "clipdex.db") as conn:
         assert conn.execute("SELECT count(*) FROM images").fetchone()[0] == committed

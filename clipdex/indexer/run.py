@@ -253,8 +253,9 @@ class Indexer:
 
             bar = tqdm(total=len(paths), unit="img", desc=desc, file=sys.stderr, smoothing=0)
         began = bar.start_t if bar is not None else time.time()
+        batches = pool.run(paths, encoder.image_size, encoder.resize_mode, chunk=self.batch_size)
         try:
-            for items in pool.run(paths, encoder.image_size, encoder.resize_mode, chunk=self.batch_size):
+            for items in batches:
                 ok = [d for d in items if not d.error]
                 to_encode = [d for d in ok if d.content_hash not in by_hash]
                 vectors: dict[str, np.ndarray] = {}
@@ -273,6 +274,7 @@ class Indexer:
                 if bar is not None:
                     bar.update(len(items))
         finally:
+            batches.close()  # on an error too, the workers stop now, not whenever the traceback is freed
             if bar is not None:
                 bar.close()  # its last line shows processed / (now - start), as the summary does
             stats.encode_seconds += time.time() - began
