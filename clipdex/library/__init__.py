@@ -41,6 +41,19 @@ def _refuse_file(path: Path) -> None:
         raise LibraryError(f"library path {path} is a file, not a folder")
 
 
+def _remove_library_files(folder: Path, created_folders: list[Path]) -> None:
+    """Delete what clipdex writes in a library folder, then the folders made for it (deepest first, if empty)."""
+    for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", DB_NAME + "-journal", LOCK_NAME):
+        (folder / name).unlink(missing_ok=True)
+    for leftover in [*index_files(folder), *folder.glob(".index-*.tmp")]:
+        leftover.unlink(missing_ok=True)
+    for made in created_folders:
+        try:
+            made.rmdir()
+        except OSError:
+            break  # it holds something else: keep it and its parents
+
+
 def default_library_path() -> Path:
     """``$CLIPDEX_LIBRARY``, else the per-user data directory of the platform."""
     env = os.environ.get("CLIPDEX_LIBRARY")
@@ -140,8 +153,13 @@ class Library:
         created = [p for p in (absolute, *absolute.parents) if not p.exists()]
         new_db = not (path / DB_NAME).exists()
         try:
-            path.mkdir(parents=True, exist_ok=True)
-            lib = cls(path)
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+                lib = cls(path)
+            except BaseException:
+                if new_db:  # e.g. the disk filled up while the schema was written
+                    _remove_library_files(absolute, created)
+                raise
         except OSError as exc:
             raise LibraryError(f"cannot create library at {path}: {exc.strerror}") from None
         except SQLAlchemyError as exc:
@@ -164,15 +182,7 @@ class Library:
         except LibraryError:
             pass  # a database that cannot even be read holds nothing worth keeping: it was made just now
         self.close()
-        for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", DB_NAME + "-journal", LOCK_NAME):
-            (self.path / name).unlink(missing_ok=True)
-        for leftover in [*index_files(self.path), *self.path.glob(".index-*.tmp")]:
-            leftover.unlink(missing_ok=True)
-        for folder in self._created_folders:  # deepest first; stops at the first that holds something else
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        _remove_library_files(self.path, self._created_folders)
         self._created_db, self._created_folders = False, []
         return True
 
