@@ -106,7 +106,8 @@ def test_tiny_model_onnx_vectors_match_pytorch(tiny_cache, encoder, collection):
     got, want = onnx.encode_pixels(pixels), encoder.encode_pixels(pixels)
     assert got.dtype == np.float32 and got.shape == want.shape == (10, 64)
     assert _cosines(got, want).min() >= 0.999
-    texts = ["a red circle", "a photo of a blue square", "", "naïve café 🌃", "word " * 30]
+    assert onnx.meta["text"]["cut"] is True  # CLIP's causal text tower: queries run only as long as they are
+    texts = _varied_strings(150, seed=4)  # more than one chunk of 64, of every length, sorted and put back
     got, want = onnx.encode_texts(texts), encoder.encode_texts(texts)
     assert _cosines(got, want).min() >= 0.999
     assert np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
@@ -126,7 +127,8 @@ def test_vit_b32_random_weights_onnx_vectors_match_pytorch(tmp_path):
                              probe_images=2)
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["verified"]["image_min_cosine"] >= 0.999 and meta["verified"]["text_min_cosine"] >= 0.999
-    assert (meta["dim"], meta["image"]["size"], meta["text"]["context_length"]) == (512, 224, 77)
+    assert (meta["dim"], meta["image"]["size"], meta["text"]["context_length"], meta["text"]["cut"]) == (
+        512, 224, 77, True)
     onnx = OnnxEncoder(folder)
     pixels = np.random.default_rng(3).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
     with torch.inference_mode():
@@ -140,17 +142,18 @@ def test_vit_b32_random_weights_onnx_vectors_match_pytorch(tmp_path):
 
 
 class _Perturbed(torch.nn.Module):
-    """The tiny model, except that while being exported its image vectors are pushed off course
-    (a graph that does not compute what PyTorch computes); with ``fail_text`` its text tower cannot be traced."""
+    """The tiny model behind ``encode_image``/``encode_text`` only, except that while being exported its
+    image vectors are pushed off course (a graph that does not compute what PyTorch computes); with
+    ``fail_text`` its text tower cannot be traced; with ``faithful`` it is exported as it is."""
 
-    def __init__(self, model: torch.nn.Module, fail_text: type[BaseException] | None = None):
+    def __init__(self, model: torch.nn.Module, fail_text: type[BaseException] | None = None, faithful: bool = False):
         super().__init__()
-        self.inner, self.fail_text = model, fail_text
+        self.inner, self.fail_text, self.faithful = model, fail_text, faithful
         self.logit_scale = model.logit_scale
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         out = self.inner.encode_image(x)
-        if torch.onnx.is_in_onnx_export() and self.fail_text is None:
+        if torch.onnx.is_in_onnx_export() and self.fail_text is None and not self.faithful:
             out = out + 3 * out.flip(-1)
         return out
 
@@ -167,6 +170,16 @@ def _tiny_parts(wrap=None):
 
 def _listing(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir())
+
+
+def test_text_tower_that_cannot_be_cut_is_exported_whole(tmp_path, encoder):
+    """A text tower clipdex does not recognise as CLIP's causal one runs at full context length."""
+    folder = export_to_cache(CacheKey("test:opaque"), lambda: _tiny_parts(lambda m: _Perturbed(m, faithful=True)),
+                             tmp_path)
+    onnx = OnnxEncoder(folder)
+    assert onnx.meta["text"]["cut"] is False
+    texts = _varied_strings(20, seed=5)
+    assert _cosines(onnx.encode_texts(texts), encoder.encode_texts(texts)).min() >= 0.999
 
 
 def test_export_that_disagrees_with_pytorch_is_refused_and_remembered(tmp_path, encoder):

@@ -39,7 +39,7 @@ from clipdex.onnx.cache import (
     record_refusal,
     refusal,
 )
-from clipdex.onnx.runtime import make_session
+from clipdex.onnx.runtime import OnnxEncoder
 from clipdex.onnx.tokenizer import BPE_FILENAME, ClipTokenizer, default_bpe_path
 
 #: Texts the towers are compared on (a mix of lengths, scripts and punctuation; one past 77 tokens).
@@ -53,45 +53,6 @@ TOKEN_PROBES = PROBE_TEXTS + [
     "e\u0301 vs é", "ＡＢＣ full width", "Ελληνικά και Русский", "مرحبا بالعالم", "emoji 👍🏽👨‍👩‍👧",
     "&lt;tag&gt; &#39;", "CafÃ© mojibake", "!!!???...,,,", "hello_world snake_case", "\x00control\x07chars\x1b[31m",
 ]
-
-
-class _ImageTower:
-    """Factory for the image graph's module (defined lazily: torch is imported only when exporting)."""
-
-    @staticmethod
-    def build(model: Any, mean: list[float], std: list[float], layout: str) -> Any:
-        import torch
-
-        class ImageTower(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
-                std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-                mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-                # (x / 255 - mean) / std as one multiply-add per channel
-                self.register_buffer("scale", 1.0 / (255.0 * std_t) if layout == "uint8-nhwc" else 1.0 / std_t)
-                self.register_buffer("shift", -mean_t / std_t)
-
-            def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-                x = pixels.permute(0, 3, 1, 2).float() if layout == "uint8-nhwc" else pixels
-                x = x * self.scale + self.shift
-                return torch.nn.functional.normalize(self.model.encode_image(x), dim=-1)
-
-        return ImageTower().eval()
-
-
-def _text_tower(model: Any) -> Any:
-    import torch
-
-    class TextTower(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-            return torch.nn.functional.normalize(self.model.encode_text(tokens), dim=-1)
-
-    return TextTower().eval()
 
 
 def tokenizer_config(tokenizer: Any, label: str) -> dict[str, Any]:
@@ -134,22 +95,6 @@ def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @contextlib.contextmanager
-def _fast_attention_off(torch: Any) -> Iterator[None]:
-    """Without gradients, ``nn.MultiheadAttention`` takes a fused fast path that has no ONNX export;
-    switched off while tracing (same numbers, plain ops)."""
-    mha = getattr(torch.backends, "mha", None)
-    if mha is None:
-        yield
-        return
-    before = mha.get_fastpath_enabled()
-    mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        mha.set_fastpath_enabled(before)
-
-
-@contextlib.contextmanager
 def _stderr_silenced() -> Iterator[None]:
     """torch's TorchScript exporter dumps its whole graph on stderr when it fails (its log switch is
     stuck on); the failure is reported in one line instead. Redirects file descriptor 2 briefly."""
@@ -171,9 +116,17 @@ def _stderr_silenced() -> Iterator[None]:
 
 
 def _quantize_int8(src: Path, dst: Path) -> None:
+    import logging
+
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # it warns on the root logger about the uint8 input it leaves alone
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
 
 
 def export_towers(model: Any, tokenizer: Any, preprocess: dict[str, Any], folder: Path, label: str,
@@ -201,13 +154,15 @@ def export_towers(model: Any, tokenizer: Any, preprocess: dict[str, Any], folder
         if not np.array_equal(port([text]), tokenizer([text]).numpy()):
             raise BackendUnavailable(label, f"the tokenizer port gives other tokens than open_clip for {text!r}")
 
-    image, text = _ImageTower.build(model, mean, std, settings.pixels), _text_tower(model)
+    from clipdex.onnx.towers import fast_attention_off, image_tower, text_tower
+
+    image, (text, cut) = image_tower(model, mean, std, settings.pixels), text_tower(model)
     pixels = _probe_pixels(max(2, probe_images), size)
     feed = pixels if settings.pixels == "uint8-nhwc" else pixels.transpose(0, 3, 1, 2).astype(np.float32) / 255
     tokens = port(PROBE_TEXTS)
     image_file = "image.onnx"
     traced = folder / (image_file if settings.precision == "fp32" else "image.fp32.onnx")
-    with torch.no_grad(), warnings.catch_warnings(), _fast_attention_off(torch), _stderr_silenced():
+    with torch.no_grad(), warnings.catch_warnings(), fast_attention_off(), _stderr_silenced():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(image, (torch.from_numpy(feed[:1]),), str(traced), dynamo=False,
@@ -215,43 +170,56 @@ def export_towers(model: Any, tokenizer: Any, preprocess: dict[str, Any], folder
                               dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}})
             torch.onnx.export(text, (torch.from_numpy(tokens[:1]),), str(folder / "text.onnx"), dynamo=False,
                               input_names=["tokens"], output_names=["embedding"], opset_version=settings.opset,
-                              dynamic_axes={"tokens": {0: "batch"}, "embedding": {0: "batch"}})
+                              dynamic_axes={"tokens": {0: "batch", 1: "length"} if cut else {0: "batch"},
+                                            "embedding": {0: "batch"}})
         except (OSError, MemoryError):
             raise
         except Exception as exc:  # noqa: BLE001 - any exporter failure refuses this model, in one line
             first = (str(exc).strip().splitlines() or [""])[0][:200]
             raise BackendUnavailable(label, f"export to ONNX failed ({type(exc).__name__}: {first})") from None
+    if settings.precision == "int8":
+        _quantize_int8(traced, folder / image_file)
+        traced.unlink()
     # what clipdex.models.Encoder computes: open_clip's own tokens, normalisation outside the model
     with torch.inference_mode():
         x = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) \
             / torch.tensor(std).view(1, 3, 1, 1)
         want_image = torch.nn.functional.normalize(model.encode_image(x).float(), dim=-1).numpy()
         want_text = torch.nn.functional.normalize(model.encode_text(tokenizer(PROBE_TEXTS)).float(), dim=-1).numpy()
-    if settings.precision == "int8":
-        _quantize_int8(traced, folder / image_file)
-        traced.unlink()
 
-    got_image = make_session(folder / image_file).run(None, {"pixels": feed})[0]
-    got_text = make_session(folder / "text.onnx").run(None, {"tokens": tokens})[0]
-    image_cos, text_cos = _min_cosine(got_image, want_image), _min_cosine(got_text, want_text)
-    for tower, cos in (("image", image_cos), ("text", text_cos)):
-        if not cos >= settings.min_cosine:  # NaN fails too
-            raise BackendUnavailable(label, f"its {tower} vectors from ONNX Runtime differ from PyTorch's "
-                                            f"(lowest cosine {cos:.4f}, needs {settings.min_cosine})")
-    return {
+    meta = {
         "identity": label,
         "image": {"file": image_file, "input": "pixels", "layout": settings.pixels, "size": size,
                   "resize_mode": preprocess.get("resize_mode", "shortest"),
                   "interpolation": preprocess.get("interpolation", "bicubic"),
                   "mean": mean, "std": std, "normalised_in_graph": True, "precision": settings.precision},
-        "text": {"file": "text.onnx", "input": "tokens", "context_length": tok_cfg["context_length"]},
+        "text": {"file": "text.onnx", "input": "tokens", "context_length": tok_cfg["context_length"], "cut": cut},
         "tokenizer": tok_cfg,
         "dim": int(want_text.shape[1]),
         "logit_scale": float(model.logit_scale.exp().item()) if hasattr(model, "logit_scale") else 100.0,
-        "verified": {"image_min_cosine": image_cos, "text_min_cosine": text_cos, "probe_images": len(pixels),
-                     "probe_texts": len(PROBE_TEXTS), "token_probes": len(TOKEN_PROBES)},
-        "export_seconds": round(time.perf_counter() - started, 2),
     }
+    # verified through the runtime's own code path: batches of another size than traced, texts one by one
+    # (cut to their own length) and together
+    (folder / META_FILE).write_text(json.dumps(meta))
+    runtime = OnnxEncoder(folder)
+    try:
+        image_cos = _min_cosine(runtime.encode_pixels(pixels), want_image)
+        text_cos = min(_min_cosine(runtime.encode_tokens(tokens), want_text),
+                       *(_min_cosine(runtime.encode_tokens(tokens[i:i + 1]), want_text[i:i + 1])
+                         for i in range(len(tokens))))
+    except (OSError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's errors have no common base class
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise BackendUnavailable(label, f"ONNX Runtime cannot run the exported graphs ({first})") from None
+    for tower, cos in (("image", image_cos), ("text", text_cos)):
+        if not cos >= settings.min_cosine:  # NaN fails too
+            raise BackendUnavailable(label, f"its {tower} vectors from ONNX Runtime differ from PyTorch's "
+                                            f"(lowest cosine {cos:.4f}, needs {settings.min_cosine})")
+    return {**meta, "verified": {"image_min_cosine": image_cos, "text_min_cosine": text_cos,
+                                 "probe_images": len(pixels), "probe_texts": len(PROBE_TEXTS),
+                                 "token_probes": len(TOKEN_PROBES)},
+            "export_seconds": round(time.perf_counter() - started, 2)}
 
 
 #: Inside a temporary export folder: the host and pid of the exporting process.

@@ -150,11 +150,25 @@ class OnnxEncoder:
             x = x.transpose(0, 3, 1, 2).astype(np.float32) * np.float32(1 / 255)
         return self._run("image", x)
 
-    def encode_tokens(self, tokens: np.ndarray) -> np.ndarray:
-        """Encode ``N x context_length`` int64 token ids to unit float32 rows."""
+    def encode_tokens(self, tokens: np.ndarray, chunk: int = 64) -> np.ndarray:
+        """Encode ``N x context_length`` int64 token ids to unit float32 rows.
+
+        When the graph allows it (``text.cut`` in meta.json, see :mod:`clipdex.onnx.towers`), sequences
+        are cut after their end-of-text token (the highest id in a row): texts are run in chunks of
+        similar length, each chunk only as long as its longest text.
+        """
+        tokens = np.ascontiguousarray(tokens, dtype=np.int64)
         if len(tokens) == 0:
             return np.zeros((0, self.dim), np.float32)
-        return self._run("text", np.ascontiguousarray(tokens, dtype=np.int64))
+        if not self.meta["text"].get("cut"):
+            return self._run("text", tokens)
+        ends = tokens.argmax(axis=1)
+        order = np.argsort(ends, kind="stable")
+        out = np.empty((len(tokens), self.dim), np.float32)
+        for start in range(0, len(order), chunk):
+            rows = order[start:start + chunk]
+            out[rows] = self._run("text", np.ascontiguousarray(tokens[rows, :int(ends[rows].max()) + 1]))
+        return out
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """Encode a list of strings to unit float32 rows."""
