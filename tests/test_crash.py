@@ -10,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from clipdex.library import Library
 from clipdex.synthetic import write_collection
@@ -32,6 +33,7 @@ def start(pics, lib_dir):
     )
 
 
+@pytest.mark.slow  # a real process run end to end
 def test_kill_9_mid_run_then_resume(tmp_path):
     pics = tmp_path / "pics"
     total = len(write_collection(pics, per_class=5, seed=5))  # 120 pictures

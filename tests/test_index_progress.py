@@ -25,6 +25,7 @@ def pics(tmp_path):
     return tmp_path / "pics"
 
 
+@pytest.mark.slow  # a real process run end to end
 def test_progress_lines_on_a_terminal_and_nothing_left_running(tmp_path, pics):
     lib = tmp_path / "lib"
     run = Terminal("index", str(pics), "--library", str(lib), "--model", "tiny", "--workers", "2")
@@ -40,6 +41,7 @@ def test_progress_lines_on_a_terminal_and_nothing_left_running(tmp_path, pics):
     assert processes_in_group(run.group) == []  # no decoder, no resource tracker outlives the command
 
 
+@pytest.mark.slow  # a real process run end to end
 def test_ctrl_c_stops_everything(tmp_path):
     pics = tmp_path / "pics"
     write_collection(pics, per_class=5, seed=5)  # 120 pictures
@@ -57,6 +59,7 @@ def test_ctrl_c_stops_everything(tmp_path):
     assert 4 <= len(ids) < 120 and sorted(kept.index().ids().tolist()) == ids.tolist()
 
 
+@pytest.mark.slow  # a real process run end to end
 def test_a_failing_run_leaves_no_process_and_no_library(tmp_path, pics):
     lib = tmp_path / "new" / "lib"
     proc = subprocess.Popen([sys.executable, "-m", "clipdex", "index", str(pics), "--library", str(lib),

@@ -116,6 +116,7 @@ def test_a_damaged_database_is_reported_and_left_alone(copied, how, collection):
 
 
 @needs_namespaces
+@pytest.mark.slow  # a real process run end to end
 def test_a_read_only_library_is_searchable_but_not_changeable(tmp_path, copied, library, collection):
     old = tmp_path / "old"
     old.mkdir()
@@ -150,6 +151,7 @@ def test_a_read_only_library_is_searchable_but_not_changeable(tmp_path, copied, 
 
 
 @needs_namespaces
+@pytest.mark.slow  # a real process run end to end
 def test_a_full_disk_stops_the_run_with_what_was_committed_and_the_next_run_continues(tmp_path, encoder):
     pics = tmp_path / "pics"
     total = len(write_collection(pics, per_class=5, seed=5))  # 120 pictures

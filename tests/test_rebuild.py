@@ -57,6 +57,7 @@ def test_a_rebuild_with_a_model_that_cannot_load_changes_nothing(copied, library
     assert staged(copied) == 0
 
 
+@pytest.mark.slow  # a real process run end to end
 def test_kill_9_mid_rebuild_keeps_the_old_library_then_the_rerun_switches(copied, library, encoder, collection,
                                                                           other_model):
     root = next(iter(collection)).parent.parent
