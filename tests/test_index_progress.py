@@ -28,7 +28,7 @@ def pics(tmp_path):
 @pytest.mark.slow  # a real process run end to end
 def test_progress_lines_on_a_terminal_and_nothing_left_running(tmp_path, pics):
     lib = tmp_path / "lib"
-    run = Terminal("index", str(pics), "--library", str(lib), "--model", "tiny", "--workers", "2")
+    run = Terminal("index", str(pics), "--library", str(lib), "--model", "tiny", "--workers", "2", "--json")
     code, out, shown = run.finish()
     assert code == 0, shown
     lines = [line for line in re.split(r"[\r\n]+", shown) if line.strip()]
@@ -36,8 +36,7 @@ def test_progress_lines_on_a_terminal_and_nothing_left_running(tmp_path, pics):
                          "found 24 pictures: 24 new, 0 changed, 0 unchanged, 0 moved; 0 gone from the library",
                          "loading model tiny …"]
     assert re.search(r"indexing: 100%\|.*\| 24/24 ", shown)
-    assert out.startswith("indexed 24 · unchanged 0 · moved 0 · removed 0 · skipped 0 · ")
-    assert re.search(r"images/s over \d+\.\ds of decoding and encoding \(\d+\.\ds in all\)\n$", out)
+    assert json.loads(out)["indexed"] == 24  # with --json, stdout holds the JSON and nothing else
     assert processes_in_group(run.group) == []  # no decoder, no resource tracker outlives the command
 
 
