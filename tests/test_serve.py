@@ -14,6 +14,7 @@ import sys
 import urllib.error
 import urllib.request
 
+import pytest
 from click.testing import CliRunner
 from flask import template_rendered
 
@@ -52,6 +53,7 @@ def get(url: str) -> tuple[int, dict | str]:
     return status, json.loads(body) if kind == "application/json" else body
 
 
+@pytest.mark.slow  # a whole `clipdex serve` process
 def test_serve_starts_on_a_damaged_demo_library_and_recovers_without_a_restart(tmp_path, library):
     """Was: a damaged library stopped ``serve`` with a traceback; the model loaded for 11-15 s
     before anything was printed; the page could not tell it was showing the demo library."""
