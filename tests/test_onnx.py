@@ -129,6 +129,8 @@ def test_vit_b32_random_weights_onnx_vectors_match_pytorch(tmp_path):
     assert meta["verified"]["image_min_cosine"] >= 0.999 and meta["verified"]["text_min_cosine"] >= 0.999
     assert (meta["dim"], meta["image"]["size"], meta["text"]["context_length"], meta["text"]["cut"]) == (
         512, 224, 77, True)
+    assert meta["text"]["inputs"] == ["embedded", "eot"]  # the token table is outside the graph ...
+    assert np.load(folder / meta["text"]["token_table"], mmap_mode="r").shape == (49408, 512)  # ... beside it
     onnx = OnnxEncoder(folder)
     pixels = np.random.default_rng(3).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
     with torch.inference_mode():

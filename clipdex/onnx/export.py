@@ -39,7 +39,7 @@ from clipdex.onnx.cache import (
     record_refusal,
     refusal,
 )
-from clipdex.onnx.runtime import OnnxEncoder
+from clipdex.onnx.runtime import TOKEN_TABLE, OnnxEncoder
 from clipdex.onnx.tokenizer import BPE_FILENAME, ClipTokenizer, default_bpe_path
 
 #: Texts the towers are compared on (a mix of lengths, scripts and punctuation; one past 77 tokens).
@@ -99,19 +99,20 @@ def _stderr_silenced() -> Iterator[None]:
     """torch's TorchScript exporter dumps its whole graph on stderr when it fails (its log switch is
     stuck on); the failure is reported in one line instead. Redirects file descriptor 2 briefly."""
     try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):
+        saved = os.dup(2)
+    except OSError:  # no stderr at all
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(fd)
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        sys.stderr.flush()
     with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), fd)
+        os.dup2(sink.fileno(), 2)
         try:
             yield
         finally:
-            sys.stderr.flush()
-            os.dup2(saved, fd)
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
             os.close(saved)
 
 
@@ -168,10 +169,16 @@ def export_towers(model: Any, tokenizer: Any, preprocess: dict[str, Any], folder
             torch.onnx.export(image, (torch.from_numpy(feed[:1]),), str(traced), dynamo=False,
                               input_names=["pixels"], output_names=["embedding"], opset_version=settings.opset,
                               dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}})
-            torch.onnx.export(text, (torch.from_numpy(tokens[:1]),), str(folder / "text.onnx"), dynamo=False,
-                              input_names=["tokens"], output_names=["embedding"], opset_version=settings.opset,
-                              dynamic_axes={"tokens": {0: "batch", 1: "length"} if cut else {0: "batch"},
-                                            "embedding": {0: "batch"}})
+            if cut:
+                table = model.token_embedding.weight.detach().float()
+                np.save(folder / TOKEN_TABLE, table.numpy())
+                example = (table[torch.from_numpy(tokens[:1])], torch.from_numpy(tokens[:1].argmax(axis=1)))
+                inputs, axes = ["embedded", "eot"], {"embedded": {0: "batch", 1: "length"}, "eot": {0: "batch"}}
+            else:
+                example, inputs, axes = (torch.from_numpy(tokens[:1]),), ["tokens"], {"tokens": {0: "batch"}}
+            torch.onnx.export(text, example, str(folder / "text.onnx"), dynamo=False, input_names=inputs,
+                              output_names=["embedding"], opset_version=settings.opset,
+                              dynamic_axes={**axes, "embedding": {0: "batch"}})
         except (OSError, MemoryError):
             raise
         except Exception as exc:  # noqa: BLE001 - any exporter failure refuses this model, in one line
@@ -189,11 +196,12 @@ def export_towers(model: Any, tokenizer: Any, preprocess: dict[str, Any], folder
 
     meta = {
         "identity": label,
-        "image": {"file": image_file, "input": "pixels", "layout": settings.pixels, "size": size,
+        "image": {"file": image_file, "inputs": ["pixels"], "layout": settings.pixels, "size": size,
                   "resize_mode": preprocess.get("resize_mode", "shortest"),
                   "interpolation": preprocess.get("interpolation", "bicubic"),
                   "mean": mean, "std": std, "normalised_in_graph": True, "precision": settings.precision},
-        "text": {"file": "text.onnx", "input": "tokens", "context_length": tok_cfg["context_length"], "cut": cut},
+        "text": {"file": "text.onnx", "context_length": tok_cfg["context_length"], "cut": cut,
+                 **({"inputs": ["embedded", "eot"], "token_table": TOKEN_TABLE} if cut else {"inputs": ["tokens"]})},
         "tokenizer": tok_cfg,
         "dim": int(want_text.shape[1]),
         "logit_scale": float(model.logit_scale.exp().item()) if hasattr(model, "logit_scale") else 100.0,
@@ -325,7 +333,7 @@ def _remove_abandoned(root: Path) -> None:
             except OSError:
                 pass
             continue
-        if owner_host != host or not pid.isdigit():
+        if owner_host != host or not pid.isdigit() or os.name != "posix":  # signal 0 ends a process on Windows
             continue
         try:
             os.kill(int(pid), 0)

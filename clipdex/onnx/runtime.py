@@ -24,6 +24,9 @@ from clipdex.onnx import BackendUnavailable
 from clipdex.onnx.cache import CacheKey, ExportSettings, cache_root, find, key_for_spec, read_meta, refusal
 from clipdex.onnx.tokenizer import ClipTokenizer
 
+#: File of a cut text graph's token-embedding table (see :mod:`clipdex.onnx.towers`).
+TOKEN_TABLE = "token_embedding.npy"
+
 
 def usable_cores() -> int:
     """Cores this process may run on (its affinity mask, which containers and ``taskset`` narrow)."""
@@ -74,6 +77,7 @@ class OnnxEncoder:
         self._lock = threading.Lock()
         self._sessions: dict[str, Any] = {}
         self._tokenizer: ClipTokenizer | None = None
+        self._table: np.ndarray | None = None
 
     @classmethod
     def from_cache(cls, spec: Any, settings: ExportSettings | None = None, root: Path | None = None,
@@ -165,16 +169,25 @@ class OnnxEncoder:
         ends = tokens.argmax(axis=1)
         order = np.argsort(ends, kind="stable")
         out = np.empty((len(tokens), self.dim), np.float32)
+        table = self.token_table()
         for start in range(0, len(order), chunk):
             rows = order[start:start + chunk]
-            out[rows] = self._run("text", np.ascontiguousarray(tokens[rows, :int(ends[rows].max()) + 1]))
+            cut = tokens[rows, :int(ends[rows].max()) + 1]
+            out[rows] = self._run("text", np.ascontiguousarray(table[cut], dtype=np.float32), ends[rows])
         return out
+
+    def token_table(self) -> np.ndarray:
+        """The token-embedding table of a cut text graph, memory-mapped: a query reads only its rows."""
+        with self._lock:
+            if self._table is None:
+                self._table = np.load(self.folder / self.meta["text"]["token_table"], mmap_mode="r")
+            return self._table
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """Encode a list of strings to unit float32 rows."""
         return self.encode_tokens(self.tokenizer(list(texts)))
 
-    def _run(self, tower: str, x: np.ndarray) -> np.ndarray:
+    def _run(self, tower: str, *inputs: np.ndarray) -> np.ndarray:
         session = self.session(tower)
-        (out,) = session.run(None, {self.meta[tower]["input"]: x})
+        (out,) = session.run(None, dict(zip(self.meta[tower]["inputs"], inputs)))
         return np.asarray(out, dtype=np.float32)  # the graph ends in the L2 normalisation

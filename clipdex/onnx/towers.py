@@ -4,10 +4,10 @@ Image graph: uint8 ``N x S x S x 3`` (or float NCHW in [0, 1]) -> layout change,
 folded into one multiply-add per channel, the open_clip image tower, L2 normalisation.
 
 Text graph: token ids -> the open_clip text tower -> L2 normalisation. When the text tower is CLIP's
-causal transformer pooled at the end-of-text token (the usual case), the graph also accepts
-sequences cut right after the last end-of-text token: with a causal mask, positions after it
-cannot change the pooled vector, so a 10-token query costs a tenth of a 77-token pass. The
-runtime does the cutting; the export verifies cut and uncut sequences against PyTorch.
+causal transformer pooled at the end-of-text token (the usual case), the graph accepts sequences
+cut right after the last end-of-text token: with a causal mask, positions after it cannot change
+the pooled vector, so a 10-token query costs a tenth of a 77-token pass. The runtime does the
+cutting and the token-embedding lookup; the export verifies cut and uncut sequences against PyTorch.
 """
 
 from __future__ import annotations
@@ -75,7 +75,13 @@ def _attention(attn: nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor)
 
 
 def text_tower(model: Any) -> tuple[nn.Module, bool]:
-    """Module for the text graph, and whether it accepts sequences cut after the end-of-text token."""
+    """Module for the text graph, and whether it is the cut form.
+
+    The cut form (see :func:`can_cut_sequences`) takes ``embedded`` (``N x L x width``: the token
+    embeddings, looked up by the runtime in a memory-mapped table, which keeps the largest weight out
+    of the graph and so halves session start-up) and ``eot`` (``N`` end-of-text positions), for any
+    ``L`` up to the context length. The other form takes ``tokens`` (``N x context_length``).
+    """
     cut = can_cut_sequences(model)
 
     class TextTower(nn.Module):
@@ -84,22 +90,28 @@ def text_tower(model: Any) -> tuple[nn.Module, bool]:
             self.model = model
 
         def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-            if not cut:
-                return nn.functional.normalize(self.model.encode_text(tokens), dim=-1)
-            m = self.model  # open_clip's CLIP.encode_text, cut to the length of the tokens given
-            length = tokens.shape[1]
+            return nn.functional.normalize(self.model.encode_text(tokens), dim=-1)
+
+    class CutTextTower(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, embedded: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+            m = self.model  # open_clip's CLIP.encode_text from the embeddings on, cut to their length
+            length = embedded.shape[1]
             cast = m.transformer.get_cast_dtype()
-            x = m.token_embedding(tokens).to(cast) + m.positional_embedding[:length].to(cast)
+            x = embedded.to(cast) + m.positional_embedding[:length].to(cast)
             mask = m.attn_mask[:length, :length].to(x.dtype)
             for block in m.transformer.resblocks:
                 x = x + block.ls_1(_attention(block.attn, block.ln_1(x), mask))
                 x = x + block.ls_2(block.mlp(block.ln_2(x)))
             x = m.ln_final(x)
-            x = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)]
+            x = x[torch.arange(x.shape[0]), eot]
             x = m.text_projection(x) if isinstance(m.text_projection, nn.Linear) else x @ m.text_projection
             return nn.functional.normalize(x, dim=-1)
 
-    return TextTower().eval(), cut
+    return (CutTextTower() if cut else TextTower()).eval(), cut
 
 
 @contextlib.contextmanager
