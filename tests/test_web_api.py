@@ -13,7 +13,7 @@ from PIL import Image
 from clipdex.classify.tagging import tag_library
 from clipdex.indexer import Indexer
 from clipdex.library import Library
-from clipdex.models import TINY_MODEL
+from clipdex.models import TINY_MODEL, tiny_model_dir
 from clipdex.synthetic import COLORS, Sample, draw
 from clipdex.web import create_app
 
@@ -249,6 +249,21 @@ def test_new_pictures_appear_without_a_restart(tmp_path):
     assert names(client.get("/api/search?q=a+green+star&k=5"))[0] == "pics/b.jpg"
 
 
+def test_a_rebuild_with_another_model_switches_the_server_to_it(tmp_path):
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    draw(Sample("green", "star")).save(pics / "a.jpg")
+    lib = Library.create(tmp_path / "lib")
+    Indexer(lib, TINY_MODEL, workers=1).run([str(pics)])
+    app = create_app({"LIBRARY": lib.path})
+    assert names(app.test_client().get("/api/search?q=a+green+star")) == ["pics/a.jpg"]
+    other = tmp_path / "other-model"
+    shutil.copytree(tiny_model_dir(), other)
+    Indexer(Library.open(lib.path), f"local-dir:{other}", workers=1).run([str(pics)], rebuild=True)
+    assert names(app.test_client().get("/api/search?q=a+green+star")) == ["pics/a.jpg"]
+    assert app.extensions["clipdex"].encoder().spec.identity == f"local-dir:{other}"  # queries use the new model
+
+
 def test_server_keeps_answering_while_an_index_run_writes(tmp_path):
     import subprocess
     import sys
@@ -262,9 +277,9 @@ def test_server_keeps_answering_while_an_index_run_writes(tmp_path):
     lib = Library.create(tmp_path / "lib")
     Indexer(lib, TINY_MODEL, workers=1).run([str(first)])
     client = create_app({"LIBRARY": lib.path}).test_client()
-    write_collection(tmp_path / "pics" / "more", per_class=2, seed=8)  # 48 new pictures
+    write_collection(tmp_path / "pics" / "more", per_class=1, seed=8)  # 24 new pictures, 6 batches
     proc = subprocess.Popen([sys.executable, "-m", "clipdex", "index", str(tmp_path / "pics"), "--library",
-                             str(lib.path), "--batch-size", "2", "--workers", "1", "--json"],
+                             str(lib.path), "--batch-size", "4", "--workers", "1", "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     answered_during_run = 0
     deadline = time.monotonic() + 240
@@ -275,5 +290,5 @@ def test_server_keeps_answering_while_an_index_run_writes(tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert answered_during_run >= 3
-    after = names(client.get("/api/search?q=a+green+star&k=2"))
-    assert sorted(after) == ["green/star-000.jpg", "green/star-001.jpg"]  # searchable, no restart
+    after = names(client.get("/api/search?q=a+green+star&k=1"))
+    assert after == ["green/star-000.jpg"]  # searchable, no restart

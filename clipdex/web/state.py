@@ -18,8 +18,9 @@ class WebState:
 
     The server starts without a library (or with a damaged one), answers 503 with the
     reason, and serves the library as soon as it can be opened, without a restart. The
-    model is loaded once; the FAISS index follows the library's generation, so pictures
-    added by a concurrent ``clipdex index`` appear once that run commits.
+    model is loaded once (again if a rebuild switches models); the FAISS index follows the
+    library's generation, so pictures added by a concurrent ``clipdex index`` appear once
+    that run commits.
     """
 
     def __init__(self, library_path: Path, model: str | None = None):
@@ -44,8 +45,16 @@ class WebState:
             raise LibraryError(f"library at {self.library_path} cannot be opened: {reason}") from None
 
     def encoder(self) -> Encoder:
+        """The library's model, loaded once, and again after ``index --rebuild`` switches models.
+
+        Queries must be encoded by the model that made the stored vectors: the library's
+        binding is read on every call (one small query), and a switch loads the new model.
+        """
         lib = self.library()
         with self._lock:
+            stored = lib.model_spec
+            if self._encoder is not None and stored is not None and self._encoder.spec.identity != stored.identity:
+                self._encoder = None  # a rebuild switched the library to another model
             if self._encoder is None:
                 self._encoder = lib.encoder_for(self.model).load()
             return self._encoder
