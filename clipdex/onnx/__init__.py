@@ -2,6 +2,7 @@
 
 - :mod:`clipdex.onnx.cache`     where exports live and the key that invalidates them (no torch);
 - :mod:`clipdex.onnx.export`    export both towers, verify them against PyTorch, write atomically (torch);
+- :mod:`clipdex.onnx.towers`    the torch modules traced into the graphs (torch);
 - :mod:`clipdex.onnx.runtime`   encode pictures and texts with onnxruntime (no torch, no open_clip);
 - :mod:`clipdex.onnx.tokenizer` CLIP's BPE tokenizer in pure Python + numpy.
 

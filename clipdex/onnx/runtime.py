@@ -2,12 +2,13 @@
 
 :class:`OnnxEncoder` offers what the rest of clipdex uses of :class:`clipdex.models.Encoder`
 (``image_size``, ``resize_mode``, ``logit_scale``, ``dim``, ``encode_pixels``, ``encode_texts``).
-Everything it needs at query time comes from the folder's ``meta.json``, the two graphs and the
-BPE merges file. Each tower's session is created on first use, so a text search never loads
-the image tower. Session settings were chosen by measurement on a 2-core CPU
-(``benchmarks/bench_backends.py``): all graph optimisations, one inter-op thread, intra-op
-threads = the cores this process may use, and no spinning of idle threads so that the decode
-workers get the CPU while the encoder waits for a batch.
+Everything it needs at query time comes from the folder's ``meta.json``, the two graphs, the
+token-embedding table and the BPE merges file. Each tower's session is created on first use, so
+a text search never loads the image tower. Session settings were chosen by measurement on a 2-core
+CPU (``benchmarks/bench_backends.py``): all graph optimisations, one inter-op thread, intra-op
+threads = the cores this process may use, and no spinning of idle threads (spinning cost more CPU
+and was slower whenever anything else ran: the decode workers, a server's other requests).
+I/O binding gained nothing on the CPU provider and is not used.
 """
 
 from __future__ import annotations
