@@ -8,11 +8,8 @@ animations, decompression bombs refused, and large JPEGs decoded at reduced size
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import io
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +27,7 @@ try:  # HEIC/HEIF/AVIF support is optional at import time, required by the packa
 except ImportError:  # pragma: no cover - pillow-heif is a declared dependency
     pass
 
+from clipdex.atomicfile import write_atomic
 from clipdex.errors import DecodeError
 
 #: Pictures above this many pixels are refused as likely decompression bombs.
@@ -267,11 +265,4 @@ def write_thumbnail(source: str | Path | BinaryIO, target: Path, size: int, qual
     jpeg = io.BytesIO()
     image.save(jpeg, "JPEG", quality=quality, optimize=True)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(jpeg.getbuffer())
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    write_atomic(target, jpeg.getbuffer())

@@ -8,14 +8,14 @@ any other generation is stale, and one whose ids disagree with the database (by
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 import faiss
 import numpy as np
+
+from clipdex.atomicfile import write_atomic
 
 _FILE_RE = re.compile(r"^index\.(\d+)\.faiss$")
 INDEX_TYPE = "IndexIDMap2(IndexFlatIP)"
@@ -94,18 +94,9 @@ class VectorIndex:
     def save(self, folder: Path, generation: int) -> Path:
         """Write ``index.<generation>.faiss`` atomically and delete older files."""
         target = folder / f"index.{generation}.faiss"
-        for leftover in folder.glob(".index-*.tmp"):  # from a run killed while saving
+        for leftover in folder.glob(".index*.tmp"):  # from a run killed while saving
             leftover.unlink(missing_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".index-", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(faiss.serialize_index(self.index).tobytes())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(target, faiss.serialize_index(self.index), durable=True)
         for old in index_files(folder):
             if old != target:
                 old.unlink(missing_ok=True)

@@ -68,4 +68,4 @@ def test_kill_9_mid_run_then_resume(tmp_path):
     assert sorted(index.ids().tolist()) == ids.tolist()  # FAISS holds exactly the database's ids
     assert np.allclose(index.vector(int(ids[-1])), vectors[-1])
     assert list(lib_dir.glob("index.*.faiss")) == [lib_dir / f"index.{lib.generation}.faiss"]
-    assert not list(lib_dir.glob(".index-*"))            # no temporary files left behind
+    assert not list(lib_dir.glob(".index*.tmp"))           # no temporary files left behind

@@ -45,7 +45,7 @@ def _remove_library_files(folder: Path, created_folders: list[Path]) -> None:
     """Delete what clipdex writes in a library folder, then the folders made for it (deepest first, if empty)."""
     for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", DB_NAME + "-journal", LOCK_NAME):
         (folder / name).unlink(missing_ok=True)
-    for leftover in [*index_files(folder), *folder.glob(".index-*.tmp")]:
+    for leftover in [*index_files(folder), *folder.glob(".index*.tmp")]:
         leftover.unlink(missing_ok=True)
     for made in created_folders:
         try:
