@@ -36,11 +36,11 @@ def start(pics, lib_dir):
 @pytest.mark.slow  # a real process run end to end
 def test_kill_9_mid_run_then_resume(tmp_path):
     pics = tmp_path / "pics"
-    total = len(write_collection(pics, per_class=5, seed=5))  # 120 pictures
+    total = len(write_collection(pics, per_class=2, seed=5))  # 48 pictures, 12 batches
     lib_dir = tmp_path / "lib"
     db = lib_dir / "clipdex.db"
     kills = 0
-    for wait_for in (1, 30, 60):  # kill early (startup), and twice mid-run after some batches committed
+    for wait_for in (1, 12, 24):  # kill early (startup), and twice mid-run after some batches committed
         proc = start(pics, lib_dir)
         deadline = time.monotonic() + 120
         while proc.poll() is None and count(db) < wait_for and time.monotonic() < deadline:
