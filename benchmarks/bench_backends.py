@@ -13,7 +13,9 @@ process's CPU seconds, less sensitive to a busy machine than wall time.
 2. text tower: ms per query at batch 1;
 3. onnxruntime settings on the image tower (optimisation level, intra-op threads, spinning, I/O binding)
    and session creation time per level;
-4. cold start: a new process that encodes one text (import + model/session + tokenise + run), torch vs ONNX.
+4. cold start: a new process that encodes one text (import + model/session + tokenise + run), torch vs ONNX;
+5. the issue's quality bars for int8 (recall@10 against fp32, zero-shot decisions kept) on the tiny
+   model's generated shapes.
 """
 
 from __future__ import annotations
@@ -189,6 +191,41 @@ def cold_starts(spec: str, runs: int) -> dict[str, dict[str, float]]:
     return result
 
 
+def recall_at_10(base: np.ndarray, other: np.ndarray, q_base: np.ndarray, q_other: np.ndarray) -> float:
+    """Mean share of each query's 10 nearest pictures under ``base`` vectors that ``other`` vectors also rank top 10."""
+    top_base = np.argsort(-(q_base @ base.T), axis=1)[:, :10]
+    top_other = np.argsort(-(q_other @ other.T), axis=1)[:, :10]
+    return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top_base, top_other)]))
+
+
+def int8_quality(work: Path) -> None:
+    """The issue's bars for lower precision, int8 image tower vs torch fp32, on the tiny model's generated
+    shapes (24 classes x 20 pictures): recall@10 of text and picture queries, zero-shot decisions kept."""
+    from clipdex.imaging import load_for_model
+    from clipdex.models import TINY_MODEL, Encoder, parse_model_spec
+    from clipdex.onnx.cache import ExportSettings, key_for_spec
+    from clipdex.onnx.export import export_to_cache, torch_parts
+    from clipdex.onnx.runtime import OnnxEncoder
+    from clipdex.synthetic import all_samples, write_collection
+
+    spec = parse_model_spec(TINY_MODEL)
+    torch_enc = Encoder(spec, device="cpu").load()
+    variants = {p: OnnxEncoder(export_to_cache(key_for_spec(spec, ExportSettings(precision=p)),
+                                               lambda: torch_parts(spec), work / "cache")) for p in ("fp32", "int8")}
+    files = write_collection(work / "shapes", per_class=20, seed=3)
+    pixels = np.stack([load_for_model(f, torch_enc.image_size, torch_enc.resize_mode)[0] for f in files])
+    texts = torch_enc.encode_texts([f"a {s.color} {s.shape}" for s in all_samples()])
+    base = torch_enc.encode_pixels(pixels)
+    print(f"\nlower precision, tiny model, {len(pixels)} generated pictures (bars: recall@10 >= 0.98, "
+          "decisions kept >= 0.99)")
+    for name, enc in variants.items():
+        vec = enc.encode_pixels(pixels)
+        kept = np.mean(np.argmax(base @ texts.T, 1) == np.argmax(vec @ texts.T, 1))
+        print(f"  onnx {name}: min cosine {cosines(vec, base).min():.5f}, recall@10 text queries "
+              f"{recall_at_10(base, vec, texts, texts):.3f}, picture queries {recall_at_10(base, vec, base, vec):.3f}, "
+              f"zero-shot decisions kept {kept:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="ViT-B-32")
@@ -233,6 +270,9 @@ def main() -> None:
 
         sweep = session_sweep(fp32.folder, pixels[:args.sweep_batch], args.rounds)
         cold = cold_starts(spec_text, args.cold)
+        if "onnx int8 image" in onnx:  # the same bars on the benchmark's own (random) pictures
+            vec = onnx["onnx int8 image"].encode_pixels(pixels)
+            int8_recall = recall_at_10(want, vec, want, vec)
 
     print(f"\nimage tower, batch {args.batch} (median of {args.rounds})")
     print(f"  {'backend':24} {'images/s':>9} {'best':>6} {'core-ms/image':>14} {'min cos vs torch':>17}")
@@ -255,6 +295,12 @@ def main() -> None:
         detail = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in parts.items()
                            if k != "process wall")
         print(f"  {name:6} {parts['process wall']:6.2f} s   ({detail})")
+    if "onnx int8 image" in onnx:
+        print(f"\nint8 image tower on the {args.batch} benchmark pictures: recall@10 of picture queries "
+              f"vs torch fp32 {int8_recall:.3f}")
+    if not args.no_int8:
+        with tempfile.TemporaryDirectory(prefix="clipdex-bench-int8-") as tmp:
+            int8_quality(Path(tmp))
     print(f"\nload average at the end {os.getloadavg()[0]:.1f} (other work on this machine inflates every figure)")
 
 
