@@ -70,17 +70,25 @@ def open_source(lib: Library, row: Picture) -> Source:
     real = os.path.realpath(row.path)
     if not _inside(real, roots):
         raise APIError(404, f"picture {row.id} is not inside an indexed folder")
-    try:
-        fh = open(real, "rb")  # noqa: SIM115 - returned open, closed by the caller
+    try:  # never blocks (a FIFO put in a picture's place), never follows a link swapped in since realpath
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         raise APIError(404, f"picture {row.id} is no longer on disk") from None
     except PermissionError:
         raise APIError(404, f"picture {row.id} cannot be read (permission denied)") from None
+    except OSError:  # ELOOP (a symlink swapped in), ENXIO (a socket), ...
+        raise APIError(404, f"picture {row.id} is no longer a file") from None
     try:
-        st = os.fstat(fh.fileno())
-        opened = os.path.realpath(f"/proc/self/fd/{fh.fileno()}") if os.path.isdir("/proc/self/fd") else real
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise APIError(404, f"picture {row.id} is no longer a file")
+        os.set_blocking(fd, True)
+        fh = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        opened = os.path.realpath(f"/proc/self/fd/{fh.fileno()}") if os.path.isdir("/proc/self/fd") else real
         if not _inside(opened, roots):  # swapped between the path check and the open
             raise APIError(404, f"picture {row.id} is not inside an indexed folder")
         if (st.st_size, st.st_mtime) != (row.size, row.mtime):
