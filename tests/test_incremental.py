@@ -87,6 +87,43 @@ def test_copy_of_an_indexed_file_reuses_its_vector(tmp_path, pics):
     assert_consistent(lib)
 
 
+def test_copy_and_new_picture_in_one_batch(tmp_path):
+    """A batch holding both a copy (reused vector) and new content (encoded) stores both, run after run."""
+    folder = tmp_path / "D2"
+    folder.mkdir()
+    draw(Sample("red", "circle")).save(folder / "a.jpg")
+    lib = Library.create(tmp_path / "lib")
+    assert index(lib, folder).indexed == 1
+    shutil.copy(folder / "a.jpg", folder / "copy.jpg")
+    draw(Sample("blue", "star")).save(folder / "new.png")
+    stats = index(lib, folder)
+    assert (stats.indexed, stats.encoded, stats.reused, stats.skipped) == (2, 1, 1, 0)
+    vector = dict(zip(*(a.tolist() if i == 0 else list(a) for i, a in enumerate(lib.load_vectors()))))
+    ids_of = rows(lib)
+    assert np.allclose(vector[ids_of[str(folder / "copy.jpg")]], vector[ids_of[str(folder / "a.jpg")]])
+    assert not np.allclose(vector[ids_of[str(folder / "new.png")]], vector[ids_of[str(folder / "a.jpg")]])
+    assert index(lib, folder).unchanged == 3
+    assert_consistent(lib)
+
+
+def test_old_content_of_a_picture_changed_in_the_same_run_is_encoded(tmp_path):
+    """Once a row holds new content, a file with its old content is encoded, not given the row's new vector."""
+    folder = tmp_path / "D3"
+    folder.mkdir()
+    draw(Sample("red", "circle")).save(folder / "a.png")
+    lib = Library.create(tmp_path / "lib")
+    index(lib, folder)
+    shutil.copy(folder / "a.png", folder / "c.png")  # the old content of a.png, decoded after it
+    draw(Sample("green", "square")).save(folder / "a.png")
+    os.utime(folder / "a.png", (1, 1))
+    stats = Indexer(lib, TINY_MODEL, workers=1, batch_size=1).run([str(folder)])
+    assert (stats.indexed, stats.encoded, stats.reused) == (2, 2, 0)
+    vector = dict(zip(*(a.tolist() if i == 0 else list(a) for i, a in enumerate(lib.load_vectors()))))
+    ids_of = rows(lib)
+    assert not np.allclose(vector[ids_of[str(folder / "c.png")]], vector[ids_of[str(folder / "a.png")]])
+    assert_consistent(lib)
+
+
 def test_rebuild_reencodes_everything(tmp_path, pics):
     lib = Library.create(tmp_path / "lib")
     index(lib, pics)

@@ -208,6 +208,12 @@ class Indexer:
     def _index_files(self, encoder: Encoder, pool: DecodePool, plan: Plan, found: Scan, index: VectorIndex,
                      stats: IndexStats) -> None:
         by_hash = writes.content_hashes(self.lib)  # identical content already encoded (a copy) keeps its vector
+        hash_of = {image_id: h for h, image_id in by_hash.items()}
+
+        def forget_hash(image_id: int) -> None:  # that row now holds other content, or is gone
+            h = hash_of.pop(image_id, None)
+            if h is not None and by_hash.get(h) == image_id:
+                del by_hash[h]
 
         def store(done: list[tuple[Decoded, np.ndarray]], failed: list[Decoded]) -> None:
             pictures = [Picture(d.path, found.files[d.path].size, found.files[d.path].mtime, d.content_hash, d.width,
@@ -218,8 +224,11 @@ class Indexer:
             index.remove([p.image_id for p in pictures if p.image_id is not None] + gone)
             if ids:
                 index.add(ids, np.stack([p.vector for p in pictures]))
+            for image_id in gone + [p.image_id for p in pictures if p.image_id is not None]:
+                forget_hash(image_id)
             for image_id, p in zip(ids, pictures):
-                by_hash.setdefault(p.content_hash, image_id)
+                if by_hash.setdefault(p.content_hash, image_id) == image_id:
+                    hash_of[image_id] = p.content_hash
             stats.indexed += len(pictures)
             stats.skipped += len(failed)
             stats.skipped_files.update({d.path: d.error or "" for d in failed})
@@ -257,16 +266,19 @@ class Indexer:
         try:
             for items in batches:
                 ok = [d for d in items if not d.error]
-                to_encode = [d for d in ok if d.content_hash not in by_hash]
+                # Copies of stored pictures take their vector; the rest (new content, or a
+                # picture whose vector is no longer there) are encoded.
+                reuse = sorted({by_hash[d.content_hash] for d in ok if d.content_hash in by_hash})
+                known = vectors_of(reuse) if reuse else {}
                 vectors: dict[str, np.ndarray] = {}
+                for d in ok:
+                    source = by_hash.get(d.content_hash)
+                    if source is not None and source in known:
+                        vectors[d.path] = known[source]
+                to_encode = [d for d in ok if d.path not in vectors]
                 if to_encode:
                     encoded = encoder.encode_pixels(np.stack([d.pixels for d in to_encode]))
                     vectors.update({d.path: v for d, v in zip(to_encode, encoded)})
-                reuse = sorted({by_hash[d.content_hash] for d in ok if d.path not in vectors})
-                if reuse:
-                    known = vectors_of(reuse)
-                    for d in ok:
-                        vectors.setdefault(d.path, known[by_hash[d.content_hash]])
                 store([(d, vectors[d.path]) for d in ok], [d for d in items if d.error])
                 stats.encoded += len(to_encode)
                 stats.reused += len(ok) - len(to_encode)
