@@ -8,7 +8,10 @@ any other generation is stale, and one whose ids disagree with the database (by
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+import struct
 from pathlib import Path
 from typing import NamedTuple
 
@@ -109,10 +112,12 @@ class VectorIndex:
         With ``expected`` (the database's :class:`IdsChecksum`), a file holding other ids is
         None too: it was saved wrongly or belongs to another database.
         """
-        path = folder / f"index.{generation}.faiss"
+        data = read_index_file(folder / f"index.{generation}.faiss", dim)
+        if data is None or (expected is not None and _header_count(data) != expected.count):
+            return None
         try:
-            index = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
-        except (OSError, RuntimeError, ValueError):  # missing, replaced meanwhile, or damaged
+            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        except (RuntimeError, ValueError, MemoryError):  # damaged in a way the header check let through
             return None
         if index.d != dim or not isinstance(index, faiss.IndexIDMap2):
             return None
@@ -120,6 +125,55 @@ class VectorIndex:
         if expected is not None and ids_checksum(loaded.ids()) != expected:
             return None
         return loaded
+
+
+# The layout FAISS writes for an IndexIDMap2(IndexFlatIP(d)) holding n vectors (little-endian):
+# "IxM2" d:i32 n:i64 dummy:i64 dummy:i64 trained:u8 metric:i32 | "IxFI" d n dummy dummy trained metric |
+# floats:u64 (n*d) codes (n*d*4 bytes) | ids_count:u64 ids (n*8). Checked before FAISS sees the file, since FAISS
+# allocates whatever sizes a file claims (a 15 KB file could make it allocate gigabytes).
+_HEADER = struct.Struct("<4siqqqBi4siqqqBiQ")
+_METRIC_IP = 0
+
+
+def _expected_size(n: int, dim: int) -> int:
+    return _HEADER.size + n * dim * 4 + 8 + n * 8
+
+
+def _header_count(data: bytes) -> int:
+    return _HEADER.unpack_from(data)[2]
+
+
+def read_index_file(path: Path, dim: int) -> bytes | None:
+    """The bytes of an index file laid out as ours for ``dim``, or None (missing, not a regular file,
+    or a header that disagrees with the file's size: damaged or hostile).
+
+    Opened without blocking, so a FIFO or device placed under the name is refused, not waited on;
+    nothing larger than the file itself is ever allocated.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size < _HEADER.size:
+            return None
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(info.st_size + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(data) < _HEADER.size:
+        return None
+    (magic, d, n, _, _, _, metric, inner, inner_d, inner_n, _, _, _, inner_metric,
+     codes) = _HEADER.unpack_from(data)
+    if (magic, inner) != (b"IxM2", b"IxFI") or d != dim or inner_d != dim or metric != _METRIC_IP \
+            or inner_metric != _METRIC_IP or n < 0 or inner_n != n or codes != n * dim:
+        return None
+    if len(data) != _expected_size(n, dim) or struct.unpack_from("<Q", data, _HEADER.size + codes * 4)[0] != n:
+        return None
+    return data
 
 
 def index_files(folder: Path) -> list[Path]:

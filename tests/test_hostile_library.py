@@ -1,0 +1,106 @@
+"""A hostile or damaged library gives one clear line (CLI) or a 503 (server): never a traceback, a hang,
+or an allocation beyond what the files hold. Real SQLite, real FAISS files, a real Flask app."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import struct
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from clipdex.cli import main
+from clipdex.library import Library
+from clipdex.vectorindex import VectorIndex
+
+
+@pytest.fixture()
+def copied(tmp_path, library) -> Path:
+    """A private copy of the session library, its WAL folded in."""
+    shutil.copytree(library.path, tmp_path / "lib")
+    with sqlite3.connect(tmp_path / "lib" / "clipdex.db") as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    for extra in ("clipdex.db-wal", "clipdex.db-shm", ".write.lock"):
+        (tmp_path / "lib" / extra).unlink(missing_ok=True)
+    return tmp_path / "lib"
+
+
+def sql(folder: Path, statement: str, *params) -> None:
+    with sqlite3.connect(folder / "clipdex.db") as conn:
+        conn.execute(statement, params)
+    conn.close()
+
+
+def cli(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_error_line(result) -> str:
+    assert result.exit_code != 0, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    return lines[0]
+
+
+def within(seconds: float, fn):
+    """``fn()``'s result, failing the test (not hanging it) if it takes longer than ``seconds``."""
+    out: list = []
+    worker = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"still running after {seconds} s"
+    return out[0]
+
+
+# -- index files: FIFOs, forged headers, huge claims ---------------------------------------------------------
+def saved(folder: Path, n: int = 3, dim: int = 64) -> Path:
+    index = VectorIndex(dim)
+    index.add(np.arange(n), np.random.default_rng(0).random((n, dim), np.float32))
+    return index.save(folder, 7)
+
+
+def test_a_fifo_in_place_of_the_index_file_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "index.7.faiss")
+    assert within(5, lambda: VectorIndex.load(tmp_path, 7, 64)) is None
+
+
+def test_an_index_file_claiming_more_vectors_than_it_holds_is_refused_before_faiss_allocates(tmp_path):
+    data = bytearray(saved(tmp_path).read_bytes())
+    struct.pack_into("<q", data, 8, 1 << 23)  # the outer count
+    struct.pack_into("<q", data, 45, 1 << 23)  # the inner IndexFlat's count
+    struct.pack_into("<Q", data, 74, (1 << 23) * 64)  # the floats that follow
+    (tmp_path / "index.7.faiss").write_bytes(bytes(data) + bytes(15_000))
+    assert VectorIndex.load(tmp_path, 7, 64) is None
+
+
+def test_an_inner_flat_index_claiming_two_billion_vectors_is_refused(tmp_path):
+    path = saved(tmp_path)
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<Q", data, 74, 1 << 37)  # 2**31 vectors of 64 floats
+    path.write_bytes(bytes(data))
+    assert VectorIndex.load(tmp_path, 7, 64) is None
+
+
+def test_a_sound_index_file_still_loads(tmp_path):
+    saved(tmp_path)
+    assert VectorIndex.load(tmp_path, 7, 64).ntotal == 3
+    assert VectorIndex.load(tmp_path, 7, 32) is None
+
+
+def test_the_library_rebuilds_over_a_fifo_index_file(copied):
+    lib = Library.open(copied)
+    generation = lib.generation
+    for path in copied.glob("index.*.faiss"):
+        path.unlink()
+    os.mkfifo(copied / f"index.{generation}.faiss")
+    index = within(20, lib.index)
+    assert index.ntotal == len(lib.load_vectors()[0])
+    lib.close()
