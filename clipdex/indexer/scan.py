@@ -30,11 +30,31 @@ class Scan:
         return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in self.roots)
 
 
+def displayable(path: str) -> str:
+    """``path`` as text that can be stored and shown: bytes that are not UTF-8 appear as ``\\xff``.
+
+    Python keeps such bytes in a ``str`` as lone surrogates (``os.fsdecode``), which SQLite
+    and terminals refuse.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def is_utf8(path: str) -> bool:
+    """False when ``path`` holds bytes that are not UTF-8 (lone surrogates in the ``str``)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def normalise_roots(paths: list[str | Path]) -> list[str]:
     """Absolute paths of existing roots; a missing root is an error, never 'everything deleted'."""
     roots = []
     for p in paths:
         path = os.path.abspath(os.path.expanduser(str(p)))
+        if not is_utf8(path):
+            raise UsageError(f"path name is not valid UTF-8, so the library cannot store it: {displayable(path)}")
         if not os.path.exists(path):
             raise UsageError(f"path not found: {p}")
         roots.append(path)
@@ -106,6 +126,13 @@ def scan(roots: list[str], exclude: list[str] | None = None) -> Scan:
                     is_dir = entry.is_dir(follow_symlinks=True)
                 except OSError:
                     is_dir = False
+                if not is_utf8(entry.name):  # the library stores paths as text: record it, never retry it
+                    shown = displayable(path)
+                    if is_dir:
+                        result.problems[shown] = "folder name is not valid UTF-8 (its pictures are left out)"
+                    elif is_image_path(path):
+                        result.problems[shown] = "file name is not valid UTF-8"
+                    continue
                 if is_dir:
                     subdirs.append(path)
                 else:
