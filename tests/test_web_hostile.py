@@ -4,16 +4,19 @@ back, roots the database should never hold, odd URLs, and cross-site requests.""
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from clipdex.indexer import Indexer
 from clipdex.library import Library
 from clipdex.synthetic import Sample, draw
 from clipdex.web import create_app
+from clipdex.web.uploads import UploadDecoder
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +28,8 @@ def site(tmp_path_factory, encoder):
     names = ["fifo.jpg", "line\nbreak.jpg", "tab\there\r.png", "rewritten.bmp", "plain.jpg", "twin.jpg"]
     for i, name in enumerate(names):
         draw(Sample(["red", "blue", "green", "yellow", "purple", "orange"][i], "circle")).save(pics / name)
+    Image.new("RGB", (4000, 3000), (255, 255, 255)).save(pics / "big.png", compress_level=1)  # 36 MB decoded
+    names.append("big.png")
     lib = Library.create(base / "lib")
     Indexer(lib, encoder, workers=1).run([str(pics)])
     app = create_app({"LIBRARY": lib.path, "WARM_UP": False})
@@ -61,3 +66,73 @@ def test_a_fifo_in_a_pictures_place_is_refused_without_blocking(site):
     for kind in ("file", "thumbnail", "preview"):
         body = assert_json_error(answered_within(client, f"/api/images/{ids['fifo.jpg']}/{kind}"), 404)
         assert body["message"] == f"picture {ids['fifo.jpg']} is no longer a file"
+
+
+def test_renditions_are_decoded_in_the_limited_workers_not_the_server(site):
+    """Was: thumbnails and previews were decoded in the server process, without a memory or
+    time limit (one 13400 x 13400 PNG preview took the server from 0.85 to 2.43 GB). The
+    worker's memory limit decides now: with a 16 MB limit the 36 MB picture is refused in
+    the worker's words, a small one is still made, and the server's own limits are untouched."""
+    lib, _, ids, _, _ = site
+    small = create_app({"LIBRARY": lib.path, "WARM_UP": False, "UPLOAD_DECODER": {"memory_bytes": 16 << 20}})
+    client = small.test_client()
+    try:
+        body = assert_json_error(client.get(f"/api/images/{ids['big.png']}/preview"), 422)
+        assert body["message"] == f"picture {ids['big.png']} cannot be decoded: cannot decode: not enough memory"
+        r = client.get(f"/api/images/{ids['plain.jpg']}/thumbnail")
+        assert r.status_code == 200 and r.mimetype == "image/jpeg"
+    finally:
+        small.extensions["clipdex_uploads"].close()
+    _, _, ids, app, client = site
+    r = client.get(f"/api/images/{ids['big.png']}/thumbnail")  # within the default limit it is made
+    assert r.status_code == 200 and Image.open(io.BytesIO(r.data)).size == (320, 240)
+
+
+class CountingDecoder(UploadDecoder):
+    """The real decoder pool, counting the renditions it is asked for."""
+
+    renders = 0
+
+    def render(self, fd: int, size: int, **kwargs) -> bytes:
+        type(self).renders += 1
+        return super().render(fd, size, **kwargs)
+
+
+def test_concurrent_first_requests_for_a_rendition_decode_it_once(site):
+    lib, _, ids, _, _ = site
+    app = create_app({"LIBRARY": lib.path, "WARM_UP": False})
+    app.extensions["clipdex_uploads"] = decoder = CountingDecoder()
+    start, answers = threading.Barrier(6), []
+
+    def fetch() -> None:
+        client = app.test_client()
+        start.wait()
+        answers.append(client.get(f"/api/images/{ids['twin.jpg']}/preview"))
+
+    threads = [threading.Thread(target=fetch) for _ in range(6)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        decoder.close()
+    assert [r.status_code for r in answers] == [200] * 6
+    assert len({r.data for r in answers}) == 1 and CountingDecoder.renders == 1
+
+
+@pytest.mark.parametrize("site_header", ["cross-site", "same-site", "cross-site, same-origin", "bogus"])
+def test_cross_site_requests_to_the_api_are_refused(site, site_header):
+    """Was: a page elsewhere could make the server decode pictures with <img src=.../preview>."""
+    _, _, ids, _, client = site
+    for url in (f"/api/images/{ids['plain.jpg']}/preview", f"/api/images/{ids['plain.jpg']}/file", "/api/health",
+                "/api/search?q=a+circle"):
+        body = assert_json_error(client.get(url, headers={"Sec-Fetch-Site": site_header}), 403)
+        assert body["message"].startswith("cross-site GET refused (/api/")
+    # two headers, one of them cross-site, are cross-site too
+    r = client.get("/api/health", headers=[("Sec-Fetch-Site", "same-origin"), ("Sec-Fetch-Site", "cross-site")])
+    assert_json_error(r, 403)
+    for own in ("same-origin", "none", None):
+        headers = {"Sec-Fetch-Site": own} if own else {}
+        assert client.get(f"/api/images/{ids['plain.jpg']}/thumbnail", headers=headers).status_code == 200
+    assert client.get("/", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200  # a link to the page

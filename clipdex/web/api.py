@@ -171,7 +171,7 @@ def rendered(image_id: int, kind: str):
     """The 320 px thumbnail or the 1600 px preview, upright JPEG (cached a week: they rarely change)."""
     lib = state().library()
     row = image_row(lib, image_id)
-    path, version = media.rendition(lib, row, kind)
+    path, version = media.rendition(lib, row, kind, uploads())
     name = f"{os.path.splitext(os.path.basename(row.path))[0]}-{kind}.jpg"
     response = send_file(path, mimetype="image/jpeg", download_name=name, etag=f"{kind[0]}{version}",
                          max_age=CACHE_SECONDS, conditional=True)

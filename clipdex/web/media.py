@@ -10,18 +10,23 @@ as a page. No request parameter is ever a path.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from clipdex.atomicfile import write_atomic
 from clipdex.errors import DecodeError
-from clipdex.imaging import IMAGE_FORMATS, image_type, is_image_path, write_thumbnail
+from clipdex.imaging import image_type, is_image_path
 from clipdex.library import Library
 from clipdex.library.catalog import Picture, picture
 from clipdex.web.errors import APIError
+from clipdex.web.uploads import DecoderBusy, UploadDecoder
 
 SIZES = {"thumbnail": 320, "preview": 1600}
 
@@ -118,11 +123,38 @@ def download_name(row: Picture, mimetype: str) -> str:
     return f"{name}.{mimetype.split('/')[1]}"
 
 
-def rendition(lib: Library, row: Picture, kind: str) -> tuple[Path, str]:
+class KeyedLocks:
+    """One lock per key, alive while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, list] = {}  # key -> [lock, holders and waiters]
+
+    @contextlib.contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            entry = self._locks.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._guard:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._locks[key]
+
+
+_making = KeyedLocks()  # concurrent first requests for one rendition: one decode, the others wait for it
+
+
+def rendition(lib: Library, row: Picture, kind: str, renderer: UploadDecoder) -> tuple[Path, str]:
     """An upright JPEG of at most ``SIZES[kind]`` px and its version, made on first request and cached.
 
     The cache file is named after the source's content version, and the source is checked
     on every request, so a rendition of a file that changed or vanished is never served.
+    The picture is decoded in one of ``renderer``'s limited worker processes, never in the
+    server, and only once when several requests for it arrive together.
     """
     size = SIZES[kind]
     source = open_source(lib, row)
@@ -131,12 +163,20 @@ def rendition(lib: Library, row: Picture, kind: str) -> tuple[Path, str]:
         target = cache / f"{row.id}-{source.version}-{size}.jpg"
         if target.is_file():
             return target, source.version
-        try:
-            write_thumbnail(source.file, target, size, formats=IMAGE_FORMATS)
-        except DecodeError as exc:
-            raise APIError(422, f"picture {row.id} cannot be decoded: {exc}") from None
-        except OSError as exc:
-            raise APIError(503, f"cannot write the {kind} of picture {row.id}: {exc.strerror or exc}") from None
+        with _making.hold(str(target)):
+            if target.is_file():  # made while this request waited
+                return target, source.version
+            try:
+                jpeg = renderer.render(source.file.fileno(), size)
+            except DecoderBusy as exc:
+                raise APIError(503, str(exc), {"Retry-After": "2"}) from None
+            except DecodeError as exc:
+                raise APIError(422, f"picture {row.id} cannot be decoded: {exc}") from None
+            try:
+                cache.mkdir(parents=True, exist_ok=True)
+                write_atomic(target, jpeg)
+            except OSError as exc:
+                raise APIError(503, f"cannot write the {kind} of picture {row.id}: {exc.strerror or exc}") from None
     finally:
         source.close()
     for old in cache.glob(f"{row.id}-*-{size}.jpg"):  # renditions of earlier versions

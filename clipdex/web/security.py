@@ -9,7 +9,11 @@ the two ways a web page elsewhere can reach a local server:
   loopback, any IP address when it listens on all interfaces (a rebinding attack always
   uses a name), and the names allowed explicitly.
 * Cross-site requests: a state-changing request (anything but GET, HEAD, OPTIONS) must come
-  from the server's own origin (``Origin``, ``Sec-Fetch-Site``).
+  from the server's own origin (``Origin``, ``Sec-Fetch-Site``), and so must every request
+  to the API: a page elsewhere could otherwise make the server decode pictures (``<img
+  src=.../preview>``) or probe the library. Browsers always send ``Sec-Fetch-Site``; any
+  value but ``same-origin`` or ``none`` (typed or bookmarked) is cross-site. The page itself
+  may be opened from a link anywhere.
 
 Every answer, errors included, carries a strict Content-Security-Policy and ``nosniff``.
 """
@@ -40,6 +44,8 @@ HEADERS = {
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: The ``Sec-Fetch-Site`` values of requests made by the server's own page or by the user.
+OWN_SITES = frozenset({"same-origin", "none"})
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -119,13 +125,16 @@ def check_request(policy: HostPolicy) -> None:
         shown = host[:100] if host else "none"
         raise APIError(400, f"this server answers only to {policy.describe()} (the request was addressed to "
                             f"{shown!r}); other names must be allowed when the server starts")
+    sites = request.headers.getlist("Sec-Fetch-Site")
+    cross = bool(sites) and (len(sites) > 1 or sites[0].strip().lower() not in OWN_SITES)
+    if cross and (request.path == "/api" or request.path.startswith("/api/")):
+        raise APIError(403, f"cross-site {request.method} refused ({request.path[:100]})")
     if request.method in SAFE_METHODS:
         return
     origin = request.headers.get("Origin")
     if origin is not None and not same_origin(origin):
         raise APIError(403, f"cross-origin {request.method} refused (from {origin[:100]!r})")
-    site = request.headers.get("Sec-Fetch-Site", "").lower()
-    if site in ("cross-site", "same-site"):
+    if cross:
         raise APIError(403, f"cross-site {request.method} refused")
 
 

@@ -11,7 +11,11 @@ server is busy (``DecoderBusy``) instead of queueing without bound.
 
 Workers start with the ``spawn`` method (no copy of the server's memory or threads), are
 reused while they stay small, and are replaced after a crash, a limit or a big picture.
-This module imports nothing from Flask: it is what the worker processes load.
+The same workers make the JPEG renditions (thumbnails, previews) of indexed pictures: the
+server passes the opened, checked file descriptor over the pipe and gets JPEG bytes back,
+so a huge picture in an indexed folder costs a worker's limits, not the server's memory.
+Renditions wait a while for a free worker (a page asks for many thumbnails at once);
+uploads do not. This module imports nothing from Flask: it is what the worker processes load.
 """
 
 from __future__ import annotations
@@ -25,11 +29,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import recv_handle, send_handle
 
 import numpy as np
 
 from clipdex.errors import ClipdexError, DecodeError
-from clipdex.imaging import IMAGE_FORMATS, load_for_model
+from clipdex.imaging import DEFAULT_MAX_PIXELS, IMAGE_FORMATS, load_for_model, open_image
 
 #: Uploads above this many pixels are refused (indexing allows 180 MP): 50 MP is a
 #: 8660 x 5773 picture, more than any camera's full-size JPEG needs.
@@ -44,6 +49,11 @@ WORKERS = 2
 #: A worker whose resident memory grew past this after a picture is replaced by a fresh one.
 RECYCLE_RSS = 300 * 1024 * 1024
 START_SECONDS = 60  # a worker that has not started by then never will
+#: Renditions of indexed pictures take the indexing pixel limit (any indexed picture gets a
+#: thumbnail); the worker's ``RLIMIT_AS`` is what bounds the memory one of them may take.
+RENDER_MAX_PIXELS = DEFAULT_MAX_PIXELS
+#: How long a rendition waits for a free worker before the answer is "busy".
+RENDER_WAIT_SECONDS = 20.0
 
 
 class DecoderBusy(ClipdexError):
@@ -75,8 +85,25 @@ def decode_upload(data: bytes, size: int, mode: str, max_pixels: int) -> np.ndar
 DecodeFn = Callable[[bytes, int, str, int], np.ndarray]
 
 
+def render_jpeg(fd: int, size: int, max_pixels: int, quality: int = 85) -> bytes:
+    """An upright JPEG, at most ``size`` px on its long side, of the picture open on ``fd``
+    (as :func:`clipdex.imaging.write_thumbnail` makes them, formats clipdex indexes only)."""
+    from PIL import Image
+
+    os.lseek(fd, 0, os.SEEK_SET)
+    with os.fdopen(fd, "rb") as fh:
+        image = open_image(fh, target_size=size, max_pixels=max_pixels, formats=IMAGE_FORMATS).image
+    image.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    jpeg = io.BytesIO()
+    image.save(jpeg, "JPEG", quality=quality, optimize=True)
+    return jpeg.getvalue()
+
+
 def _worker(conn: Connection, memory_bytes: int, decode: DecodeFn) -> None:
-    """Worker process: decode ``(data, size, mode, max_pixels, cpu_seconds)`` tasks until told to stop."""
+    """Worker process: run ``(job, data, size, mode, max_pixels, cpu_seconds)`` tasks until told to stop.
+
+    ``job`` is "decode" (model pixels of ``data``) or "render" (JPEG bytes of the file whose
+    descriptor follows the task on the pipe)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server handles Ctrl-C
     if memory_bytes:
         _limit(resource.RLIMIT_AS, _statm(0) + memory_bytes)
@@ -88,11 +115,18 @@ def _worker(conn: Connection, memory_bytes: int, decode: DecodeFn) -> None:
             return
         if task is None:
             return
-        data, size, mode, max_pixels, cpu_seconds = task
+        job, data, size, mode, max_pixels, cpu_seconds = task
+        try:
+            fd = recv_handle(conn) if job == "render" else None
+        except (EOFError, OSError):
+            return
         usage = resource.getrusage(resource.RUSAGE_SELF)
         _limit(resource.RLIMIT_CPU, int(usage.ru_utime + usage.ru_stime) + 1 + cpu_seconds)  # SIGXCPU past it
         try:
-            reply: tuple = ("ok", decode(data, size, mode, max_pixels))
+            if fd is not None:
+                reply: tuple = ("ok", render_jpeg(fd, size, max_pixels))
+            else:
+                reply = ("ok", decode(data, size, mode, max_pixels))
         except DecodeError as exc:
             reply = ("error", str(exc))
         except MemoryError:
@@ -176,13 +210,30 @@ class UploadDecoder:
         if not self.slots.acquire(blocking=False):
             raise DecoderBusy("the server is busy decoding other uploads; try again in a moment")
         try:
-            with self._lock:
-                worker = self._idle.pop() if self._idle else None
-            return self._run(worker or self._spawn(), data, size, mode)
+            return self._run(self._take(), ("decode", data, size, mode, self.max_pixels, self.cpu_seconds))
         finally:
             self.slots.release()
 
-    def _run(self, worker: _Process, data: bytes, size: int, mode: str) -> np.ndarray:
+    def render(self, fd: int, size: int, wait: float = RENDER_WAIT_SECONDS,
+               max_pixels: int = RENDER_MAX_PIXELS) -> bytes:
+        """JPEG bytes of the picture open on ``fd``, at most ``size`` px, made in a worker.
+
+        Waits up to ``wait`` seconds for a free worker (then :class:`DecoderBusy`); raises
+        :class:`DecodeError` when the picture is unusable or breaks a limit.
+        """
+        if not self.slots.acquire(timeout=wait):
+            raise DecoderBusy("the server is busy making other pictures' previews; try again in a moment")
+        try:
+            return self._run(self._take(), ("render", None, size, "", max_pixels, self.cpu_seconds), fd)
+        finally:
+            self.slots.release()
+
+    def _take(self) -> _Process:
+        with self._lock:
+            worker = self._idle.pop() if self._idle else None
+        return worker or self._spawn()
+
+    def _run(self, worker: _Process, task: tuple, fd: int | None = None):
         keep = False
         try:
             if not worker.ready:
@@ -190,7 +241,9 @@ class UploadDecoder:
                     raise DecoderBusy("the picture decoder could not start; try again in a moment")
                 worker.conn.recv()
                 worker.ready = True
-            worker.conn.send((data, size, mode, self.max_pixels, self.cpu_seconds))
+            worker.conn.send(task)
+            if fd is not None:
+                send_handle(worker.conn, fd, worker.proc.pid)
             if not worker.conn.poll(self.wall_seconds):
                 raise DecodeError(f"decoding took longer than {self.wall_seconds:g} s")
             status, value, rss = worker.conn.recv()
