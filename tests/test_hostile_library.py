@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from clipdex.cli import main
+from clipdex.errors import LibraryError
 from clipdex.library import Library
 from clipdex.vectorindex import VectorIndex
 
@@ -104,3 +105,55 @@ def test_the_library_rebuilds_over_a_fifo_index_file(copied):
     index = within(20, lib.index)
     assert index.ntotal == len(lib.load_vectors()[0])
     lib.close()
+
+
+# -- meta values and vectors: damage named in one line --------------------------------------------------------
+@pytest.mark.parametrize(("key", "value"), [("dim", "abc"), ("dim", "0"), ("dim", "-64"), ("dim", "1000000000"),
+                                            ("generation", "x"), ("schema_version", "abc"),
+                                            ("schema_version", "0")])
+def test_a_damaged_meta_value_is_one_error_line_naming_it(copied, key, value):
+    sql(copied, "UPDATE meta SET value = ? WHERE key = ?", value, key)
+    line = one_error_line(cli("info", "--library", copied))
+    assert "damaged" in line and repr(key) in line and repr(value) in line
+
+
+def vector_damage(folder: Path, damage: str) -> None:
+    for path in folder.glob("index.*.faiss"):
+        path.unlink()
+    if damage == "every vector 40 bytes":
+        sql(folder, "UPDATE images SET vector = zeroblob(40)")
+        return
+    statement = {"6 bytes": "zeroblob(6)", "text": "'not a vector'", "200 MB": "zeroblob(200000000)",
+                 "NULL": "NULL"}[damage]
+    if damage == "NULL":  # the column is NOT NULL: a hostile file declares it otherwise
+        with sqlite3.connect(folder / "clipdex.db") as conn:
+            conn.execute("PRAGMA writable_schema = ON")
+            conn.execute("UPDATE sqlite_master SET sql = replace(sql, 'vector BLOB NOT NULL', 'vector BLOB') "
+                         "WHERE name = 'images'")
+        conn.close()
+    sql(folder, f"UPDATE images SET vector = {statement} WHERE id = (SELECT min(id) + 3 FROM images)")
+
+
+@pytest.mark.parametrize("damage", ["6 bytes", "NULL", "text", "every vector 40 bytes", "200 MB"])
+def test_a_damaged_vector_names_the_picture(copied, damage):
+    vector_damage(copied, damage)
+    lib = Library.open(copied)
+    with pytest.raises(LibraryError, match=r"damaged vector for picture \d+ \(/"):
+        lib.index()
+    lib.close()
+    line = one_error_line(cli("search", "a red circle", "--library", copied))
+    assert "damaged vector for picture" in line
+
+
+def test_the_server_answers_503_for_a_damaged_library(copied):
+    from clipdex.web import create_app
+
+    vector_damage(copied, "6 bytes")
+    app = create_app({"LIBRARY": copied, "TESTING": True})  # warming up must not raise
+    problem = app.extensions["clipdex"].warm_up()
+    assert isinstance(problem, LibraryError) and "damaged vector" in str(problem)
+    answer = app.test_client().get("/api/search?q=a+red+circle")
+    assert answer.status_code == 503 and "damaged vector for picture" in answer.get_json()["message"]
+    sql(copied, "UPDATE meta SET value = 'abc' WHERE key = 'dim'")
+    answer = app.test_client().get("/api/info")
+    assert answer.status_code == 503 and "'dim'" in answer.get_json()["message"]

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import func, select, text
+from sqlalchemy import and_, case, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -34,6 +34,10 @@ from clipdex.vectorindex import INDEX_TYPE, IdsChecksum, VectorIndex, index_file
 
 DB_NAME = "clipdex.db"
 LOCK_NAME = ".write.lock"
+#: Larger than any CLIP embedding; a ``dim`` beyond it is damage, not a model.
+MAX_DIM = 1 << 16
+MAX_GENERATION = 1 << 62
+
 
 
 def _refuse_file(path: Path) -> None:
@@ -226,13 +230,16 @@ class Library:
 
     @property
     def generation(self) -> int:
-        return int(self.get_meta("generation", "0"))
+        value = self.get_meta("generation", "0")
+        return storage.meta_number(self.path / DB_NAME, "generation", value, 0, MAX_GENERATION)
 
     @staticmethod
     def bump_generation(session: Session) -> None:
         """Mark the stored vectors as changed (call inside the transaction that changes them)."""
         row = session.get(Meta, "generation")
-        Library.set_meta(session, "generation", str(int(row.value) + 1 if row else 1))
+        db = Path(session.get_bind().url.database or DB_NAME)
+        current = storage.meta_number(db, "generation", row.value, 0, MAX_GENERATION) if row else 0
+        Library.set_meta(session, "generation", str(current + 1))
 
     @property
     def model_spec(self) -> ModelSpec | None:
@@ -242,7 +249,7 @@ class Library:
     @property
     def dim(self) -> int | None:
         dim = self.get_meta("dim")
-        return int(dim) if dim else None
+        return storage.meta_number(self.path / DB_NAME, "dim", dim, 1, MAX_DIM) if dim else None
 
     def bind_model(self, session: Session, spec: ModelSpec, dim: int) -> None:
         """Record which model builds this library (first index, or ``--rebuild`` with a new model)."""
@@ -272,17 +279,30 @@ class Library:
 
     # -- vectors ----------------------------------------------------------------
     def load_vectors(self, ids: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(ids, vectors)`` from SQLite, all or the given ids."""
+        """``(ids, vectors)`` from SQLite, all or the given ids.
+
+        A vector that is not ``dim`` floats (NULL, truncated, another model's, huge) is damage:
+        :class:`storage.DamagedLibrary` naming the picture. SQLite checks the length, so a
+        damaged blob is never read into memory.
+        """
         dim = self.dim or 0
-        stmt = select(ImageRow.id, ImageRow.vector).order_by(ImageRow.id)
+        sound = and_(func.typeof(ImageRow.vector) == "blob", func.length(ImageRow.vector) == dim * 4)
+        stmt = select(ImageRow.id, case((sound, ImageRow.vector), else_=None)).order_by(ImageRow.id)
         if ids is not None:
             stmt = stmt.where(ImageRow.id.in_(ids))
         with self.engine.connect() as conn:
             rows = conn.execute(stmt).all()
         if not rows:
             return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+        bad = next((r[0] for r in rows if r[1] is None), None)
+        if bad is not None:
+            with self.engine.connect() as conn:
+                path = conn.execute(select(ImageRow.path).where(ImageRow.id == bad)).scalar()
+            raise storage.DamagedLibrary(storage.damaged_message(
+                self.path / DB_NAME, f"damaged vector for picture {bad} ({path!s:.300}); index that picture "
+                "again, or rebuild the library, to replace it"))
         out_ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-        vectors = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), -1)
+        vectors = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), dim)
         return out_ids, vectors
 
     def index(self) -> VectorIndex:
@@ -321,7 +341,8 @@ class Library:
                 "SELECT (SELECT value FROM meta WHERE key = 'generation'), count(*), coalesce(sum(id), 0), "
                 "coalesce(sum((id * 2654435761) % 4294967296), 0) FROM images"
             )).one()
-        return int(row[0] or 0), IdsChecksum(int(row[1]), int(row[2]), int(row[3]))
+        generation = storage.meta_number(self.path / DB_NAME, "generation", row[0], 0, MAX_GENERATION) if row[0] else 0
+        return generation, IdsChecksum(int(row[1]), int(row[2]), int(row[3]))
 
     def _save_if_unlocked(self, index: VectorIndex, generation: int) -> None:
         try:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 
 from clipdex.errors import LibraryError
 from clipdex.library.schema import Base
+from clipdex.library.storage import DamagedLibrary, damaged_message
 
 Step = Callable[[Connection], None]
 
@@ -88,7 +90,17 @@ def stored_version(conn: Connection) -> int | None:
     if not inspect(conn).has_table("meta"):
         return None
     value = conn.execute(text("SELECT value FROM meta WHERE key = 'schema_version'")).scalar()
-    return int(value) if value is not None else 1  # 0.1.0 wrote it only once a model was bound
+    if value is None:
+        return 1  # 0.1.0 wrote it only once a model was bound
+    try:
+        version = int(str(value).strip())
+    except ValueError:
+        version = 0
+    if version < 1:
+        db = Path(conn.engine.url.database or "clipdex.db")
+        raise DamagedLibrary(damaged_message(db, f"its 'schema_version' setting is {str(value)[:40]!r}, "
+                                                 "not a version number"))
+    return version
 
 
 def _set_version(conn: Connection, version: int) -> None:

@@ -37,6 +37,19 @@ def damaged_message(db: Path, what: str) -> str:
             "or move it away and index again")
 
 
+def meta_number(db: Path, key: str, value: object, low: int, high: int) -> int:
+    """``meta.<key>`` as a whole number in ``[low, high]``; :class:`DamagedLibrary` naming the key if not."""
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        number = None
+    if number is None or not low <= number <= high:
+        shown = str(value)[:40]
+        raise DamagedLibrary(damaged_message(
+            db, f"its {key!r} setting is {shown!r}, not a whole number from {low} to {high}")) from None
+    return number
+
+
 def read_only_message(folder: Path) -> str:
     return f"library at {folder} is read-only: it can be searched here but not changed"
 

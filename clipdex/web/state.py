@@ -66,4 +66,6 @@ class WebState:
             self.library().index()
         except ClipdexError as exc:
             return exc
+        except Exception as exc:  # noqa: BLE001 - a damaged library must not stop the server starting
+            return LibraryError(f"library at {self.library_path} cannot be used: {exc}")
         return None
