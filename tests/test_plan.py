@@ -23,7 +23,8 @@ def test_new_changed_unchanged_and_removed():
     found = scan_of(["/pics"], {"/pics/a.jpg": (10, 1.0), "/pics/b.jpg": (20, 2.0), "/pics/new.jpg": (30, 3.0)})
     known = [KnownRow(1, "/pics/a.jpg", 10, 1.0, "ha"), KnownRow(2, "/pics/b.jpg", 20, 9.0, "hb"),
              KnownRow(3, "/pics/gone.jpg", 40, 4.0, "hg"), KnownRow(4, "/elsewhere/x.jpg", 50, 5.0, "hx")]
-    plan = make_plan(found, known, {}, hash_fn=no_reads)  # nothing vanished of size 30: no file is read
+    # only b.jpg (same size, new mtime) is read, to tell an edit from a touch; nothing vanished is of size 30
+    plan = make_plan(found, known, {}, hash_fn={"/pics/b.jpg": "hb-edited"}.__getitem__)
     assert plan.todo == ["/pics/b.jpg", "/pics/new.jpg"]
     assert plan.changed_ids == {"/pics/b.jpg": 2}
     assert plan.unchanged_ids == [1]
@@ -53,7 +54,7 @@ def test_a_moved_file_keeps_its_id_only_with_the_same_size_and_hash():
 def test_a_changed_file_is_never_taken_for_a_move():
     found = scan_of(["/pics"], {"/pics/a.jpg": (40, 2.0)})
     known = [KnownRow(1, "/pics/a.jpg", 40, 1.0, "h1"), KnownRow(2, "/pics/b.jpg", 40, 1.0, "h1")]
-    plan = make_plan(found, known, {}, hash_fn=no_reads)
+    plan = make_plan(found, known, {}, hash_fn={"/pics/a.jpg": "h-new"}.__getitem__)
     assert (plan.todo, plan.changed_ids, plan.moves, plan.removed_ids) == (["/pics/a.jpg"], {"/pics/a.jpg": 1}, [], [2])
 
 
@@ -78,3 +79,38 @@ def test_rebuild_survey_resumes_and_sorts_out_what_is_gone(tmp_path):
     assert where[str(pics / "changed.jpg")] == (3, *facts["changed.jpg"])
     assert unusable == [Unusable(4, None), Unusable(5, "file not found when the library was rebuilt")]
     assert done == [1, 6]
+
+
+def test_a_touched_file_with_the_same_bytes_is_unchanged_not_reencoded():
+    found = scan_of(["/pics"], {"/pics/a.jpg": (40, 2.0), "/pics/b.jpg": (41, 2.0), "/pics/c.jpg": (40, 2.0)})
+    known = [KnownRow(1, "/pics/a.jpg", 40, 1.0, "ha"), KnownRow(2, "/pics/b.jpg", 40, 1.0, "hb"),
+             KnownRow(3, "/pics/c.jpg", 40, 1.0, "hc")]
+    read: list[str] = []
+
+    def hash_fn(path: str) -> str:
+        read.append(path)
+        return {"/pics/a.jpg": "ha", "/pics/c.jpg": "h-edited"}[path]
+
+    plan = make_plan(found, known, {}, hash_fn=hash_fn)
+    assert plan.touched == [(1, "/pics/a.jpg")] and 1 in plan.unchanged_ids
+    assert plan.todo == ["/pics/b.jpg", "/pics/c.jpg"] and plan.changed_ids == {"/pics/b.jpg": 2, "/pics/c.jpg": 3}
+    assert sorted(read) == ["/pics/a.jpg", "/pics/c.jpg"]  # a new size is a change without reading the file
+
+
+def test_an_empty_root_keeps_its_pictures_unless_pruned():
+    found = Scan(["/mnt/drive", "/pics"], {"/pics/a.jpg": FileFacts(10, 1.0)})
+    known = [KnownRow(1, "/pics/a.jpg", 10, 1.0, "ha"), KnownRow(2, "/pics/gone.jpg", 20, 1.0, "hg"),
+             KnownRow(3, "/mnt/drive/x.jpg", 30, 1.0, "hx"), KnownRow(4, "/mnt/drive/sub/y.jpg", 30, 1.0, "hy")]
+    plan = make_plan(found, known, {}, hash_fn=no_reads)
+    assert plan.kept_empty == {"/mnt/drive": 2}
+    assert plan.removed_ids == [2]  # a root that still has pictures loses its vanished ones as before
+    pruned = make_plan(found, known, {}, hash_fn=no_reads, prune_empty=True)
+    assert pruned.kept_empty == {} and sorted(pruned.removed_ids) == [2, 3, 4]
+
+
+def test_pictures_of_an_empty_root_found_elsewhere_are_moves_not_kept():
+    found = Scan(["/old", "/new"], {"/new/x.jpg": FileFacts(30, 2.0)})
+    known = [KnownRow(3, "/old/x.jpg", 30, 1.0, "hx"), KnownRow(4, "/old/y.jpg", 31, 1.0, "hy")]
+    plan = make_plan(found, known, {}, hash_fn={"/new/x.jpg": "hx"}.__getitem__)
+    assert plan.moves == [(3, "/new/x.jpg")]
+    assert plan.kept_empty == {"/old": 1} and plan.removed_ids == []

@@ -21,15 +21,20 @@ from clipdex.cli.common import fail_cleanly, json_option, library_option, librar
 @click.option("--workers", default=None, type=click.IntRange(1, 256), help="Decoder processes [default: CPU count].")
 @click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(0.1),
               help="Seconds one file may take to decode before it is skipped.")
+@click.option("--prune-empty", is_flag=True,
+              help="A PATH that holds no picture at all (say, the mount point of an unmounted drive) normally keeps "
+              "the pictures indexed from it; with this flag they are removed from the library, tags included.")
 @click.option("--device", default=None, help="torch device (cuda, cpu, ...) [default: cuda if present].")
 @json_option
 @fail_cleanly
 def index(paths: tuple[Path, ...], library: Path | None, model: str | None, rebuild: bool, batch_size: int,
-          workers: int | None, timeout: float, device: str | None, as_json: bool) -> None:
+          workers: int | None, timeout: float, prune_empty: bool, device: str | None, as_json: bool) -> None:
     """Index the pictures under PATHS (folders or files).
 
     Only new and changed files are encoded; deleted ones are dropped and moved ones keep
-    their vector. Unreadable files are skipped and listed by `clipdex skipped`. When stderr
+    their vector; a file only touched (same bytes, new mtime) keeps its tags. A PATH now holding
+    no picture at all keeps what was indexed from it, with a warning (exit 0): see --prune-empty.
+    Unreadable files are skipped and listed by `clipdex skipped`. When stderr
     is a terminal, progress lines and a bar show there as the run goes (with --json too:
     stdout holds only the JSON).
     """
@@ -41,7 +46,9 @@ def index(paths: tuple[Path, ...], library: Path | None, model: str | None, rebu
     lib = Library.create(library_path(library, demo_fallback=False))
     indexer = Indexer(lib, model, batch_size=batch_size, workers=workers, timeout=timeout, device=device,
                       progress=interactive, say=say)
-    stats = indexer.run([str(p) for p in paths], rebuild=rebuild)
+    stats = indexer.run([str(p) for p in paths], rebuild=rebuild, prune_empty=prune_empty)
+    for warning in stats.warnings():
+        click.echo(f"Warning: {warning}; to remove them, index it again with --prune-empty", err=True)
     if as_json:
         print_json(stats.as_dict())
         return

@@ -8,7 +8,7 @@ move detection reads files (their content hash), through ``hash_fn``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from clipdex.decodepool import hash_file
 from clipdex.indexer.scan import Scan
@@ -21,9 +21,11 @@ class Plan:
 
     todo: list[str]                   # new and changed files to decode and encode
     changed_ids: dict[str, int]       # path -> id of the row a changed file replaces
-    unchanged_ids: list[int]          # rows whose file has the same size and mtime
+    unchanged_ids: list[int]          # rows whose file has the same size and mtime (or only a new mtime)
     moves: list[tuple[int, str]]      # (id, new path): a vanished picture found elsewhere
     removed_ids: list[int]            # rows whose file is gone
+    touched: list[tuple[int, str]] = field(default_factory=list)  # (id, path): new mtime, same bytes
+    kept_empty: dict[str, int] = field(default_factory=dict)      # empty root -> pictures kept under it
 
     @property
     def new(self) -> int:
@@ -46,18 +48,24 @@ def make_plan(
     skipped: dict[str, tuple[int, float]],
     *,
     hash_fn: Callable[[str], str] = hash_file,
+    prune_empty: bool = False,
 ) -> Plan:
     """Plan a run from a scan and the library's rows and skips (only those under ``found.roots`` count).
 
     A file in ``skipped`` is not retried while its size and mtime are the ones recorded
     there. A new file with the size and content hash of a vanished row is that picture,
-    moved: it keeps its id and vector.
+    moved: it keeps its id and vector. A file whose mtime changed but whose size and
+    content hash did not (touched, restored from a backup) is ``touched``: it keeps its
+    row, vector and tags. A root holding no picture file at all while the library holds
+    pictures under it (an unmounted drive's mount point) loses none of them unless
+    ``prune_empty``: they are counted in ``kept_empty`` instead of removed.
     """
     rows = [r for r in known if found.covers(r.path)]
     by_path = {r.path: r for r in rows}
     todo: list[str] = []
     changed: dict[str, int] = {}
     unchanged: list[int] = []
+    touched: list[tuple[int, str]] = []
     for path, facts in found.files.items():
         row = by_path.get(path)
         if row is None:
@@ -65,6 +73,10 @@ def make_plan(
                 continue  # still the same bad file: don't retry it every run
             todo.append(path)
         elif row.size != facts.size or row.mtime != facts.mtime:
+            if row.size == facts.size and same_content(path, row.content_hash, hash_fn):
+                unchanged.append(row.id)
+                touched.append((row.id, path))
+                continue
             todo.append(path)
             changed[path] = row.id
         else:
@@ -73,7 +85,26 @@ def make_plan(
     moves = find_moves(todo, changed, found, vanished, hash_fn)
     moved_paths = {path for _, path in moves}
     todo = [p for p in todo if p not in moved_paths]
-    return Plan(todo, changed, unchanged, moves, list(vanished))
+    kept_empty: dict[str, int] = {}
+    if not prune_empty:
+        for root in found.roots:
+            under = Scan([root])
+            if any(under.covers(p) for p in found.files):
+                continue
+            kept = [i for i, r in vanished.items() if under.covers(r.path)]
+            if kept:
+                kept_empty[root] = len(kept)
+                for i in kept:
+                    del vanished[i]
+    return Plan(todo, changed, unchanged, moves, list(vanished), touched, kept_empty)
+
+
+def same_content(path: str, content_hash: str, hash_fn: Callable[[str], str]) -> bool:
+    """True when the file at ``path`` still holds the content hashed as ``content_hash``."""
+    try:
+        return hash_fn(path) == content_hash
+    except OSError:
+        return False
 
 
 def find_moves(

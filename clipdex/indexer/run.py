@@ -51,6 +51,7 @@ class IndexStats:
     images_per_second: float = 0.0
     rebuilt: bool = False  # a rebuild switched the library to the new vectors
     empty_roots: list[str] = field(default_factory=list)
+    kept_empty: dict[str, int] = field(default_factory=dict)  # empty root -> indexed pictures kept under it
     skipped_files: dict[str, str] = field(default_factory=dict)
     processed: int = field(default=0, repr=False)
 
@@ -64,7 +65,12 @@ class IndexStats:
 
     def notes(self) -> list[str]:
         """Lines worth a look besides the counts (folders holding no pictures)."""
-        return [f"no pictures found in {root}" for root in self.empty_roots]
+        return [f"no pictures found in {root}" for root in self.empty_roots if root not in self.kept_empty]
+
+    def warnings(self) -> list[str]:
+        """Empty folders whose indexed pictures were kept, not removed (see ``Indexer.run``)."""
+        return [f"{root} holds no pictures now; kept its {n} indexed pictures (is a drive unmounted?)"
+                for root, n in self.kept_empty.items()]
 
     def as_dict(self) -> dict:
         data = asdict(self)
@@ -104,14 +110,20 @@ class Indexer:
         self.say = say or (lambda _line: None)
         self._announced: Encoder | None = None
 
-    def run(self, paths: list[str], rebuild: bool = False) -> IndexStats:
+    prune_empty = False
+
+    def run(self, paths: list[str], rebuild: bool = False, prune_empty: bool = False) -> IndexStats:
         """Index ``paths`` (folders or files); returns what was done.
+
+        A path holding no picture at all keeps the pictures indexed under it (see
+        ``IndexStats.kept_empty``) unless ``prune_empty``: an unmounted drive is not a deletion.
 
         A run that fails on a library it created leaves no library behind; one stopped by a
         full disk says how many pictures it committed (a new run continues from there).
         """
         start = time.monotonic()
         stats = IndexStats()
+        self.prune_empty = prune_empty
         try:
             with self.lib.write_lock():
                 try:
@@ -173,11 +185,12 @@ class Indexer:
         skipped = writes.skipped_facts(self.lib, found.covers)
         if fresh_skips is not None:
             skipped = {path: facts for path, facts in skipped.items() if path in fresh_skips}
-        plan = make_plan(found, writes.known_rows(self.lib, found.covers), skipped)
+        plan = make_plan(found, writes.known_rows(self.lib, found.covers), skipped, prune_empty=self.prune_empty)
         self.say(plan.describe())
         stats.unchanged = len(set(plan.unchanged_ids).difference(fresh))
         stats.moved = len(plan.moves)
         stats.empty_roots = [r for r in roots if not any(Scan([r]).covers(p) for p in found.files)]
+        stats.kept_empty = plan.kept_empty
         pool = None
         if plan.todo:  # workers start while the model loads
             pool = DecodePool(self.workers, self.timeout, decode_fn=self.decode_fn).start(len(plan.todo))
@@ -189,7 +202,7 @@ class Indexer:
                         self.lib.bind_model(s, encoder.spec, encoder.dim)
                         s.commit()
             index = self.lib.index() if self.lib.dim is not None else None
-            moves = [(i, p, found.files[p].size, found.files[p].mtime) for i, p in plan.moves]
+            moves = [(i, p, found.files[p].size, found.files[p].mtime) for i, p in plan.moves + plan.touched]
             writes.apply_moves_and_removals(self.lib, moves, plan.removed_ids)
             if index is not None:
                 index.remove(plan.removed_ids)

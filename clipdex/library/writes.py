@@ -127,8 +127,8 @@ def store_batch(lib: Library, pictures: list[Picture], failures: list[Failure], 
     """Commit one batch in a single transaction; returns the ids of ``pictures``, in order.
 
     A picture with an ``image_id`` replaces that row (same id; its tags, which described the
-    old content, go); others get new rows. Stored pictures leave the skip list, failures
-    join it, and ``forget_ids`` (changed files that now fail) are deleted.
+    old content, go unless the content hash is unchanged); others get new rows. Stored
+    pictures leave the skip list, failures join it, and ``forget_ids`` (changed files that now fail) are deleted.
     """
     now = utcnow()
     rows: list[ImageRow] = []
@@ -138,7 +138,7 @@ def store_batch(lib: Library, pictures: list[Picture], failures: list[Failure], 
             if row is None:
                 row = ImageRow(path=p.path)
                 s.add(row)
-            else:
+            elif row.content_hash != p.content_hash:  # same bytes (a touched file): its tags still hold
                 s.execute(delete(TagRow).where(TagRow.image_id == row.id))
             row.size, row.mtime, row.content_hash = p.size, p.mtime, p.content_hash
             row.width, row.height, row.captured_at = p.width, p.height, p.captured_at

@@ -1,0 +1,63 @@
+"""Findings of a new-user review, each replayed through the real CLI on real files and libraries."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from sqlalchemy import select
+
+from clipdex.library import Library
+from clipdex.library.schema import ImageRow
+from clipdex.synthetic import write_collection
+from tests.conftest import invoke
+
+
+def tagged_library(tmp_path: Path, folder: str) -> tuple[Path, str, list[Path]]:
+    pics = tmp_path / folder
+    files = sorted(write_collection(pics, per_class=1, seed=3))[:6]
+    for extra in set(pics.rglob("*.jpg")) - set(files):
+        extra.unlink()
+    lib = str(tmp_path / "lib")
+    first = invoke("index", str(pics), "--library", lib, "--model", "tiny", "--workers", "1", "--json")
+    assert json.loads(first.stdout)["indexed"] == 6, first.output
+    assert invoke("tag", "--labels", "red,blue", "--library", lib).exit_code == 0
+    return pics, lib, files
+
+
+def counts(lib: str) -> tuple[int, int]:
+    info = json.loads(invoke("info", "--library", lib, "--json").stdout)
+    tags = json.loads(invoke("tags", "export", "--format", "json", "--library", lib).stdout)
+    return info["images"], len(tags)
+
+
+def test_an_empty_folder_keeps_its_pictures_and_tags_until_pruned(tmp_path):
+    pics, lib, _ = tagged_library(tmp_path, "em")
+    before = counts(lib)
+    pics.rename(tmp_path / "em.bak")
+    pics.mkdir()  # the mount point of an unmounted drive
+    out = invoke("index", str(pics), "--library", lib)
+    assert out.exit_code == 0
+    assert out.stderr == (f"Warning: {pics} holds no pictures now; kept its 6 indexed pictures (is a drive "
+                          "unmounted?); to remove them, index it again with --prune-empty\n")
+    assert "removed 0" in out.stdout and "no pictures found" not in out.stdout
+    assert counts(lib) == before
+    as_json = json.loads(invoke("index", str(pics), "--library", lib, "--json").stdout)
+    assert as_json["kept_empty"] == {str(pics): 6} and as_json["removed"] == 0
+    pruned = json.loads(invoke("index", str(pics), "--library", lib, "--prune-empty", "--json").stdout)
+    assert pruned["removed"] == 6 and pruned["kept_empty"] == {}
+    assert counts(lib) == (0, 0)
+
+
+def test_a_touched_file_keeps_its_tags_and_is_not_reindexed(tmp_path):
+    pics, lib, files = tagged_library(tmp_path, "t2")
+    before = counts(lib)
+    st = files[0].stat()
+    os.utime(files[0], (st.st_atime, st.st_mtime + 100))  # touch, or a restore without times
+    out = json.loads(invoke("index", str(pics), "--library", lib, "--json").stdout)
+    assert (out["indexed"], out["unchanged"], out["encoded"]) == (0, 6, 0)
+    assert counts(lib) == before
+    with Library.open(lib).session() as s:
+        mtime = s.scalar(select(ImageRow.mtime).where(ImageRow.path == str(files[0])))
+    assert mtime == files[0].stat().st_mtime  # the new mtime is recorded: the next run reads nothing
