@@ -136,3 +136,51 @@ def test_cross_site_requests_to_the_api_are_refused(site, site_header):
         headers = {"Sec-Fetch-Site": own} if own else {}
         assert client.get(f"/api/images/{ids['plain.jpg']}/thumbnail", headers=headers).status_code == 200
     assert client.get("/", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200  # a link to the page
+
+
+@pytest.mark.parametrize("kind", ["file", "thumbnail", "preview"])
+def test_names_with_control_characters_are_served(site, kind):
+    """Was: 500, werkzeug refuses a newline in Content-Disposition."""
+    _, _, ids, _, client = site
+    for name, shown in (("line\nbreak.jpg", "line_break"), ("tab\there\r.png", "tab_here_")):
+        r = client.get(f"/api/images/{ids[name]}/{kind}")
+        assert r.status_code == 200, r.get_data(as_text=True)[:200]
+        disposition = r.headers["Content-Disposition"]
+        assert shown in disposition and not any(c in disposition for c in "\n\r\t")
+
+
+def test_a_file_rewritten_with_its_size_and_mtime_kept_gets_a_new_etag_and_rendition(site):
+    """Was: the ETag and the cached thumbnail followed the database, not the file: the old ones stayed."""
+    _, pics, ids, _, client = site
+    image_id, path = ids["rewritten.bmp"], pics / "rewritten.bmp"
+    before = {kind: client.get(f"/api/images/{image_id}/{kind}") for kind in ("thumbnail", "file")}
+    st = path.stat()
+    draw(Sample("green", "square")).save(path)  # a BMP of the same size: same length, other bytes
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    for kind, old in before.items():
+        r = client.get(f"/api/images/{image_id}/{kind}", headers={"If-None-Match": old.headers["ETag"]})
+        assert r.status_code == 200 and r.headers["ETag"] != old.headers["ETag"] and r.data != old.data, kind
+
+
+@pytest.mark.parametrize("root", ["/", "", "pics", "/.."])
+def test_pictures_are_never_served_from_a_root_that_is_relative_or_the_filesystem(site, root, monkeypatch):
+    """Was: a root of '/' or '' (relative: the server's cwd) in the database made any picture servable."""
+    from clipdex.library.schema import RootRow
+
+    lib, pics, ids, _, client = site
+    monkeypatch.chdir(pics.parent)  # where "pics" would resolve to the real folder
+    with lib.session() as s:
+        saved = [r.path for r in s.query(RootRow)]
+        s.query(RootRow).delete()
+        s.add(RootRow(path=root))
+        s.commit()
+    try:
+        body = assert_json_error(client.get(f"/api/images/{ids['plain.jpg']}/file"), 404)
+        assert body["message"] == f"picture {ids['plain.jpg']} is not inside an indexed folder"
+    finally:
+        with lib.session() as s:
+            s.query(RootRow).delete()
+            s.add_all(RootRow(path=p) for p in saved)
+            s.commit()
+    assert client.get(f"/api/images/{ids['plain.jpg']}/file").status_code == 200

@@ -172,7 +172,7 @@ def rendered(image_id: int, kind: str):
     lib = state().library()
     row = image_row(lib, image_id)
     path, version = media.rendition(lib, row, kind, uploads())
-    name = f"{os.path.splitext(os.path.basename(row.path))[0]}-{kind}.jpg"
+    name = media.safe_name(f"{os.path.splitext(os.path.basename(row.path))[0]}-{kind}.jpg")
     response = send_file(path, mimetype="image/jpeg", download_name=name, etag=f"{kind[0]}{version}",
                          max_age=CACHE_SECONDS, conditional=True)
     response.cache_control.public = False  # someone's own pictures: no shared cache keeps them

@@ -15,6 +15,7 @@ import hashlib
 import os
 import stat
 import threading
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,7 @@ class Source:
     file: BinaryIO
     size: int
     mtime: float
-    version: str  # changes whenever the content may have: hash, size and mtime together
+    version: str  # changes whenever the content may have: see version_of
 
     def close(self) -> None:
         self.file.close()
@@ -54,15 +55,25 @@ class Source:
 
 def _inside(real: str, roots: list[str]) -> bool:
     for root in roots:
+        if not root or not os.path.isabs(root):  # a relative root would depend on the server's cwd
+            continue
         root_real = os.path.realpath(root)
+        if root_real == os.path.realpath(os.sep):  # the whole filesystem is no picture folder
+            continue
         if real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep):
             return True
     return False
 
 
-def version_of(row: Picture, size: int, mtime: float) -> str:
-    """A short key for this content: part of rendition file names and of ETags."""
-    return hashlib.sha256(f"{row.content_hash}:{size}:{mtime!r}".encode()).hexdigest()[:20]
+def version_of(row: Picture, st: os.stat_result) -> str:
+    """A short key for this content: part of rendition file names and of ETags.
+
+    Besides the indexed hash, it takes the file as opened now: size, mtime, and the inode
+    and ctime, which no one can set back (rewriting a file with other bytes of the same
+    size and resetting its mtime changes its ctime).
+    """
+    key = f"{row.content_hash}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_dev}:{st.st_ino}"
+    return hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
 def open_source(lib: Library, row: Picture) -> Source:
@@ -102,7 +113,7 @@ def open_source(lib: Library, row: Picture) -> Source:
     except BaseException:
         fh.close()
         raise
-    return Source(fh, st.st_size, st.st_mtime, version_of(row, st.st_size, st.st_mtime))
+    return Source(fh, st.st_size, st.st_mtime, version_of(row, st))
 
 
 def original(lib: Library, row: Picture) -> tuple[Source, str]:
@@ -115,9 +126,14 @@ def original(lib: Library, row: Picture) -> tuple[Source, str]:
     return source, mimetype
 
 
+def safe_name(name: str) -> str:
+    """``name`` with control characters (newlines, tabs, ...) replaced by ``_``: they cannot go in a header."""
+    return "".join("_" if unicodedata.category(c) in ("Cc", "Cs") or c in "\u2028\u2029" else c for c in name)
+
+
 def download_name(row: Picture, mimetype: str) -> str:
     """The file name offered for an original: its own, with a fitting extension if it has none."""
-    name = os.path.basename(row.path)
+    name = safe_name(os.path.basename(row.path))
     if is_image_path(name):
         return name
     return f"{name}.{mimetype.split('/')[1]}"
