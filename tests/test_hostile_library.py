@@ -157,3 +157,35 @@ def test_the_server_answers_503_for_a_damaged_library(copied):
     sql(copied, "UPDATE meta SET value = 'abc' WHERE key = 'dim'")
     answer = app.test_client().get("/api/info")
     assert answer.status_code == 503 and "'dim'" in answer.get_json()["message"]
+
+
+# -- rows the catalog cannot read: 503 naming the picture, never a 500 ---------------------------------------
+@pytest.fixture()
+def hostile_client(copied):
+    from clipdex.web import create_app
+
+    app = create_app({"LIBRARY": copied, "TESTING": True})
+    return app.test_client()
+
+
+@pytest.mark.parametrize(("column", "value"), [
+    ("captured_at", "not a date"), ("captured_at", "99999-01-01 00:00:00"), ("path", None), ("path", b"\x00blob"),
+    ("width", "wide"), ("size", "big"), ("mtime", "late"), ("indexed_at", None)])
+def test_a_row_that_cannot_be_read_is_a_503_naming_the_picture(copied, hostile_client, column, value):
+    with sqlite3.connect(copied / "clipdex.db") as conn:
+        target = conn.execute("SELECT min(id) FROM images").fetchone()[0]
+        conn.execute("PRAGMA writable_schema = ON")  # path and indexed_at are NOT NULL: a hostile file says otherwise
+        conn.execute("UPDATE sqlite_master SET sql = replace(replace(sql, 'path VARCHAR NOT NULL', 'path VARCHAR'), "
+                     "'indexed_at DATETIME NOT NULL', 'indexed_at DATETIME') WHERE name = 'images'")
+    conn.close()
+    with sqlite3.connect(copied / "clipdex.db") as conn:
+        conn.execute(f"UPDATE images SET {column} = ? WHERE id = ?", (value, target))
+    conn.close()
+    answer = hostile_client.get(f"/api/images/{target}")
+    assert answer.status_code == 503, answer.get_json()
+    assert f"picture {target} is damaged in the database" in answer.get_json()["message"]
+    if column == "captured_at":  # every picture's: a search result, and the capture-date span, show it
+        sql(copied, "UPDATE images SET captured_at = ?", value)
+        for query in ("q=a+red+circle", "q=a+red+circle&from=1990-01-01&to=1990-01-02"):
+            answer = hostile_client.get(f"/api/search?{query}")
+            assert answer.status_code == 503 and "is damaged in the database" in answer.get_json()["message"]

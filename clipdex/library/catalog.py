@@ -9,12 +9,13 @@ from __future__ import annotations
 import datetime as dt
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import String, func, select, type_coerce
 
 from clipdex.library.schema import ImageRow, TagRow
+from clipdex.library.storage import DamagedLibrary
 
 if TYPE_CHECKING:  # pragma: no cover
     from clipdex.library import Library
@@ -35,19 +36,63 @@ class Picture:
     indexed_at: dt.datetime
 
 
+class HitRow(NamedTuple):
+    """What a search result shows of a picture."""
+
+    id: int
+    path: str
+    width: int
+    height: int
+    captured_at: dt.datetime | None
+
+
 #: Row ids are SQLite INTEGERs; a larger number cannot be an id (and SQLite refuses to bind it).
 MAX_ID = 2**63 - 1
 
+# Dates are read as the text SQLite holds and parsed here, so a damaged one names its picture
+# instead of failing inside SQLAlchemy's result processing.
+_CAPTURED = type_coerce(ImageRow.captured_at, String)
+_INDEXED = type_coerce(ImageRow.indexed_at, String)
+
+
+def _damaged(image_id: object, what: str) -> DamagedLibrary:
+    return DamagedLibrary(f"picture {image_id} is damaged in the database ({what:.200}); index it again")
+
+
+def _date(image_id: int, column: str, value: object, optional: bool = True) -> dt.datetime | None:
+    if value is None and optional:
+        return None
+    try:
+        return dt.datetime.fromisoformat(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise _damaged(image_id, f"its {column} is {value!r}, not a date") from None
+
+
+def _check(image_id: int, **columns: tuple[object, type | tuple[type, ...]]) -> None:
+    """Each value is of its type (one isinstance per column: no real cost on large answers)."""
+    for column, (value, kind) in columns.items():
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise _damaged(image_id, f"its {column} is {value!r:.60}")
+
 
 def picture(lib: Library, image_id: int) -> Picture | None:
-    """One picture's facts, or None when the id is unknown (or cannot be an id)."""
+    """One picture's facts, or None when the id is unknown (or cannot be an id).
+
+    A row whose values cannot be what clipdex stored is :class:`DamagedLibrary` naming the picture.
+    """
     if not 0 <= image_id <= MAX_ID:
         return None
     with lib.session() as s:
         row = s.execute(select(ImageRow.id, ImageRow.path, ImageRow.size, ImageRow.mtime, ImageRow.content_hash,
-                               ImageRow.width, ImageRow.height, ImageRow.captured_at, ImageRow.indexed_at)
+                               ImageRow.width, ImageRow.height, _CAPTURED, _INDEXED)
                         .where(ImageRow.id == image_id)).first()
-    return Picture(*row) if row else None
+    if row is None:
+        return None
+    i, path, size, mtime, content_hash, width, height, captured, indexed = row
+    _check(i, path=(path, str), size=(size, int), mtime=(mtime, (int, float)), content_hash=(content_hash, str),
+           width=(width, int), height=(height, int))
+    return Picture(i, path, size, float(mtime), content_hash, width, height,
+                   _date(i, "capture date", captured), _date(i, "indexing date", indexed, optional=False))
 
 
 def picture_tags(lib: Library, image_id: int) -> list[dict]:
@@ -98,13 +143,16 @@ def allowed_ids(
         return np.fromiter(s.scalars(stmt), dtype=np.int64)
 
 
-def hit_rows(lib: Library, ids: list[int]) -> dict[int, ImageRow]:
-    """id -> row (path, width, height, captured_at) for search results."""
+def hit_rows(lib: Library, ids: list[int]) -> dict[int, HitRow]:
+    """id -> :class:`HitRow` for search results; a damaged row is :class:`DamagedLibrary` naming it."""
     with lib.session() as s:
-        return {r.id: r for r in s.execute(
-            select(ImageRow.id, ImageRow.path, ImageRow.width, ImageRow.height, ImageRow.captured_at)
-            .where(ImageRow.id.in_(ids))
-        ).all()}
+        rows = s.execute(select(ImageRow.id, ImageRow.path, ImageRow.width, ImageRow.height, _CAPTURED)
+                         .where(ImageRow.id.in_(ids))).all()
+    out = {}
+    for i, path, width, height, captured in rows:
+        _check(i, path=(path, str), width=(width, int), height=(height, int))
+        out[i] = HitRow(i, path, width, height, _date(i, "capture date", captured))
+    return out
 
 
 def ids_at_paths(lib: Library, paths: list[str]) -> set[int]:
@@ -130,5 +178,20 @@ def count_pictures(lib: Library, tag: str | None = None, folder: str | None = No
 def capture_span(lib: Library) -> tuple[dt.datetime, dt.datetime] | None:
     """The earliest and latest capture dates in the library, or None when no picture has one."""
     with lib.session() as s:
-        first, last = s.execute(select(func.min(ImageRow.captured_at), func.max(ImageRow.captured_at))).one()
-    return (first, last) if first is not None else None
+        first, last = s.execute(select(func.min(_CAPTURED), func.max(_CAPTURED))).one()
+        if first is None:
+            return None
+        try:
+            return dt.datetime.fromisoformat(first), dt.datetime.fromisoformat(last)
+        except (TypeError, ValueError):
+            bad = first if not _parses(first) else last
+            image_id = s.scalar(select(ImageRow.id).where(_CAPTURED == bad).limit(1))
+            raise _damaged(image_id, f"its capture date is {bad!r}, not a date") from None
+
+
+def _parses(value: object) -> bool:
+    try:
+        dt.datetime.fromisoformat(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True
