@@ -146,14 +146,16 @@ def test_query_with_another_model_is_refused(tmp_path, library):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["search", "a cat", "-k", "0"], "Invalid value for '-k': 0 is not in the range 1<=x<=1000."),
+    (["search", "a cat", "-k", "0"],
+     "Error: Invalid value for '-k': 0 is not in the range 1<=x<=1000. (see: clipdex search --help)\n"),
     (["search"], "Error: nothing to search for: give a text query, --image PATH, or both\n"),
     (["search", "  "], "Error: nothing to search for: give a text query, --image PATH, or both\n"),
     (["search", "a cat", "--to", "2024-02-30"], "Error: --to must be a date like 2024-07-31, got '2024-02-30'\n"),
     (["search", "--image", "missing.jpg"], "Error: query image not found: missing.jpg\n"),
     (["tag", "--labels", "cat"], "Error: need at least two distinct labels to choose between, got 1\n"),
     (["tag"], "Error: give exactly one of --labels, --labels-file or --probe\n"),
-    (["tags", "export", "--format", "xml"], "Invalid value for '--format': 'xml' is not one of 'csv', 'json'."),
+    (["tags", "export", "--format", "xml"],
+     "Error: Invalid value for '--format': 'xml' is not one of 'csv', 'json'. (see: clipdex tags export --help)\n"),
 ])
 def test_usage_errors(library, tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
@@ -164,6 +166,21 @@ def test_usage_errors(library, tmp_path, monkeypatch, args, message):
     else:
         assert message in out.stderr
     assert out.stdout == ""
+
+
+@pytest.mark.parametrize("args,message", [
+    (["index", "x", "--timeout", "0"], "Invalid value for '--timeout': 0.0 is not in the range x>=0.1. "
+     "(see: clipdex index --help)"),
+    (["serve", "--port", "99999"], "Invalid value for '--port': 99999 is not in the range 0<=x<=65535. "
+     "(see: clipdex serve --help)"),
+    (["index"], "Missing argument 'PATHS...'. (see: clipdex index --help)"),
+    (["nosuch"], "No such command 'nosuch'. (see: clipdex --help)"),
+    (["--bogus"], "No such option '--bogus'. (see: clipdex --help)"),
+    (["search", "--bogus"], "No such option '--bogus'. (see: clipdex search --help)"),
+])
+def test_parser_mistakes_take_one_line(args, message):
+    out = invoke(*args)
+    assert (out.exit_code, out.stdout, out.stderr) == (2, "", f"Error: {message}\n")
 
 
 def test_rebuild_from_the_cli_reencodes_everything(tmp_path):

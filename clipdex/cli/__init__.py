@@ -7,13 +7,50 @@ answers at once.
 
 from __future__ import annotations
 
+from typing import IO, Any
+
 import click
 
 from clipdex import __version__
 from clipdex.cli import classify, indexing, info, search, serve, tags
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class OneLineUsageError(click.UsageError):
+    """A mistake caught by click's parser, shown as one ``Error:`` line naming the help to read."""
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        names, ctx = [], self.ctx
+        while ctx is not None and ctx.parent is not None:  # the root's name depends on how clipdex was started
+            names.insert(0, ctx.info_name or "")
+            ctx = ctx.parent
+        where = " ".join(["clipdex", *names])
+        click.echo(f"Error: {self.format_message()} (see: {where} --help)", file=file, err=True)
+
+
+class OneLineErrors(click.Group):
+    """The ``clipdex`` group: usage mistakes (bad option values, missing arguments, unknown commands) take
+    one line on stderr, exit code 2, instead of click's usage block."""
+
+    @staticmethod
+    def _one_line(exc: click.UsageError) -> OneLineUsageError:
+        if isinstance(exc, OneLineUsageError):
+            return exc
+        return OneLineUsageError(exc.format_message(), exc.ctx)
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            raise self._one_line(exc) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise self._one_line(exc) from None
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="clipdex")
 def main() -> None:
     """Search and tag your pictures by what they show.
