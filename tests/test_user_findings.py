@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from clipdex.library import Library
@@ -61,3 +62,12 @@ def test_a_touched_file_keeps_its_tags_and_is_not_reindexed(tmp_path):
     with Library.open(lib).session() as s:
         mtime = s.scalar(select(ImageRow.mtime).where(ImageRow.path == str(files[0])))
     assert mtime == files[0].stat().st_mtime  # the new mtime is recorded: the next run reads nothing
+
+
+@pytest.mark.parametrize("host,message", [
+    ("nosuch.invalid", "Error: cannot listen on nosuch.invalid: the name does not resolve\n"),
+    ("", "Error: cannot listen on an empty host name: give an address such as 127.0.0.1\n"),
+])
+def test_serve_on_a_host_that_cannot_be_listened_on_is_one_line(tmp_path, host, message):
+    out = invoke("serve", "--host", host, "--port", "0", "--library", str(tmp_path / "lib"))
+    assert (out.exit_code, out.stdout, out.stderr) == (2, "", message)

@@ -79,6 +79,9 @@ def serve(library: Path | None, host: str, port: int, threads: int, allowed_host
         server = make_server(app, host, port, threads)
     except OSError as exc:
         raise bind_error(exc, host, port) from None
+    except ValueError:  # waitress turns a name that does not resolve (or an empty one) into this
+        raise UsageError(f"cannot listen on {host}: the name does not resolve" if host
+                         else "cannot listen on an empty host name: give an address such as 127.0.0.1") from None
     click.echo("clipdex: loading the model and the index …", err=True)
     app.extensions["clipdex_uploads"].warm_up()
     problem = app.extensions["clipdex"].warm_up()
