@@ -189,3 +189,20 @@ def test_a_row_that_cannot_be_read_is_a_503_naming_the_picture(copied, hostile_c
         for query in ("q=a+red+circle", "q=a+red+circle&from=1990-01-01&to=1990-01-02"):
             answer = hostile_client.get(f"/api/search?{query}")
             assert answer.status_code == 503 and "is damaged in the database" in answer.get_json()["message"]
+
+
+# -- file names cannot drive the terminal ----------------------------------------------------------------------
+def test_escape_sequences_in_file_names_are_printed_inert(copied):
+    from clipdex.cli.common import printable
+
+    assert printable("a\x1b[2Jb\x9d0;title\x07\n") == "a\\x1b[2Jb\\x9d0;title\\x07\\x0a"
+    hostile = "/pics/\x1b[2J\x1b]0;owned\x07.jpg"
+    sql(copied, "INSERT INTO skipped (path, reason, size, mtime, recorded_at) VALUES (?, ?, 1, 1, '2024-01-01')",
+        hostile, "bad\x1b[31m")
+    human = cli("skipped", "--library", copied)
+    assert human.exit_code == 0 and "\x1b" not in human.output and "\\x1b[2J" in human.output
+    assert hostile in cli("skipped", "--library", copied, "--json").output.encode().decode("unicode_escape")
+    vector_damage(copied, "6 bytes")
+    sql(copied, "UPDATE images SET path = ? WHERE id = (SELECT min(id) + 3 FROM images)", hostile)
+    line = one_error_line(cli("search", "a red circle", "--library", copied))
+    assert "\x1b" not in line and "\x07" not in line

@@ -41,7 +41,7 @@ def fail_cleanly(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except ClipdexError as exc:
-            click.echo(f"Error: {exc}{cli_hint(exc)}", err=True)
+            click.echo(f"Error: {printable(exc)}{cli_hint(exc)}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
@@ -90,6 +90,18 @@ def library_path(library: Path | None, demo_fallback: bool = True) -> Path:
     if is_demo:
         click.echo(f"(using the demo library at {path}: you have no library of your own yet)", err=True)
     return path
+
+
+_CONTROL = dict.fromkeys([*range(0x20), 0x7F, *range(0x80, 0xA0)])
+
+
+def printable(text: object) -> str:
+    """``text`` safe to print to a terminal: control characters (ESC, C0, C1) become ``\\xNN``.
+
+    File names may hold escape sequences that would clear the screen or retitle the window.
+    For human output only; JSON is escaped by the encoder.
+    """
+    return "".join(f"\\x{ord(c):02x}" if ord(c) in _CONTROL else c for c in str(text))
 
 
 def plural(count: int, one: str, many: str) -> str:

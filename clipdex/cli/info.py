@@ -6,7 +6,15 @@ from pathlib import Path
 
 import click
 
-from clipdex.cli.common import fail_cleanly, json_option, library_option, library_path, plural, print_json
+from clipdex.cli.common import (
+    fail_cleanly,
+    json_option,
+    library_option,
+    library_path,
+    plural,
+    print_json,
+    printable,
+)
 
 
 def _rows(facts: dict) -> list[tuple[str, str]]:
@@ -43,7 +51,7 @@ def info(library: Path | None, as_json: bool) -> None:
         print_json(facts)
         return
     for heading, value in _rows(facts):
-        click.echo(f"{heading:<14} {value}")
+        click.echo(f"{heading:<14} {printable(value)}")
 
 
 @click.command()
@@ -64,7 +72,7 @@ def skipped(library: Path | None, as_json: bool) -> None:
         return
     click.echo(f"{plural(len(rows), 'skipped file', 'skipped files')} in {lib.path} (retried once they change):")
     for path, reason in rows:
-        click.echo(f"{path}\t{reason}")
+        click.echo(f"{printable(path)}\t{printable(reason)}")
 
 
 @click.command()

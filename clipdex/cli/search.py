@@ -17,6 +17,7 @@ from clipdex.cli.common import (
     model_option,
     plural,
     print_json,
+    printable,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,7 +37,7 @@ def explain(reason: EmptyReason, first: dt.date | None, last: dt.date | None) ->
         shown = ", ".join(reason.known[:SHOWN_LABELS]) + (", …" if len(reason.known) > SHOWN_LABELS else "")
         return f"no picture has the tag {reason.tag!r} (tags: {shown})"
     if reason.kind == "empty_folder":
-        return f"no indexed picture under {reason.folder}"
+        return f"no indexed picture under {printable(reason.folder)}"
     if reason.kind == "empty_date_range":
         return f"--from {first} is after --to {last}"
     if reason.kind == "none_in_date_range":
@@ -108,4 +109,4 @@ def search(query: str | None, library: Path | None, model: str | None, image: Pa
         click.echo("No results: " + "; ".join(explain(r, first_day, last_day) for r in reasons) if reasons
                    else "No results.")
     for h in hits:
-        click.echo(f"{h.score:.4f}  {h.path}")
+        click.echo(f"{h.score:.4f}  {printable(h.path)}")
