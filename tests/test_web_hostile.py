@@ -184,3 +184,21 @@ def test_pictures_are_never_served_from_a_root_that_is_relative_or_the_filesyste
             s.add_all(RootRow(path=p) for p in saved)
             s.commit()
     assert client.get(f"/api/images/{ids['plain.jpg']}/file").status_code == 200
+
+
+def test_odd_urls_get_json_answers(site):
+    """Was: double slashes gave werkzeug's HTML 308 redirects, OPTIONS an empty text/html 200,
+    and ids took any Unicode digit ("/api/images/\\u0663" was picture 3)."""
+    _, _, ids, _, client = site
+    image_id = ids["plain.jpg"]
+    for url in ("/api//health", f"/api/images//{image_id}", f"/api/images/{image_id}//file",
+                "/api/images/%D9%A3", f"/api/images/{image_id}%D9%A3/file", "/api/images/%EF%BC%93"):
+        body = assert_json_error(client.get(url), 404)
+        assert body["message"].startswith("nothing here: ")
+    assert client.get(f"/api/images/{image_id}").get_json()["id"] == image_id
+    for url in ("/api/health", f"/api/images/{image_id}/thumbnail", "/api/search", "/"):
+        r = client.options(url)
+        assert r.status_code == 204 and r.data == b"" and "Content-Type" not in r.headers, url
+        assert "GET" in r.headers["Allow"] and r.headers["X-Content-Type-Options"] == "nosniff"
+    assert "POST" in client.options("/api/search").headers["Allow"]
+    assert_json_error(client.options("/api/nothing"), 404)

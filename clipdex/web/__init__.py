@@ -23,6 +23,23 @@ if TYPE_CHECKING:  # pragma: no cover
 MAX_UPLOAD_BYTES = 20_000_000
 
 
+def _marked_demo(path: Path) -> bool:
+    """True when the library at ``path`` is marked as the generated demo one (False if it cannot be read)."""
+    from clipdex.demo import DEMO_META
+    from clipdex.library import Library
+
+    try:
+        lib = Library.open(path)
+    except Exception:  # noqa: BLE001 - no library, or a damaged one: the page says so later
+        return False
+    try:
+        return lib.get_meta(DEMO_META) == "1"
+    except Exception:  # noqa: BLE001
+        return False
+    finally:
+        lib.close()
+
+
 def create_app(config: dict | None = None) -> Flask:
     """The application for one library (see the module docstring for ``config``)."""
     from flask import Flask
@@ -40,8 +57,12 @@ def create_app(config: dict | None = None) -> Flask:
 
         app.config["LIBRARY"] = default_library_path()
     state = WebState(Path(app.config["LIBRARY"]), app.config["MODEL"])
+    if not app.config["DEMO"]:  # the demo library served by its path is the demo too (as `clipdex info` says)
+        app.config["DEMO"] = _marked_demo(Path(app.config["LIBRARY"]))
     app.extensions["clipdex"] = state
     app.extensions["clipdex_uploads"] = UploadDecoder(**app.config["UPLOAD_DECODER"])
+    app.url_map.merge_slashes = False  # /api//health is not found (JSON 404), not redirected (HTML 308)
+    app.url_map.converters["id"] = api.IdConverter
     errors.init_app(app)
     security.init_app(app)
     app.register_blueprint(api.bp)

@@ -7,6 +7,7 @@ import os
 import time
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
+from werkzeug.routing import IntegerConverter
 
 from clipdex.errors import ClipdexError, DecodeError
 from clipdex.library.catalog import picture_tags, tag_counts
@@ -23,6 +24,12 @@ MAX_K = 100
 MAX_OFFSET = 10_000
 MAX_QUERY = 500
 CACHE_SECONDS = 7 * 24 * 3600
+
+
+class IdConverter(IntegerConverter):
+    """A picture id in a URL: ASCII digits only (werkzeug's int also took "\u0663", Arabic 3, as 3)."""
+
+    regex = r"[0-9]+"
 
 
 def state():
@@ -138,7 +145,7 @@ def search_upload():
     return run_search(vector, timings={"encode": time.perf_counter() - started})
 
 
-@bp.get("/images/<int:image_id>/similar")
+@bp.get("/images/<id:image_id>/similar")
 def similar(image_id: int):
     lib = state().library()
     image_row(lib, image_id)
@@ -149,7 +156,7 @@ def similar(image_id: int):
     return run_search(vector, exclude={image_id})
 
 
-@bp.get("/images/<int:image_id>")
+@bp.get("/images/<id:image_id>")
 def image(image_id: int):
     lib = state().library()
     row = image_row(lib, image_id)
@@ -166,7 +173,7 @@ def image(image_id: int):
     })
 
 
-@bp.get("/images/<int:image_id>/<any(thumbnail, preview):kind>")
+@bp.get("/images/<id:image_id>/<any(thumbnail, preview):kind>")
 def rendered(image_id: int, kind: str):
     """The 320 px thumbnail or the 1600 px preview, upright JPEG (cached a week: they rarely change)."""
     lib = state().library()
@@ -180,7 +187,7 @@ def rendered(image_id: int, kind: str):
     return response
 
 
-@bp.get("/images/<int:image_id>/file")
+@bp.get("/images/<id:image_id>/file")
 def original(image_id: int):
     """The original file, typed by its bytes; revalidated on every use, so an edited picture shows at once."""
     lib = state().library()

@@ -51,7 +51,16 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 
 
 def init_app(app: Flask) -> None:
-    """Answer every error as JSON."""
+    """Answer every error as JSON, and OPTIONS with an empty 204 saying which methods are allowed."""
+
+    @app.after_request
+    def _options(response):
+        if request.method == "OPTIONS" and response.status_code == 200:  # Flask's automatic answer
+            response.status_code = 204
+            response.set_data(b"")
+            response.headers.pop("Content-Type", None)
+            response.headers.pop("Content-Length", None)
+        return response
 
     @app.errorhandler(APIError)
     def _api_error(exc: APIError):
