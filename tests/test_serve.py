@@ -104,3 +104,20 @@ def test_the_page_and_info_know_when_the_library_is_the_demo(library):
             assert app.test_client().get("/").status_code == 200
         assert rendered.pop()["demo"] is demo
         assert app.test_client().get("/api/info").get_json()["demo"] is demo
+
+
+@pytest.mark.parametrize("name", ["photos.lan:8000", "http://photos.lan", "photos.lan/", "", "[::1]:8000",
+                                  "256.1.1.1", "a b"])
+def test_an_allowed_host_that_could_never_match_is_refused_at_start(tmp_path, name):
+    """Was: accepted, then every request addressed to it refused (the Host check compares bare names)."""
+    r = serve("--library", str(tmp_path / "lib"), "--allowed-host", name, "--port", "0")
+    assert (r.exit_code, r.stdout) == (2, "")
+    assert r.stderr == (f"Error: --allowed-host {name!r} is not a host name or IP address: give the name alone, "
+                        "without a scheme, port or path (e.g. --allowed-host photos.lan)\n")
+
+
+def test_allowed_hosts_that_can_match_are_taken():
+    from clipdex.cli.serve import _check_allowed_host
+
+    for name in ("photos.lan", "PHOTOS.lan.", "nas_1.home", "192.168.1.20", "[fe80::1]", "fe80::1", "localhost"):
+        assert _check_allowed_host(name) == name.removeprefix("[").removesuffix("]")

@@ -26,6 +26,27 @@ def _check_host(host: str) -> str:
     return bare
 
 
+_HOST_NAME = re.compile(r"(?=.{1,253}\.?$)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+                        r"(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*\.?", re.IGNORECASE)
+
+
+def _check_allowed_host(name: str) -> str:
+    """``name`` if it can match a request's Host (a bare name or IP address); refused at once
+    otherwise, since a scheme or a port in it would never match and the server would refuse
+    every request addressed to it without saying why."""
+    bare = name.strip()
+    unbracketed = bare.removeprefix("[").removesuffix("]")
+    try:
+        ipaddress.ip_address(unbracketed)
+        return unbracketed
+    except ValueError:
+        pass
+    if _HOST_NAME.fullmatch(bare) and not re.fullmatch(r"[0-9.]+", bare):
+        return bare
+    raise UsageError(f"--allowed-host {name!r} is not a host name or IP address: give the name alone, without a "
+                     "scheme, port or path (e.g. --allowed-host photos.lan)")
+
+
 def bind_error(exc: OSError, host: str, port: int) -> ClipdexError:
     """One line saying why the server cannot listen on ``host:port``."""
     if isinstance(exc, socket.gaierror):
@@ -67,6 +88,7 @@ def serve(library: Path | None, host: str, port: int, threads: int, allowed_host
     say what is wrong, and the library is served as soon as it can be opened.
     """
     host = _check_host(host)
+    allowed_hosts = tuple(_check_allowed_host(name) for name in allowed_hosts)
     from clipdex.library import demo_library_path
     from clipdex.web import create_app
     from clipdex.web.server import make_server
