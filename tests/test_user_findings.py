@@ -9,9 +9,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from clipdex.demo import DEMO_META
+from clipdex.indexer import Indexer
 from clipdex.library import Library
 from clipdex.library.schema import ImageRow
+from clipdex.models import TINY_MODEL
 from clipdex.synthetic import write_collection
+from clipdex.web import create_app
 from tests.conftest import invoke
 
 
@@ -71,3 +75,20 @@ def test_a_touched_file_keeps_its_tags_and_is_not_reindexed(tmp_path):
 def test_serve_on_a_host_that_cannot_be_listened_on_is_one_line(tmp_path, host, message):
     out = invoke("serve", "--host", host, "--port", "0", "--library", str(tmp_path / "lib"))
     assert (out.exit_code, out.stdout, out.stderr) == (2, "", message)
+
+
+def test_the_demo_library_served_by_its_path_says_it_is_the_demo(tmp_path):
+    pics = tmp_path / "pics"
+    write_collection(pics, per_class=1, seed=4)
+    lib = Library.create(tmp_path / "demo-library")
+    Indexer(lib, TINY_MODEL, workers=1).run([str(pics)])
+    plain = create_app({"LIBRARY": lib.path, "WARM_UP": False, "TESTING": True}).test_client()
+    assert plain.get("/api/info").get_json()["demo"] is False
+    with lib.session() as s:
+        Library.set_meta(s, DEMO_META, "1")
+        s.commit()
+    client = create_app({"LIBRARY": lib.path, "WARM_UP": False, "TESTING": True}).test_client()
+    assert client.get("/api/info").get_json()["demo"] is True
+    assert b'id="demo-banner"' in client.get("/").data
+    missing = create_app({"LIBRARY": tmp_path / "none", "WARM_UP": False, "TESTING": True}).test_client()
+    assert missing.get("/api/health").status_code in (200, 503)  # no library: not the demo, and no error
