@@ -25,23 +25,6 @@ MAX_UPLOAD_BYTES = 20_000_000
 
 def _marked_demo(path: Path) -> bool:
     """True when the library at ``path`` is marked as the generated demo one (False if it cannot be read)."""
-    from clipdex.demo import DEMO_META
-    from clipdex.library import Library
-
-    try:
-        lib = Library.open(path)
-    except Exception:  # noqa: BLE001 - no library, or a damaged one: the page says so later
-        return False
-    try:
-        return lib.get_meta(DEMO_META) == "1"
-    except Exception:  # noqa: BLE001
-        return False
-    finally:
-        lib.close()
-
-
-def _marked_demo(path: Path) -> bool:
-    """True when the library at ``path`` is marked as the generated demo one (False if it cannot be read)."""
     from clipdex.library import Library
 
     try:
@@ -73,8 +56,6 @@ def create_app(config: dict | None = None) -> Flask:
 
         app.config["LIBRARY"] = default_library_path()
     state = WebState(Path(app.config["LIBRARY"]), app.config["MODEL"])
-    if not app.config["DEMO"]:  # the demo library served by its path is the demo too (as `clipdex info` says)
-        app.config["DEMO"] = _marked_demo(Path(app.config["LIBRARY"]))
     if not app.config["DEMO"]:  # the demo library served by its path is the demo too (as `clipdex info` says)
         app.config["DEMO"] = _marked_demo(Path(app.config["LIBRARY"]))
     app.extensions["clipdex"] = state
