@@ -206,3 +206,12 @@ def test_escape_sequences_in_file_names_are_printed_inert(copied):
     sql(copied, "UPDATE images SET path = ? WHERE id = (SELECT min(id) + 3 FROM images)", hostile)
     line = one_error_line(cli("search", "a red circle", "--library", copied))
     assert "\x1b" not in line and "\x07" not in line
+
+
+def test_a_malformed_stored_model_spec_is_damage_the_page_explains(copied, hostile_client):
+    sql(copied, "UPDATE meta SET value = '::::' WHERE key = 'model_spec'")
+    page = hostile_client.get("/")
+    assert page.status_code == 200 and page.content_type.startswith("text/html")
+    answer = hostile_client.get("/api/search?q=a+red+circle")
+    assert answer.status_code == 503 and "'model_spec'" in answer.get_json()["message"]
+    assert "'model_spec'" in one_error_line(cli("search", "a red circle", "--library", copied))

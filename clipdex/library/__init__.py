@@ -25,7 +25,7 @@ from sqlalchemy import and_, case, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from clipdex.errors import LibraryError, ModelMismatch, NoLibrary
+from clipdex.errors import LibraryError, ModelMismatch, ModelUnavailable, NoLibrary
 from clipdex.library import migrations, storage
 from clipdex.library.schema import ImageRow, Meta, RootRow, SkippedRow, TagRow
 from clipdex.library.writes import delete_in_chunks
@@ -244,7 +244,11 @@ class Library:
     @property
     def model_spec(self) -> ModelSpec | None:
         spec = self.get_meta("model_spec")
-        return parse_model_spec(spec) if spec else None
+        try:
+            return parse_model_spec(spec) if spec else None
+        except ModelUnavailable as exc:  # a stored spec this clipdex wrote cannot be malformed: damage
+            what = f"its 'model_spec' setting: {exc}"
+            raise storage.DamagedLibrary(storage.damaged_message(self.path / DB_NAME, what)) from None
 
     @property
     def dim(self) -> int | None:
