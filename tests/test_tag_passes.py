@@ -64,7 +64,7 @@ def test_the_same_label_set_again_replaces_only_its_own_tags(lib_dir):
     again = cli("tag", "--labels", ",".join(reversed(list(COLORS))), "--library", lib_dir).stdout.splitlines()
     assert again[0] == f'tagged 120 pictures (pass "{COLOUR_PASS}"): 120 tags; 0 added, 0 changed, 0 removed, ' \
                        "120 unchanged"
-    moved = json.loads(cli("tag", "--labels", COLOUR_LABELS, "--template", "a {} thing", "--library", lib_dir,
+    moved = json.loads(cli("tag", "--labels", COLOUR_LABELS, "--template", "{} and also blue", "--library", lib_dir,
                            "--json").stdout)
     assert (moved["added"], moved["removed"], moved["changed"] + moved["unchanged"]) == (0, 0, 120)
     assert moved["changed"] > 0 and moved["pass"]["name"] == COLOUR_PASS
@@ -130,3 +130,11 @@ def test_label_moves_are_changes_with_examples(lib_dir):
     e = out["examples"][0]
     assert text.stdout.splitlines()[1] == (f"  changed  {e['before']['label']} {e['before']['probability']:.3f} -> "
                                            f"{e['after']['label']} {e['after']['probability']:.3f}  {e['path']}")
+
+
+def test_a_probability_moving_less_than_a_thousandth_is_no_change():
+    from clipdex.library.tags import compare
+
+    assert compare({"circle": 0.999968}, [("circle", 0.999956)]) == ([], 1)
+    changes, unchanged = compare({"circle": 0.90}, [("circle", 0.95)])
+    assert unchanged == 0 and [c["change"] for c in changes] == ["changed"]

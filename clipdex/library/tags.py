@@ -30,7 +30,8 @@ ZERO_SHOT = "zero-shot"
 #: Key (and name) of the pass the 0.1.0 upgrade made from its zero-shot tags, whose label set was not kept.
 LEGACY_ZERO_SHOT = "zero-shot"
 NAME_LENGTH = 48
-SAME = 1e-6  # probabilities closer than this count as unchanged
+SAME = 1e-3  # probabilities closer than this count as unchanged (and keep their stored value): a
+# change a person cannot see in the 3 decimals shown is no change
 
 
 def _chunks(items: list) -> Iterator[list]:
