@@ -7,6 +7,7 @@ Importing this module is cheap: torch and open_clip are imported only when an
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import logging
 import os
 import shlex
@@ -107,12 +108,21 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     return True
 
 
-def _preflight(spec: ModelSpec) -> None:
-    """Make sure the weights are on disk, failing with one actionable line if not."""
-    import open_clip
-    from open_clip import pretrained
+def _architectures() -> list[str]:
+    """open_clip's built-in architecture names, read from its config files without importing it (or torch)."""
+    found = importlib.util.find_spec("open_clip")
+    for location in (found.submodule_search_locations or []) if found else []:
+        folder = Path(location) / "model_configs"
+        if folder.is_dir():
+            return sorted(p.stem for p in folder.glob("*.json"))
+    return []
 
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+
+def check_locally(spec: ModelSpec) -> None:
+    """What can be checked without importing open_clip or torch: a model folder, an architecture name.
+
+    Those mistakes then fail in a fraction of a second, not after seconds of imports.
+    """
     if spec.kind in ("local-dir", "tiny"):
         folder = Path(spec.open_clip_name[len("local-dir:"):])
         if not folder.is_dir():
@@ -121,7 +131,21 @@ def _preflight(spec: ModelSpec) -> None:
             raise ModelUnavailable(f"model folder {folder} has no open_clip_config.json")
         if not any(any(folder.glob(pat)) for pat in ("*.safetensors", "*.bin", "*.pth")):  # what open_clip reads
             raise ModelUnavailable(f"model folder {folder} has no weights (*.safetensors, *.bin, *.pth)")
+    elif spec.kind == "builtin":
+        names = _architectures()
+        if names and spec.name not in names:
+            raise ModelUnavailable(unknown_architecture_message(spec.name, names))
+
+
+def _preflight(spec: ModelSpec) -> None:
+    """Make sure the weights are on disk, failing with one actionable line if not."""
+    check_locally(spec)
+    if spec.kind in ("local-dir", "tiny"):
         return
+    import open_clip
+    from open_clip import pretrained
+
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     cfg = None
     if spec.kind == "builtin":  # names are checked before any network access: a typo fails at once
         if spec.name not in open_clip.list_models():
@@ -232,6 +256,7 @@ class Encoder:
         with self._lock:
             if self._model is not None:
                 return self
+            check_locally(self.spec)
             import torch
 
             device = pick_device(self._device)

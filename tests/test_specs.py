@@ -148,3 +148,17 @@ def test_bad_days_name_the_parameter(raw):
         parse_day(raw, "to")
     assert str(err.value) == f"to must be a date like 2024-07-31, got {raw[:40]!r}"
 
+
+
+@pytest.mark.parametrize("spec", ["local-dir:/does/not/exist", "ViT-Q-99:x"])
+def test_model_mistakes_that_need_no_download_fail_before_torch_is_imported(spec):
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom clipdex.errors import ModelUnavailable\nfrom clipdex.models import Encoder\n"
+            f"try:\n    Encoder({spec!r}).load()\nexcept ModelUnavailable as exc:\n    print(exc)\n"
+            "print('torch' in sys.modules, 'open_clip' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    lines = out.stdout.splitlines()
+    assert lines[-1] == "False False", out.stdout + out.stderr
+    assert lines[0].startswith(("model folder not found", "unknown model architecture 'ViT-Q-99'"))
