@@ -277,18 +277,18 @@ def test_server_keeps_answering_while_an_index_run_writes(tmp_path):
     lib = Library.create(tmp_path / "lib")
     Indexer(lib, TINY_MODEL, workers=1).run([str(first)])
     client = create_app({"LIBRARY": lib.path}).test_client()
-    write_collection(tmp_path / "pics" / "more", per_class=1, seed=8)  # 24 new pictures, 6 batches
+    write_collection(tmp_path / "pics" / "more", per_class=8, seed=8, samples=[Sample("green", "star")])
     proc = subprocess.Popen([sys.executable, "-m", "clipdex", "index", str(tmp_path / "pics"), "--library",
-                             str(lib.path), "--batch-size", "4", "--workers", "1", "--json"],
+                             str(lib.path), "--batch-size", "2", "--workers", "1", "--json"],  # 4 commits
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     answered_during_run = 0
     deadline = time.monotonic() + 240
     while proc.poll() is None and time.monotonic() < deadline:
-        r = client.get("/api/search?q=a+green+star&k=3")
+        r = client.get("/api/images/1/similar?k=3")  # follows every commit, without encoding text
         assert r.status_code == 200, r.get_json()
         answered_during_run += 1
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert answered_during_run >= 3
-    after = names(client.get("/api/search?q=a+green+star&k=1"))
-    assert after == ["green/star-000.jpg"]  # searchable, no restart
+    after = names(client.get("/api/search?q=a+green+star&k=8"))
+    assert sorted(after) == [f"green/star-{i:03d}.jpg" for i in range(8)]  # searchable, no restart
