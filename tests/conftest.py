@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +92,15 @@ def browser():
         )
         yield b
         b.close()
+
+
+@pytest.fixture()
+def copied(tmp_path, library) -> Path:
+    """A private copy of the session library, its WAL folded in (no ``-wal``/``-shm`` files left)."""
+    shutil.copytree(library.path, tmp_path / "lib")
+    with sqlite3.connect(tmp_path / "lib" / "clipdex.db") as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    for extra in ("clipdex.db-wal", "clipdex.db-shm", ".write.lock"):
+        (tmp_path / "lib" / extra).unlink(missing_ok=True)
+    return tmp_path / "lib"

@@ -4,7 +4,6 @@ or an allocation beyond what the files hold. Real SQLite, real FAISS files, a re
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 import struct
 import threading
@@ -18,18 +17,6 @@ from clipdex.cli import main
 from clipdex.errors import LibraryError
 from clipdex.library import Library
 from clipdex.vectorindex import VectorIndex
-
-
-@pytest.fixture()
-def copied(tmp_path, library) -> Path:
-    """A private copy of the session library, its WAL folded in."""
-    shutil.copytree(library.path, tmp_path / "lib")
-    with sqlite3.connect(tmp_path / "lib" / "clipdex.db") as conn:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
-    for extra in ("clipdex.db-wal", "clipdex.db-shm", ".write.lock"):
-        (tmp_path / "lib" / extra).unlink(missing_ok=True)
-    return tmp_path / "lib"
 
 
 def sql(folder: Path, statement: str, *params) -> None:

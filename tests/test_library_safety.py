@@ -56,18 +56,6 @@ def in_namespace(setup: str, script: str, tmp_path: Path) -> subprocess.Complete
                                "PYTHONPATH": str(Path(__file__).parent.parent)})
 
 
-@pytest.fixture()
-def copied(tmp_path, library) -> Path:
-    """A private copy of the session library, its WAL folded in (no ``-wal``/``-shm`` files left)."""
-    shutil.copytree(library.path, tmp_path / "lib")
-    with sqlite3.connect(tmp_path / "lib" / "clipdex.db") as conn:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
-    for extra in ("clipdex.db-wal", "clipdex.db-shm", ".write.lock"):
-        (tmp_path / "lib" / extra).unlink(missing_ok=True)
-    return tmp_path / "lib"
-
-
 # -- 2. a FAISS file that disagrees with the database is rebuilt, not trusted ----------------------------------
 @pytest.mark.parametrize("wrong", ["empty", "foreign ids", "one missing"])
 def test_an_index_file_that_disagrees_with_the_database_is_rebuilt(copied, wrong):
