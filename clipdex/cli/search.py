@@ -87,6 +87,8 @@ def search(query: str | None, library: Path | None, model: str | None, image: Pa
     if not (query and query.strip()) and image is None:
         raise UsageError("nothing to search for: give a text query, --image PATH, or both")
     first_day, last_day = parse_day(first, "--from"), parse_day(last, "--to")
+    if first_day and last_day and first_day > last_day:
+        raise UsageError(f"--from {first_day} is after --to {last_day}")
     since, until = day_range(first_day, last_day)
     lib = Library.open(library_path(library))
     encoder = lib.encoder_for(model)
