@@ -114,3 +114,16 @@ def test_pictures_of_an_empty_root_found_elsewhere_are_moves_not_kept():
     plan = make_plan(found, known, {}, hash_fn={"/new/x.jpg": "hx"}.__getitem__)
     assert plan.moves == [(3, "/new/x.jpg")]
     assert plan.kept_empty == {"/old": 1} and plan.removed_ids == []
+
+
+def test_a_folder_under_a_root_that_is_now_empty_keeps_its_pictures_unless_pruned():
+    found = Scan(["/pics"], {"/pics/blue/b.jpg": FileFacts(10, 1.0)})
+    known = [KnownRow(1, "/pics/blue/b.jpg", 10, 1.0, "hb"),
+             KnownRow(2, "/pics/drive/2020/x.jpg", 20, 1.0, "hx"),   # /pics/drive is an empty mount point
+             KnownRow(3, "/pics/drive/y.jpg", 30, 1.0, "hy"),
+             KnownRow(4, "/pics/red/gone.jpg", 40, 1.0, "hg")]       # /pics/red was deleted whole
+    folders = {"/pics", "/pics/blue", "/pics/drive"}.__contains__
+    plan = make_plan(found, known, {}, hash_fn=no_reads, is_dir=folders)
+    assert plan.kept_empty == {"/pics/drive": 2} and plan.removed_ids == [4]
+    pruned = make_plan(found, known, {}, hash_fn=no_reads, is_dir=folders, prune_empty=True)
+    assert pruned.kept_empty == {} and sorted(pruned.removed_ids) == [2, 3, 4]

@@ -55,6 +55,20 @@ def test_an_empty_folder_keeps_its_pictures_and_tags_until_pruned(tmp_path):
     assert counts(lib) == (0, 0)
 
 
+def test_an_emptied_folder_inside_the_indexed_one_keeps_its_pictures_too(tmp_path):
+    pics, lib, files = tagged_library(tmp_path, "nested")
+    sub = files[0].parent  # a colour folder, like a drive mounted inside the indexed folder
+    inside = sorted(sub.glob("*.jpg"))
+    sub.rename(tmp_path / "away")
+    sub.mkdir()
+    out = json.loads(invoke("index", str(pics), "--library", lib, "--json").stdout)
+    assert out["kept_empty"] == {str(sub): len(inside)} and out["removed"] == 0
+    (tmp_path / "away").rename(tmp_path / "gone")
+    sub.rmdir()  # deleted whole: its nearest folder still holds pictures, so its pictures go
+    out = json.loads(invoke("index", str(pics), "--library", lib, "--json").stdout)
+    assert out["kept_empty"] == {} and out["removed"] == len(inside)
+
+
 def test_a_touched_file_keeps_its_tags_and_is_not_reindexed(tmp_path):
     pics, lib, files = tagged_library(tmp_path, "t2")
     before = counts(lib)

@@ -7,6 +7,7 @@ move detection reads files (their content hash), through ``hash_fn``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -49,6 +50,7 @@ def make_plan(
     *,
     hash_fn: Callable[[str], str] = hash_file,
     prune_empty: bool = False,
+    is_dir: Callable[[str], bool] = os.path.isdir,
 ) -> Plan:
     """Plan a run from a scan and the library's rows and skips (only those under ``found.roots`` count).
 
@@ -57,8 +59,9 @@ def make_plan(
     moved: it keeps its id and vector. A file whose mtime changed but whose size and
     content hash did not (touched, restored from a backup) is ``touched``: it keeps its
     row, vector and tags. A root holding no picture file at all while the library holds
-    pictures under it (an unmounted drive's mount point) loses none of them unless
-    ``prune_empty``: they are counted in ``kept_empty`` instead of removed.
+    pictures under it (an unmounted drive's mount point), or a folder under a root that
+    still exists but holds no picture now, loses none of them unless ``prune_empty``:
+    they are counted in ``kept_empty`` instead of removed.
     """
     rows = [r for r in known if found.covers(r.path)]
     by_path = {r.path: r for r in rows}
@@ -96,7 +99,38 @@ def make_plan(
                 kept_empty[root] = len(kept)
                 for i in kept:
                     del vanished[i]
+        _keep_emptied_folders(found, vanished, kept_empty, is_dir)
     return Plan(todo, changed, unchanged, moves, list(vanished), touched, kept_empty)
+
+
+def _keep_emptied_folders(found: Scan, vanished: dict, kept_empty: dict[str, int], is_dir: Callable[[str], bool]
+                          ) -> None:
+    """Keep vanished pictures whose nearest existing folder under a root now holds no picture.
+
+    That is what a drive unmounted from a mount point inside an indexed folder looks like
+    (and a folder emptied on purpose, which ``prune_empty`` then removes): a folder deleted
+    whole leaves its nearest existing folder holding other pictures, and its pictures go.
+    """
+    holding: set[str] = set()  # every folder with a picture somewhere beneath it
+    for path in found.files:
+        folder = os.path.dirname(path)
+        while folder not in holding:
+            holding.add(folder)
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                break
+            folder = parent
+    nearest: dict[str, str | None] = {}
+    for image_id, row in list(vanished.items()):
+        start = os.path.dirname(row.path)
+        if start not in nearest:
+            folder = start
+            while found.covers(folder) and not is_dir(folder):
+                folder = os.path.dirname(folder)
+            nearest[start] = folder if found.covers(folder) and folder not in holding else None
+        if nearest[start] is not None:
+            kept_empty[nearest[start]] = kept_empty.get(nearest[start], 0) + 1
+            del vanished[image_id]
 
 
 def same_content(path: str, content_hash: str, hash_fn: Callable[[str], str]) -> bool:
