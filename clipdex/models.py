@@ -6,7 +6,6 @@ Importing this module is cheap: torch and open_clip are imported only when an
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import logging
 import os
@@ -23,6 +22,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from clipdex.errors import ModelUnavailable
+from clipdex.suggest import similar_names
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -176,8 +176,7 @@ def _preflight(spec: ModelSpec) -> None:
 
 def unknown_architecture_message(name: str, known: list[str]) -> str:
     """One line for an architecture open_clip does not know: the nearest names, and how to list them all."""
-    by_lower = {k.lower(): k for k in known}
-    close = [by_lower[c] for c in difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.6)]
+    close = similar_names(name, known)
     similar = f"similar: {', '.join(close)}; " if close else ""
     return f"unknown model architecture {name!r} ({similar}list them all with: {LIST_MODELS_COMMAND})"
 

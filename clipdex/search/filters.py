@@ -8,13 +8,13 @@ can each word them their own way.
 from __future__ import annotations
 
 import datetime as dt
-import difflib
 import os
 from dataclasses import dataclass
 
 from clipdex.errors import UsageError
 from clipdex.library import Library
 from clipdex.library.catalog import allowed_ids, capture_span, count_pictures, folder_prefix, tag_counts
+from clipdex.suggest import similar_names
 
 
 def parse_day(raw: str | None, name: str) -> dt.date | None:
@@ -73,8 +73,7 @@ class EmptyReason:
 
 
 def _closest_first(wanted: str, labels: list[str]) -> tuple[str, ...]:
-    by_lower = {label.lower(): label for label in labels}
-    close = [by_lower[c] for c in difflib.get_close_matches(wanted.lower(), list(by_lower), n=3, cutoff=0.6)]
+    close = similar_names(wanted, labels)
     return tuple(close + [label for label in labels if label not in close])
 
 
