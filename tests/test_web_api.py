@@ -236,12 +236,18 @@ def test_files_only_by_id_and_only_inside_the_collection(tmp_path, encoder):
         assert r.status_code in (200, 404) and (r.status_code == 404 or url.endswith("?path=/etc/passwd")), url
 
 
-def test_new_pictures_appear_without_a_restart(tmp_path):
+def one_picture_library(tmp_path: Path, sample: Sample) -> tuple[Path, Library]:
+    """``tmp_path/pics/a.jpg`` showing ``sample``, indexed into ``tmp_path/lib`` with the tiny model."""
     pics = tmp_path / "pics"
     pics.mkdir()
-    draw(Sample("blue", "square")).save(pics / "a.jpg")
+    draw(sample).save(pics / "a.jpg")
     lib = Library.create(tmp_path / "lib")
     Indexer(lib, TINY_MODEL, workers=1).run([str(pics)])
+    return pics, lib
+
+
+def test_new_pictures_appear_without_a_restart(tmp_path):
+    pics, lib = one_picture_library(tmp_path, Sample("blue", "square"))
     client = create_app({"LIBRARY": lib.path}).test_client()
     assert names(client.get("/api/search?q=a+green+star&k=5")) == ["pics/a.jpg"]
     draw(Sample("green", "star")).save(pics / "b.jpg")
@@ -250,11 +256,7 @@ def test_new_pictures_appear_without_a_restart(tmp_path):
 
 
 def test_a_rebuild_with_another_model_switches_the_server_to_it(tmp_path):
-    pics = tmp_path / "pics"
-    pics.mkdir()
-    draw(Sample("green", "star")).save(pics / "a.jpg")
-    lib = Library.create(tmp_path / "lib")
-    Indexer(lib, TINY_MODEL, workers=1).run([str(pics)])
+    pics, lib = one_picture_library(tmp_path, Sample("green", "star"))
     app = create_app({"LIBRARY": lib.path})
     assert names(app.test_client().get("/api/search?q=a+green+star")) == ["pics/a.jpg"]
     other = tmp_path / "other-model"
