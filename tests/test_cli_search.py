@@ -172,3 +172,8 @@ def test_info_and_skipped_name_the_library_and_agree(dated):
 
 def test_skipped_with_nothing_skipped(library):
     assert invoke("skipped", "--library", str(library.path)).stdout == f"No skipped files in {library.path}.\n"
+
+
+def test_the_last_day_there_is_can_end_a_range(dated):
+    out = invoke("search", "a red circle", "--to", "9999-12-31", "-k", "1", "--json", "--library", dated["lib"])
+    assert out.exit_code == 0 and len(json.loads(out.stdout)["results"]) == 1  # dated pictures, no overflow

@@ -28,9 +28,14 @@ def parse_day(raw: str | None, name: str) -> dt.date | None:
 
 
 def day_range(first: dt.date | None, last: dt.date | None) -> tuple[dt.datetime | None, dt.datetime | None]:
-    """``(since, until)`` for :func:`clipdex.search.search`: from the start of ``first`` to the end of ``last``."""
+    """``(since, until)`` for :func:`clipdex.search.search`: from the start of ``first`` to the end of ``last``.
+
+    ``last`` is inclusive: ``until`` is the start of the next day, or the end of time after 9999-12-31.
+    """
     since = dt.datetime.combine(first, dt.time()) if first else None
-    until = dt.datetime.combine(last + dt.timedelta(days=1), dt.time()) if last else None
+    until = None
+    if last:
+        until = dt.datetime.max if last == dt.date.max else dt.datetime.combine(last + dt.timedelta(days=1), dt.time())
     return since, until
 
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import time
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
 from werkzeug.routing import IntegerConverter
 
-from clipdex.errors import ClipdexError, DecodeError
+from clipdex.errors import ClipdexError, DecodeError, UsageError
 from clipdex.library.catalog import picture_tags, tag_counts
-from clipdex.search.filters import why_empty
+from clipdex.search.filters import day_range, parse_day, why_empty
 from clipdex.search.query import build_query, search
 from clipdex.web import media
 from clipdex.web.errors import APIError, error_response, message_for
@@ -53,16 +52,6 @@ def int_arg(name: str, default: int, low: int, high: int) -> int:
     return value
 
 
-def date_arg(name: str) -> dt.datetime | None:
-    raw = request.values.get(name)
-    if not raw:
-        return None
-    try:
-        return dt.datetime.combine(dt.date.fromisoformat(raw), dt.time())
-    except ValueError:
-        raise APIError(400, f"{name} must be a date like 2024-07-31, got {raw[:40]!r}") from None
-
-
 def text_arg(name: str) -> str | None:
     raw = request.values.get(name)
     if raw is None or not raw.strip():
@@ -73,15 +62,13 @@ def text_arg(name: str) -> str | None:
 
 
 def filters() -> dict:
-    until = date_arg("to")
-    if until is not None:  # "to" is inclusive: up to the start of the next day (or the end of time)
-        until = dt.datetime.max if until.date() == dt.date.max else until + dt.timedelta(days=1)
-    return {
-        "tag": text_arg("tag"),
-        "folder": text_arg("folder"),
-        "since": date_arg("from"),
-        "until": until,
-    }
+    """The search filters of the request; ``from`` and ``to`` are days, both included (400 if not dates)."""
+    try:
+        first, last = (parse_day(request.values.get(name), name) for name in ("from", "to"))
+        since, until = day_range(first, last)
+    except UsageError as exc:
+        raise APIError(400, str(exc)) from None
+    return {"tag": text_arg("tag"), "folder": text_arg("folder"), "since": since, "until": until}
 
 
 def run_search(vector, exclude: set[int] | None = None, timings: dict | None = None) -> Response:
