@@ -1,31 +1,31 @@
-"""Model specs, lazy loading of open_clip models and batch encoding.
+"""Model specs, and the :class:`Encoder` that turns pictures and texts into vectors.
 
-Importing this module is cheap: torch and open_clip are imported only when an
-:class:`Encoder` is first used, so ``clipdex --help`` stays instant.
+An encoder runs one of two backends, chosen when it loads (see :meth:`Encoder.load`):
+ONNX Runtime (:mod:`clipdex.onnx`, no torch at all once the model is exported) or PyTorch
+(:mod:`clipdex.torchclip`). Their vectors are interchangeable: the export is verified
+against PyTorch, and a library records only the model, never the backend.
+
+Importing this module is cheap: torch, open_clip and onnxruntime are imported only when an
+encoder loads, so ``clipdex --help`` stays instant.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 import shlex
-import socket
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
+from typing import Any
 
 import numpy as np
 
-from clipdex.errors import ModelUnavailable
+from clipdex.errors import ModelUnavailable, UsageError
 from clipdex.suggest import similar_names
-
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
 
 #: Alias of the tiny model that ships with clipdex (trained on generated shapes).
 TINY_MODEL = "tiny"
@@ -69,6 +69,11 @@ class ModelSpec:
             return f"local-dir:{tiny_model_dir()}"
         return f"{self.kind}:{self.name}"
 
+    @property
+    def folder(self) -> Path | None:
+        """The model folder of ``local-dir:`` and ``tiny`` models, else None."""
+        return Path(self.open_clip_name[len("local-dir:"):]) if self.kind in ("local-dir", "tiny") else None
+
     def __str__(self) -> str:
         return TINY_MODEL if self.kind == "tiny" else self.identity
 
@@ -97,17 +102,6 @@ def parse_model_spec(spec: str) -> ModelSpec:
     return ModelSpec("builtin", arch, tag)
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick TCP check of the Hugging Face endpoint, so an offline machine fails in seconds."""
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
-
-
 def _architectures() -> list[str]:
     """open_clip's built-in architecture names, read from its config files without importing it (or torch)."""
     found = importlib.util.find_spec("open_clip")
@@ -123,8 +117,8 @@ def check_locally(spec: ModelSpec) -> None:
 
     Those mistakes then fail in a fraction of a second, not after seconds of imports.
     """
-    if spec.kind in ("local-dir", "tiny"):
-        folder = Path(spec.open_clip_name[len("local-dir:"):])
+    folder = spec.folder
+    if folder is not None:
         if not folder.is_dir():
             raise ModelUnavailable(f"model folder not found: {folder}")
         if not (folder / "open_clip_config.json").is_file():
@@ -137,43 +131,6 @@ def check_locally(spec: ModelSpec) -> None:
             raise ModelUnavailable(unknown_architecture_message(spec.name, names))
 
 
-def _preflight(spec: ModelSpec) -> None:
-    """Make sure the weights are on disk, failing with one actionable line if not."""
-    check_locally(spec)
-    if spec.kind in ("local-dir", "tiny"):
-        return
-    import open_clip
-    from open_clip import pretrained
-
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
-    cfg = None
-    if spec.kind == "builtin":  # names are checked before any network access: a typo fails at once
-        if spec.name not in open_clip.list_models():
-            raise ModelUnavailable(unknown_architecture_message(spec.name, open_clip.list_models()))
-        cfg = pretrained.get_pretrained_cfg(spec.name, spec.tag)
-        if not cfg:
-            tags = ", ".join(open_clip.list_pretrained_tags_by_model(spec.name)) or "none"
-            raise ModelUnavailable(f"unknown pretrained tag {spec.tag!r} for {spec.name} (known: {tags})")
-    from huggingface_hub import constants as hub_constants
-
-    offline = hub_constants.HF_HUB_OFFLINE or not _hub_reachable()
-    saved, hub_constants.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE, offline
-    try:
-        if cfg is None:
-            pretrained.download_pretrained_from_hf(spec.name, filename="open_clip_config.json")
-            pretrained.download_pretrained_from_hf(spec.name)
-        else:
-            pretrained.download_pretrained(cfg)
-    except Exception as exc:  # noqa: BLE001 - any fetch failure means the same to the user
-        if offline:
-            reason = "no network access and they are not in the local cache"
-        else:
-            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
-        raise ModelUnavailable(f"cannot fetch weights for {spec}: {reason}", fetch_failed=True) from None
-    finally:
-        hub_constants.HF_HUB_OFFLINE = saved
-
-
 def unknown_architecture_message(name: str, known: list[str]) -> str:
     """One line for an architecture open_clip does not know: the nearest names, and how to list them all."""
     close = similar_names(name, known)
@@ -181,142 +138,154 @@ def unknown_architecture_message(name: str, known: list[str]) -> str:
     return f"unknown model architecture {name!r} ({similar}list them all with: {LIST_MODELS_COMMAND})"
 
 
-#: Models loaded in this process: (identity, device, precision, weights stamp) -> (model, tokenizer, cfg).
-_LOADED: dict[tuple, tuple[Any, Any, dict[str, Any]]] = {}
-_LOADED_LOCK = threading.Lock()
 
 
-def _weights_stamp(spec: ModelSpec) -> tuple:
+def weights_stamp(spec: ModelSpec) -> tuple:
     """For a model folder, its files' names, sizes and mtimes (changed weights load afresh); else ()."""
-    if spec.kind not in ("local-dir", "tiny"):
-        return ()
-    folder = Path(spec.open_clip_name[len("local-dir:"):])
-    try:
-        return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()))
-    except OSError:
-        return ()
+    from clipdex.onnx.cache import model_files_stamp
+
+    return model_files_stamp(spec.folder) if spec.folder is not None else ()
 
 
-def _load_model(spec: ModelSpec, device: str, precision: str) -> tuple[Any, Any, dict[str, Any]]:
-    """Check the weights are there, then build the open_clip model, its tokenizer and preprocessing config."""
-    _preflight(spec)
-    import open_clip
-    import torch
+#: ``--backend`` values; ``auto`` is ONNX Runtime on the CPU when the model exports and verifies.
+BACKENDS = ("auto", "onnx", "torch")
+#: Environment variable giving the backend when none is asked for.
+BACKEND_ENV = "CLIPDEX_BACKEND"
 
-    if device == "cpu" and not os.environ.get("OMP_NUM_THREADS"):
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
-    kwargs: dict[str, Any] = {"device": device, "precision": precision}
-    if spec.kind == "builtin":
-        kwargs["pretrained"] = spec.tag
-    try:
-        model = open_clip.create_model(spec.open_clip_name, **kwargs)
-        tokenizer = open_clip.get_tokenizer(spec.open_clip_name)
-    except Exception as exc:  # noqa: BLE001 - a broken model folder or config, in one line
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-        raise ModelUnavailable(f"cannot load model {spec}: {reason}") from None
-    model.eval()
-    cfg = dict(open_clip.get_model_preprocess_cfg(model))
-    size = cfg.get("size", 224)
-    cfg["size"] = int(size if isinstance(size, int) else size[0])
-    return model, tokenizer, cfg
+Say = Callable[[str], None]
 
 
-def pick_device(device: str | None = None) -> str:
-    """``cuda`` when a GPU is usable, else ``cpu``; an explicit choice wins."""
-    if device:
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def _quiet(_line: str) -> None:
+    pass
 
 
 class Encoder:
-    """An open_clip model loaded on first use; encodes pictures and texts to unit vectors.
+    """A model that encodes pictures and texts to unit vectors, loaded on first use.
 
-    On CUDA the model runs in half precision (``fp16`` unless ``precision='bf16'``);
-    on the CPU in float32.
+    ``backend``: ``onnx`` (ONNX Runtime on the CPU: exported once per model, then no torch),
+    ``torch`` (PyTorch; fp16 on CUDA), or ``auto`` (the default, or ``$CLIPDEX_BACKEND``):
+    ONNX Runtime on the CPU when the model's export verifies against PyTorch, else PyTorch with
+    a note saying why; for ``bulk`` work (indexing, tagging a library) PyTorch on a GPU when
+    there is one. A model already exported loads without importing torch.
     """
 
-    def __init__(self, spec: ModelSpec | str, device: str | None = None, precision: str | None = None):
+    def __init__(self, spec: ModelSpec | str, device: str | None = None, precision: str | None = None,
+                 backend: str | None = None, bulk: bool = False):
         self.spec = parse_model_spec(spec) if isinstance(spec, str) else spec
-        self._device = device
-        self._precision = precision
+        self.requested_backend = (backend or os.environ.get(BACKEND_ENV) or "auto").strip().lower()
+        if self.requested_backend not in BACKENDS:
+            raise UsageError(f"unknown backend {self.requested_backend!r} (choose from {', '.join(BACKENDS)})")
+        self._device, self._precision, self.bulk = device, precision, bulk
         self._lock = threading.Lock()
-        self._model: Any = None
-        self._tokenizer: Any = None
-        self._cfg: dict[str, Any] = {}
+        self._impl: Any = None
+        #: Why ``auto`` did not use ONNX Runtime, when it did not (one line), else None.
+        self.note: str | None = None
 
-    def load(self) -> Encoder:
-        """Load weights now (idempotent); raises :class:`ModelUnavailable`.
-
-        A model already loaded in this process (same weights, device and precision) is shared,
-        not read again: in-process callers (tests, a server's app factory) pay for it once.
-        """
+    def load(self, say: Say | None = None) -> Encoder:
+        """Choose the backend and load the model now (idempotent); ``say`` hears one-line progress
+        ("exporting …"); :attr:`note` tells why ``auto`` fell back to PyTorch, if it did. Raises
+        :class:`ModelUnavailable`, or :class:`clipdex.onnx.BackendUnavailable` when ``onnx`` was asked
+        for and cannot be had."""
         with self._lock:
-            if self._model is not None:
-                return self
-            check_locally(self.spec)
-            import torch
-
-            device = pick_device(self._device)
-            precision = self._precision or ("fp16" if device.startswith("cuda") else "fp32")
-            key = (self.spec.identity, device, precision, _weights_stamp(self.spec))
-            with _LOADED_LOCK:
-                if key not in _LOADED:
-                    _LOADED[key] = _load_model(self.spec, device, precision)
-                model, tokenizer, cfg = _LOADED[key]
-            self._cfg = dict(cfg)
-            self._torch_device = torch.device(device)
-            self._dtype = next(model.parameters()).dtype
-            self._mean = torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1)
-            self._std = torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1)
-            self._tokenizer = tokenizer
-            self._model = model
+            if self._impl is None:
+                self._impl = self._choose(say or _quiet)
         return self
 
     @property
+    def is_loaded(self) -> bool:
+        return self._impl is not None
+
+    @property
+    def backend(self) -> str:
+        """``onnx`` or ``torch``: the backend in use (loads the model)."""
+        return self.load()._impl.backend
+
+    def _choose(self, say: Say) -> Any:
+        from clipdex.onnx import BackendUnavailable
+        from clipdex.torchclip import TorchEncoder
+
+        check_locally(self.spec)
+        wanted, device = self.requested_backend, self._device
+        if wanted == "torch":
+            return TorchEncoder(self.spec, device, self._precision).load()
+        if wanted == "auto" and device is None and self.bulk and gpu_present():
+            return TorchEncoder(self.spec, None, self._precision).load()
+        reason = None
+        if device not in (None, "cpu"):
+            reason = f"it runs on the CPU, not on {device}"
+        elif self._precision not in (None, "fp32"):
+            reason = f"it runs in fp32, not {self._precision}"
+        if reason is None:
+            try:
+                return self._onnx(say)
+            except BackendUnavailable as exc:
+                if wanted == "onnx":
+                    raise
+                reason = exc.reason
+        elif wanted == "onnx":
+            raise BackendUnavailable(str(self.spec), reason)
+        self.note = f"ONNX Runtime cannot run {self.spec} ({reason}): using PyTorch"
+        return TorchEncoder(self.spec, device, self._precision).load()
+
+    def _onnx(self, say: Say) -> Any:
+        """The cached export, or a new one (which needs torch); raises BackendUnavailable."""
+        from clipdex.onnx import BackendUnavailable
+        from clipdex.onnx.cache import find, key_for_spec, refusal
+        from clipdex.onnx.runtime import OnnxEncoder
+
+        key = key_for_spec(self.spec)
+        folder = find(key)
+        if folder is not None:
+            return OnnxEncoder(folder)
+        refused = refusal(key)
+        if refused:
+            raise BackendUnavailable(str(self.spec), refused)
+        from clipdex.onnx.export import export_to_cache, torch_parts
+        from clipdex.torchclip import preflight
+
+        preflight(self.spec)  # the weights are here (or a clear error) before any word of exporting
+        say(f"exporting model {self.spec} to ONNX (once per model; later runs load it without PyTorch) …")
+        return OnnxEncoder(export_to_cache(key, lambda: torch_parts(self.spec)))
+
+    def warm_up(self) -> None:
+        """Load everything a first query needs (both towers, first runs done), so it is not slow."""
+        self.encode_texts(["a photo"])
+        self.encode_pixels(np.zeros((1, self.image_size, self.image_size, 3), np.uint8))
+
+    # --- what the rest of clipdex uses, from whichever backend loaded
+    @property
     def image_size(self) -> int:
         """Side in pixels of the square the model sees."""
-        return self.load()._cfg["size"]
+        return self.load()._impl.image_size
 
     @property
     def resize_mode(self) -> str:
-        return self.load()._cfg.get("resize_mode", "shortest")
+        return self.load()._impl.resize_mode
 
     @property
     def logit_scale(self) -> float:
         """The model's learned temperature (100 for CLIP), used for zero-shot softmax."""
-        return float(self.load()._model.logit_scale.exp().item())
+        return self.load()._impl.logit_scale
 
     @property
     def dim(self) -> int:
         """Length of the embedding vectors."""
-        if "dim" not in self._cfg:
-            self._cfg["dim"] = int(self.encode_texts(["a photo"]).shape[1])
-        return self._cfg["dim"]
-
-    def _finish(self, features: torch.Tensor) -> np.ndarray:
-        import torch
-
-        features = torch.nn.functional.normalize(features.float(), dim=-1)
-        return features.cpu().numpy().astype(np.float32)
+        return self.load()._impl.dim
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """Encode a ``N x S x S x 3`` uint8 batch (see :func:`clipdex.imaging.fit_square`)."""
-        import torch
-
-        self.load()
-        with torch.inference_mode():
-            x = torch.from_numpy(np.require(pixels, np.uint8, ["C", "W"])).to(self._torch_device, non_blocking=True)
-            x = x.permute(0, 3, 1, 2).float().div_(255)
-            x = ((x - self._mean) / self._std).to(self._dtype)
-            return self._finish(self._model.encode_image(x))
+        """Encode a ``N x S x S x 3`` uint8 batch (see :func:`clipdex.imaging.fit_square`) to unit float32 rows."""
+        return self.load()._impl.encode_pixels(pixels)
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        """Encode a list of strings to unit vectors."""
-        import torch
+        """Encode a list of strings to unit float32 rows."""
+        return self.load()._impl.encode_texts(list(texts))
 
-        self.load()
-        with torch.inference_mode():
-            tokens = self._tokenizer(list(texts)).to(self._torch_device)
-            return self._finish(self._model.encode_text(tokens))
+
+def gpu_present() -> bool:
+    """A CUDA GPU torch can use. Looks for the NVIDIA driver first, so machines without one never
+    import torch for the question."""
+    if not (Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidiactl").exists()):
+        return False
+    from clipdex.torchclip import pick_device
+
+    return pick_device() != "cpu"

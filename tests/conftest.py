@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach f
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # ONNX exports of this run go to a fresh folder of their own, shared by the xdist workers (they
+    # inherit the controller's environment) and removed at the end; never to the user's cache
+    if not os.environ.get("CLIPDEX_ONNX_CACHE"):
+        os.environ["CLIPDEX_ONNX_CACHE"] = tempfile.mkdtemp(prefix="clipdex-test-onnx-")
+        config._clipdex_onnx_cache = os.environ["CLIPDEX_ONNX_CACHE"]
     config.addinivalue_line(
         "markers", "slow: end to end through a browser, whole demo runs, crash recovery; the fast tier is "
         "`pytest -m 'not slow'`")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = getattr(config, "_clipdex_onnx_cache", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

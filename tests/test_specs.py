@@ -12,6 +12,7 @@ import pytest
 from clipdex.errors import ModelUnavailable, UsageError
 from clipdex.models import DEFAULT_MODEL, Encoder, ModelSpec, parse_model_spec, tiny_model_dir
 from clipdex.search import build_query, day_range, parse_day
+from clipdex.torchclip import TorchEncoder
 
 # -- model specs -----------------------------------------------------------------------------------------------
 
@@ -84,11 +85,12 @@ def test_unknown_architecture_message_is_one_line_with_neighbours():
 def test_a_loaded_model_is_shared_until_its_files_change(tmp_path):
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_dir(), folder)
-    first = Encoder(f"local-dir:{folder}").load()
-    assert Encoder(f"local-dir:{folder}").load()._model is first._model
+    spec = parse_model_spec(f"local-dir:{folder}")
+    first = TorchEncoder(spec).torch_parts()[0]
+    assert TorchEncoder(spec).torch_parts()[0] is first
     config = folder / "open_clip_config.json"
     config.write_text(config.read_text() + "\n")
-    assert Encoder(f"local-dir:{folder}").load()._model is not first._model
+    assert TorchEncoder(spec).torch_parts()[0] is not first
 
 
 # -- query building --------------------------------------------------------------------------------------------
@@ -99,7 +101,7 @@ def test_a_missing_query_image_fails_before_the_model_loads(tmp_path):
     with pytest.raises(UsageError) as err:
         build_query(encoder, text="a cat", image=tmp_path / "gone.jpg")
     assert str(err.value) == f"query image not found: {tmp_path / 'gone.jpg'}"
-    assert encoder._model is None
+    assert not encoder.is_loaded
 
 
 def test_a_broken_symlink_query_image_is_not_found(tmp_path):

@@ -7,7 +7,16 @@ from typing import TYPE_CHECKING
 
 import click
 
-from clipdex.cli.common import fail_cleanly, json_option, library_option, library_path, model_option, print_json
+from clipdex.cli.common import (
+    backend_option,
+    fail_cleanly,
+    json_option,
+    library_option,
+    library_path,
+    loaded,
+    model_option,
+    print_json,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from clipdex.library import Library
@@ -26,13 +35,13 @@ def _existing_library(library: Path | None) -> tuple[Library | None, Path]:
         return None, path
 
 
-def _encoder(lib: Library | None, model: str | None) -> Encoder:
-    """``--model``, else the library's model, else the default one."""
+def _encoder(lib: Library | None, model: str | None, backend: str | None) -> Encoder:
+    """``--model``, else the library's model, else the default one; loaded."""
     from clipdex.models import DEFAULT_MODEL, Encoder
 
-    if model is None:
-        return lib.encoder_for(None) if lib is not None else Encoder(DEFAULT_MODEL)
-    return Encoder(model)
+    if model is None and lib is not None:
+        return loaded(lib.encoder_for(None, backend=backend, bulk=True))
+    return loaded(Encoder(model or DEFAULT_MODEL, backend=backend, bulk=True))
 
 
 def _table(results: list[dict], classes: list[str]) -> None:
@@ -64,10 +73,12 @@ def _table(results: list[dict], classes: list[str]) -> None:
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write an HTML report (confusion matrices, mistakes) into this folder.")
 @model_option
+@backend_option
 @json_option
 @fail_cleanly
 def eval_command(dataset: Path, library: Path | None, prompt_sets: tuple[str, ...], template_names: tuple[str, ...],
-                 custom: tuple[str, ...], report_dir: Path | None, model: str | None, as_json: bool) -> None:
+                 custom: tuple[str, ...], report_dir: Path | None, model: str | None, backend: str | None,
+                 as_json: bool) -> None:
     """Measure zero-shot classification on a labelled DATASET (class folders or a path,label CSV).
 
     No library is needed: pictures are encoded with --model. Those a library built with the
@@ -89,7 +100,7 @@ def eval_command(dataset: Path, library: Path | None, prompt_sets: tuple[str, ..
 
         prepare(report_dir)
     lib, _ = _existing_library(library)
-    encoder = _encoder(lib, model)
+    encoder = _encoder(lib, model, backend)
     embed(data, encoder, lib)
     results = evaluate(data, encoder, prompts, sets, names)
     report = None
@@ -120,9 +131,11 @@ def probe() -> None:
 @library_option
 @click.option("--seed", default=0, show_default=True, help="Seed of the train/validation/test split.")
 @model_option
+@backend_option
 @json_option
 @fail_cleanly
-def probe_train(dataset: Path, name: str, library: Path | None, seed: int, model: str | None, as_json: bool) -> None:
+def probe_train(dataset: Path, name: str, library: Path | None, seed: int, model: str | None, backend: str | None,
+                as_json: bool) -> None:
     """Fit a logistic regression on DATASET's embeddings and store it in the library.
 
     Without a library, one is created for the probe, bound to --model (no pictures yet):
@@ -135,7 +148,10 @@ def probe_train(dataset: Path, name: str, library: Path | None, seed: int, model
     check_name(name)
     data = load_dataset(dataset)
     lib, path = _existing_library(library)
-    encoder = lib.encoder_for(model) if lib is not None else _encoder(None, model)  # a probe reads the library's model
+    if lib is not None:  # a probe reads the library's model
+        encoder = loaded(lib.encoder_for(model, backend=backend, bulk=True))
+    else:
+        encoder = _encoder(None, model, backend)
     trained = train_probe(encoder, embed(data, encoder, lib), name, seed)
     created = lib is None
     target = lib or Library.create(path)

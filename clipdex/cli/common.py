@@ -12,11 +12,14 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from clipdex.errors import ClipdexError, ModelMismatch, ModelUnavailable, NoLibrary
+
+if TYPE_CHECKING:  # pragma: no cover
+    from clipdex.models import Encoder
 
 
 def cli_hint(exc: ClipdexError) -> str:
@@ -74,6 +77,32 @@ def model_option(fn: Callable) -> Callable:
         "(the built-in demo model). Default: the library's model, or ViT-B-32:datacomp_xl_s13b_b90k "
         "for a new library.",
     )(fn)
+
+
+def backend_option(fn: Callable) -> Callable:
+    return click.option(
+        "--backend",
+        type=click.Choice(["auto", "onnx", "torch"], case_sensitive=False),
+        envvar="CLIPDEX_BACKEND",
+        default=None,
+        help="What runs the model: onnx (ONNX Runtime on the CPU; each model is exported once, then runs without "
+        "PyTorch), torch (PyTorch; half precision on a GPU), or auto: ONNX Runtime when the model's export "
+        "matches PyTorch, PyTorch on a GPU for indexing and tagging, else PyTorch. Vectors of both are "
+        "interchangeable. Env CLIPDEX_BACKEND. [default: auto]",
+    )(fn)
+
+
+def tell(line: str) -> None:
+    """A progress line or note for the person at the terminal: stderr, so stdout stays the result."""
+    click.echo(printable(line), err=True)
+
+
+def loaded(encoder: Encoder) -> Encoder:
+    """``encoder`` loaded, with a one-time export announced and a fallback to PyTorch noted on stderr."""
+    encoder.load(say=tell)
+    if encoder.note:
+        tell(f"note: {encoder.note}")
+    return encoder
 
 
 def library_path(library: Path | None, demo_fallback: bool = True) -> Path:

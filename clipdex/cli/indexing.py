@@ -7,7 +7,15 @@ from pathlib import Path
 
 import click
 
-from clipdex.cli.common import fail_cleanly, json_option, library_option, library_path, model_option, print_json
+from clipdex.cli.common import (
+    backend_option,
+    fail_cleanly,
+    json_option,
+    library_option,
+    library_path,
+    model_option,
+    print_json,
+)
 
 
 @click.command()
@@ -24,11 +32,13 @@ from clipdex.cli.common import fail_cleanly, json_option, library_option, librar
 @click.option("--prune-empty", is_flag=True,
               help="A PATH that holds no picture at all (say, the mount point of an unmounted drive) normally keeps "
               "the pictures indexed from it; with this flag they are removed from the library, tags included.")
+@backend_option
 @click.option("--device", default=None, help="torch device (cuda, cpu, ...) [default: cuda if present].")
 @json_option
 @fail_cleanly
 def index(paths: tuple[Path, ...], library: Path | None, model: str | None, rebuild: bool, batch_size: int,
-          workers: int | None, timeout: float, prune_empty: bool, device: str | None, as_json: bool) -> None:
+          workers: int | None, timeout: float, prune_empty: bool, backend: str | None, device: str | None,
+          as_json: bool) -> None:
     """Index the pictures under PATHS (folders or files).
 
     Only new and changed files are encoded; deleted ones are dropped and moved ones keep
@@ -45,7 +55,7 @@ def index(paths: tuple[Path, ...], library: Path | None, model: str | None, rebu
 
     lib = Library.create(library_path(library, demo_fallback=False))
     indexer = Indexer(lib, model, batch_size=batch_size, workers=workers, timeout=timeout, device=device,
-                      progress=interactive, say=say)
+                      backend=backend, progress=interactive, say=say)
     stats = indexer.run([str(p) for p in paths], rebuild=rebuild, prune_empty=prune_empty)
     for warning in stats.warnings():
         click.echo(f"Warning: {warning}; to remove them, index it again with --prune-empty", err=True)

@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING
 import click
 
 from clipdex.cli.common import (
+    backend_option,
     fail_cleanly,
     json_option,
     library_option,
     library_path,
+    loaded,
     model_option,
     plural,
     print_json,
@@ -68,11 +70,12 @@ def explain(reason: EmptyReason, first: dt.date | None, last: dt.date | None) ->
               help="Only pictures taken on or after this day (undated pictures are left out).")
 @click.option("--to", "last", default=None, metavar="YYYY-MM-DD",
               help="Only pictures taken on or before this day (undated pictures are left out).")
+@backend_option
 @json_option
 @fail_cleanly
 def search(query: str | None, library: Path | None, model: str | None, image: Path | None, include_self: bool,
            negative: str | None, k: int, tag: str | None, folder: Path | None, first: str | None, last: str | None,
-           as_json: bool) -> None:
+           backend: str | None, as_json: bool) -> None:
     """Find the pictures that best match QUERY (text), --image, or both.
 
     Filters (--tag, --folder, --from/--to) combine with any search; when nothing is found,
@@ -91,7 +94,7 @@ def search(query: str | None, library: Path | None, model: str | None, image: Pa
         raise UsageError(f"--from {first_day} is after --to {last_day}")
     since, until = day_range(first_day, last_day)
     lib = Library.open(library_path(library))
-    encoder = lib.encoder_for(model)
+    encoder = loaded(lib.encoder_for(model, backend=backend))
     vector = build_query(encoder, text=query, image=image, negative=negative)
     exclude = None
     if image is not None and not include_self:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from clipdex.cli.common import cli_hint, fail_cleanly, library_option, library_path
+from clipdex.cli.common import backend_option, cli_hint, fail_cleanly, library_option, library_path, tell
 from clipdex.errors import ClipdexError, UsageError
 
 
@@ -80,8 +80,10 @@ def _url(host: str, server) -> str:  # noqa: ANN001 - a waitress server
               help="Also answer requests addressed to NAME (a name this machine is reached by, e.g. through "
                    "a proxy). Others are refused, which stops web pages elsewhere from reaching the server "
                    "through DNS rebinding. Repeatable.")
+@backend_option
 @fail_cleanly
-def serve(library: Path | None, host: str, port: int, threads: int, allowed_hosts: tuple[str, ...]) -> None:
+def serve(library: Path | None, host: str, port: int, threads: int, allowed_hosts: tuple[str, ...],
+          backend: str | None) -> None:
     """Search the library in a browser, with a JSON API under /api (waitress WSGI server).
 
     The server starts even without a library (or with a damaged one): the page and the API
@@ -96,7 +98,7 @@ def serve(library: Path | None, host: str, port: int, threads: int, allowed_host
     path = library_path(library)
     demo = library is None and path == demo_library_path()
     app = create_app({"LIBRARY": path, "WARM_UP": False, "DEMO": demo, "BIND_HOST": host,
-                      "ALLOWED_HOSTS": allowed_hosts})
+                      "ALLOWED_HOSTS": allowed_hosts, "BACKEND": backend})
     try:  # bind before the model loads: a busy port is reported at once
         server = make_server(app, host, port, threads)
     except OSError as exc:
@@ -106,7 +108,7 @@ def serve(library: Path | None, host: str, port: int, threads: int, allowed_host
                          else "cannot listen on an empty host name: give an address such as 127.0.0.1") from None
     click.echo("clipdex: loading the model and the index …", err=True)
     app.extensions["clipdex_uploads"].warm_up()
-    problem = app.extensions["clipdex"].warm_up()
+    problem = app.extensions["clipdex"].warm_up(say=tell)
     if problem is not None:
         click.echo(f"clipdex: {problem}{cli_hint(problem)}; the page says so until it is fixed, no restart "
                    "needed", err=True)

@@ -7,7 +7,15 @@ from typing import TYPE_CHECKING
 
 import click
 
-from clipdex.cli.common import fail_cleanly, json_option, library_option, library_path, print_json
+from clipdex.cli.common import (
+    backend_option,
+    fail_cleanly,
+    json_option,
+    library_option,
+    library_path,
+    loaded,
+    print_json,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from clipdex.library.tags import TagStats
@@ -45,11 +53,12 @@ def _print_stats(stats: TagStats) -> None:
 @click.option("--folder", default=None, type=click.Path(path_type=Path), help="Only tag pictures under this folder.")
 @click.option("--dry-run", is_flag=True, help="Say what would be added, changed and removed, with examples; "
               "write nothing.")
+@backend_option
 @json_option
 @fail_cleanly
 def tag(library: Path | None, labels: str | None, labels_file: Path | None, templates: tuple[str, ...],
         probe_name: str | None, multi_label: bool, threshold: float, folder: Path | None, dry_run: bool,
-        as_json: bool) -> None:
+        backend: str | None, as_json: bool) -> None:
     """Tag the library zero-shot (or with --probe): each picture gets its most probable label(s).
 
     Each label set (or probe) is its own pass: another label set adds its tags to the
@@ -75,7 +84,8 @@ def tag(library: Path | None, labels: str | None, labels_file: Path | None, temp
 
         names = parse_labels(labels, labels_file)
         lib = Library.open(library_path(library))
-        stats = tag_library(lib, lib.encoder_for(None), names, list(templates) or None, multi_label=multi_label,
+        encoder = loaded(lib.encoder_for(None, backend=backend))
+        stats = tag_library(lib, encoder, names, list(templates) or None, multi_label=multi_label,
                             threshold=threshold, folder=where, dry_run=dry_run)
     if as_json:
         print_json(stats.as_dict())

@@ -53,6 +53,8 @@ class IndexStats:
     empty_roots: list[str] = field(default_factory=list)
     kept_empty: dict[str, int] = field(default_factory=dict)  # empty root -> indexed pictures kept under it
     skipped_files: dict[str, str] = field(default_factory=dict)
+    backend: str | None = None  # what ran the model ("onnx" or "torch"), when it loaded
+    backend_note: str | None = None  # why it is not ONNX Runtime, when it fell back
     processed: int = field(default=0, repr=False)
 
     def summary(self) -> str:
@@ -65,7 +67,8 @@ class IndexStats:
 
     def notes(self) -> list[str]:
         """Lines worth a look besides the counts (folders holding no pictures)."""
-        return [f"no pictures found in {root}" for root in self.empty_roots if root not in self.kept_empty]
+        notes = [f"note: {self.backend_note}"] if self.backend_note else []
+        return notes + [f"no pictures found in {root}" for root in self.empty_roots if root not in self.kept_empty]
 
     def warnings(self) -> list[str]:
         """Empty folders whose indexed pictures were kept, not removed (see ``Indexer.run``)."""
@@ -95,6 +98,7 @@ class Indexer:
         workers: int | None = None,
         timeout: float = 60.0,
         device: str | None = None,
+        backend: str | None = None,
         decode_fn: DecodeFn = decode_file,
         progress: bool | None = None,
         say: Callable[[str], None] | None = None,
@@ -105,6 +109,7 @@ class Indexer:
         self.workers = workers
         self.timeout = timeout
         self.device = device
+        self.backend = backend
         self.decode_fn = decode_fn
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.say = say or (lambda _line: None)
@@ -122,7 +127,7 @@ class Indexer:
         full disk says how many pictures it committed (a new run continues from there).
         """
         start = time.monotonic()
-        stats = IndexStats()
+        stats = self.stats = IndexStats()
         self.prune_empty = prune_empty
         try:
             with self.lib.write_lock():
@@ -151,7 +156,8 @@ class Indexer:
 
     def _run(self, paths: list[str], rebuild: bool, stats: IndexStats) -> None:
         roots = normalise_roots(paths)
-        encoder = self.lib.encoder_for(self.requested, self.device, switching=rebuild)
+        encoder = self.lib.encoder_for(self.requested, self.device, switching=rebuild, backend=self.backend,
+                                       bulk=True)
         if not rebuild:
             unfinished = staging.pending(self.lib)
             if unfinished:
@@ -165,11 +171,12 @@ class Indexer:
         self._update(encoder, roots, stats, fresh=swapped.ids, fresh_skips=set(swapped.skipped))
 
     def load_model(self, encoder: Encoder) -> None:
-        """Load the model, saying so the first time (it can take a while)."""
+        """Load the model, saying so the first time (it can take a while), and which backend runs it."""
         if encoder is not self._announced:
             self.say(f"loading model {encoder.spec} …")
             self._announced = encoder
-        encoder.load()
+        encoder.load(self.say)
+        self.stats.backend, self.stats.backend_note = encoder.backend, encoder.note
 
     def _update(self, encoder: Encoder, roots: list[str], stats: IndexStats, fresh: Collection[int] = (),
                 fresh_skips: Collection[str] | None = None) -> None:

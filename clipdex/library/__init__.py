@@ -262,17 +262,21 @@ class Library:
         self.set_meta(session, "dim", str(dim))
 
     def encoder_for(
-        self, requested: str | Encoder | None = None, device: str | None = None, *, switching: bool = False
+        self, requested: str | Encoder | None = None, device: str | None = None, *, switching: bool = False,
+        backend: str | None = None, bulk: bool = False,
     ) -> Encoder:
         """The encoder for this library: the one that built it unless another is requested.
 
         Another model's vectors cannot be compared with the stored ones, so it is refused
-        unless ``switching`` (``index --rebuild``, which re-encodes everything).
+        unless ``switching`` (``index --rebuild``, which re-encodes everything). ``backend``
+        and ``bulk``: see :class:`Encoder` (vectors of either backend are interchangeable).
         """
         stored = self.model_spec
-        if requested is None:
-            return Encoder(stored or parse_model_spec(DEFAULT_MODEL), device=device)
-        encoder = requested if isinstance(requested, Encoder) else Encoder(parse_model_spec(requested), device=device)
+        if isinstance(requested, Encoder):
+            encoder = requested
+        else:
+            spec = parse_model_spec(requested) if requested is not None else stored or parse_model_spec(DEFAULT_MODEL)
+            encoder = Encoder(spec, device=device, backend=backend, bulk=bulk)
         spec = encoder.spec
         if stored is not None and spec.identity != stored.identity and not switching:
             raise ModelMismatch(

@@ -288,12 +288,10 @@ def ensure_export(spec: Any, settings: ExportSettings | None = None, root: Path 
 
 def torch_parts(spec: Any) -> tuple[Any, Any, dict[str, Any]]:
     """The float32 CPU open_clip model of ``spec``, its tokenizer and preprocessing config, shared with
-    the process's :class:`clipdex.models.Encoder` cache."""
-    from clipdex.models import Encoder
+    the process's other PyTorch encoders of that model."""
+    from clipdex.torchclip import TorchEncoder
 
-    enc = Encoder(spec, device="cpu", precision="fp32").load()
-    # Encoder has no public accessor for its torch parts yet; the integration adds one.
-    return enc._model, enc._tokenizer, dict(enc._cfg)
+    return TorchEncoder(spec, device="cpu", precision="fp32").torch_parts()
 
 
 def _write_durably(path: Path, data: bytes) -> None:

@@ -69,6 +69,8 @@ def make_session(path: Path, options: SessionOptions = SessionOptions()) -> Any:
 class OnnxEncoder:
     """The two towers of one exported model; thread-safe, sessions created on first use."""
 
+    backend = "onnx"
+
     def __init__(self, folder: Path, options: SessionOptions = SessionOptions()):
         meta = read_meta(folder)
         if meta is None:

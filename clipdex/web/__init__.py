@@ -1,6 +1,7 @@
 """The browser UI and JSON API: ``create_app(config)`` builds the Flask application.
 
 Config keys: ``LIBRARY`` (folder), ``MODEL`` (optional spec, must match the library's),
+``BACKEND`` (``auto``, ``onnx`` or ``torch``: what runs the model, see :class:`clipdex.models.Encoder`),
 ``DEMO`` (the library is the generated demo one, standing in for the user's own),
 ``BIND_HOST`` (the address the server listens on; default 127.0.0.1) and ``ALLOWED_HOSTS``
 (more names requests may be addressed to, see :mod:`clipdex.web.security`),
@@ -48,14 +49,15 @@ def create_app(config: dict | None = None) -> Flask:
     from clipdex.web.uploads import UploadDecoder
 
     app = Flask(__name__)
-    app.config.update(MAX_CONTENT_LENGTH=MAX_UPLOAD_BYTES, WARM_UP=True, MODEL=None, JSON_SORT_KEYS=False,
+    app.config.update(MAX_CONTENT_LENGTH=MAX_UPLOAD_BYTES, WARM_UP=True, MODEL=None, BACKEND=None,
+                      JSON_SORT_KEYS=False,
                       DEMO=False, BIND_HOST="127.0.0.1", ALLOWED_HOSTS=(), UPLOAD_DECODER={})
     app.config.update(config or {})
     if "LIBRARY" not in app.config:
         from clipdex.library import default_library_path
 
         app.config["LIBRARY"] = default_library_path()
-    state = WebState(Path(app.config["LIBRARY"]), app.config["MODEL"])
+    state = WebState(Path(app.config["LIBRARY"]), app.config["MODEL"], app.config["BACKEND"])
     if not app.config["DEMO"]:  # the demo library served by its path is the demo too (as `clipdex info` says)
         app.config["DEMO"] = _marked_demo(Path(app.config["LIBRARY"]))
     app.extensions["clipdex"] = state

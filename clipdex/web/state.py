@@ -10,7 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from clipdex.errors import ClipdexError, LibraryError
 from clipdex.library import Library
-from clipdex.models import Encoder
+from clipdex.models import Encoder, Say
 
 
 class WebState:
@@ -23,9 +23,9 @@ class WebState:
     that run commits.
     """
 
-    def __init__(self, library_path: Path, model: str | None = None):
+    def __init__(self, library_path: Path, model: str | None = None, backend: str | None = None):
         self.library_path = Path(library_path)
-        self.model = model
+        self.model, self.backend = model, backend
         self._lib: Library | None = None
         self._encoder: Encoder | None = None
         self._lock = threading.Lock()
@@ -44,7 +44,7 @@ class WebState:
             reason = getattr(exc, "orig", None) or getattr(exc, "strerror", None) or exc
             raise LibraryError(f"library at {self.library_path} cannot be opened: {reason}") from None
 
-    def encoder(self) -> Encoder:
+    def encoder(self, say: Say | None = None) -> Encoder:
         """The library's model, loaded once, and again after ``index --rebuild`` switches models.
 
         Queries must be encoded by the model that made the stored vectors: the library's
@@ -56,13 +56,17 @@ class WebState:
             if self._encoder is not None and stored is not None and self._encoder.spec.identity != stored.identity:
                 self._encoder = None  # a rebuild switched the library to another model
             if self._encoder is None:
-                self._encoder = lib.encoder_for(self.model).load()
+                self._encoder = lib.encoder_for(self.model, backend=self.backend).load(say)
             return self._encoder
 
-    def warm_up(self) -> ClipdexError | None:
-        """Load the model and index now, if there is a library yet; the problem if not."""
+    def warm_up(self, say: Say | None = None) -> ClipdexError | None:
+        """Load the model (both towers) and index now, if there is a library yet; the problem if not.
+        ``say`` hears one-line progress and a backend note."""
         try:
-            self.encoder()
+            encoder = self.encoder(say)
+            encoder.warm_up()
+            if encoder.note and say is not None:
+                say(f"note: {encoder.note}")
             self.library().index()
         except ClipdexError as exc:
             return exc
