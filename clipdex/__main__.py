@@ -1,3 +1,3 @@
-from clipdex.cli import main
+from clipdex.cli import run
 
-main()
+run()

@@ -7,12 +7,14 @@ answers at once.
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import IO, Any
 
 import click
 
 from clipdex import __version__
-from clipdex.cli import classify, indexing, info, search, serve, tags
+from clipdex.cli import classify, common, indexing, info, search, serve, tags
 
 
 class OneLineUsageError(click.UsageError):
@@ -66,3 +68,21 @@ def main() -> None:
 for command in (indexing.index, search.search, tags.tag, tags.tags, info.info, info.skipped, serve.serve,
                 info.demo, classify.eval_command, classify.probe):
     main.add_command(command)
+
+
+def run() -> None:
+    """The ``clipdex`` program: :func:`main`, then, for a command that asked for it (a search, which
+    writes nothing), an exit that skips the interpreter's teardown of every module and library
+    (~0.15 s of a cold search's ~0.7 s). Output is flushed first; in-process callers use ``main``."""
+    try:
+        main()
+    except SystemExit as exc:
+        if not common.quick_exit_requested():
+            raise
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe: nothing more to say
+                code = code or 1
+        os._exit(code)

@@ -22,6 +22,20 @@ if TYPE_CHECKING:  # pragma: no cover
     from clipdex.models import Encoder
 
 
+_QUICK_EXIT = False
+
+
+def request_quick_exit() -> None:
+    """Let the program end without the interpreter's teardown once this command is done
+    (see :func:`clipdex.cli.run`): for commands that write nothing and leave no worker behind."""
+    global _QUICK_EXIT
+    _QUICK_EXIT = True
+
+
+def quick_exit_requested() -> bool:
+    return _QUICK_EXIT
+
+
 def cli_hint(exc: ClipdexError) -> str:
     """What to run next for errors the CLI can say more about ('' if nothing)."""
     if isinstance(exc, NoLibrary):

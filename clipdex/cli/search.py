@@ -20,6 +20,7 @@ from clipdex.cli.common import (
     plural,
     print_json,
     printable,
+    request_quick_exit,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -81,6 +82,7 @@ def search(query: str | None, library: Path | None, model: str | None, image: Pa
     Filters (--tag, --folder, --from/--to) combine with any search; when nothing is found,
     the answer says which filter left everything out.
     """
+    request_quick_exit()
     from clipdex.errors import UsageError
     from clipdex.library import Library
     from clipdex.library.catalog import ids_at_paths
@@ -94,7 +96,7 @@ def search(query: str | None, library: Path | None, model: str | None, image: Pa
         raise UsageError(f"--from {first_day} is after --to {last_day}")
     since, until = day_range(first_day, last_day)
     lib = Library.open(library_path(library))
-    encoder = loaded(lib.encoder_for(model, backend=backend))
+    encoder = loaded(lib.encoder_for(model, backend=backend, quick_start=True))
     vector = build_query(encoder, text=query, image=image, negative=negative)
     exclude = None
     if image is not None and not include_self:

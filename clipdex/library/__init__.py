@@ -263,20 +263,20 @@ class Library:
 
     def encoder_for(
         self, requested: str | Encoder | None = None, device: str | None = None, *, switching: bool = False,
-        backend: str | None = None, bulk: bool = False,
+        backend: str | None = None, bulk: bool = False, quick_start: bool = False,
     ) -> Encoder:
         """The encoder for this library: the one that built it unless another is requested.
 
         Another model's vectors cannot be compared with the stored ones, so it is refused
-        unless ``switching`` (``index --rebuild``, which re-encodes everything). ``backend``
-        and ``bulk``: see :class:`Encoder` (vectors of either backend are interchangeable).
+        unless ``switching`` (``index --rebuild``, which re-encodes everything). ``backend``,
+        ``bulk`` and ``quick_start``: see :class:`Encoder` (either backend's vectors will do).
         """
         stored = self.model_spec
         if isinstance(requested, Encoder):
             encoder = requested
         else:
             spec = parse_model_spec(requested) if requested is not None else stored or parse_model_spec(DEFAULT_MODEL)
-            encoder = Encoder(spec, device=device, backend=backend, bulk=bulk)
+            encoder = Encoder(spec, device=device, backend=backend, bulk=bulk, quick_start=quick_start)
         spec = encoder.spec
         if stored is not None and spec.identity != stored.identity and not switching:
             raise ModelMismatch(

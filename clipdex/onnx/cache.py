@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 #: Bumped whenever the export code changes what it writes, so older exports are not reused.
-EXPORT_FORMAT = 2
+EXPORT_FORMAT = 3
 #: Environment variable naming the cache root (tests and read-only homes point it elsewhere).
 CACHE_ENV = "CLIPDEX_ONNX_CACHE"
 META_FILE = "meta.json"

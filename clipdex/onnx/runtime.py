@@ -44,6 +44,10 @@ class SessionOptions:
     threads: int | None = None
     optimization: str = "all"  # "disable", "basic", "extended" or "all"
     spinning: bool = False
+    #: Re-lay the weights for faster matrix products when the session starts. Off, a session starts
+    #: ~4x sooner (0.07 s instead of 0.26 s for ViT-B-32's text tower) and runs ~1.6x slower: the
+    #: better choice for a process that encodes one query and exits.
+    prepack: bool = True
 
 
 def make_session(path: Path, options: SessionOptions = SessionOptions()) -> Any:
@@ -63,6 +67,8 @@ def make_session(path: Path, options: SessionOptions = SessionOptions()) -> Any:
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3  # errors only: no GPU-discovery warnings on machines without one
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spinning else "0")
+    if not options.prepack:
+        so.add_session_config_entry("session.disable_prepacking", "1")
     return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
 
 
