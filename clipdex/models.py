@@ -249,10 +249,12 @@ class Encoder:
         say(f"exporting model {self.spec} to ONNX (once per model; later runs load it without PyTorch) …")
         return OnnxEncoder(export_to_cache(key, lambda: torch_parts(self.spec)), options)
 
-    def warm_up(self) -> None:
-        """Load everything a first query needs (both towers, first runs done), so it is not slow."""
-        self.encode_texts(["a photo"])
-        self.encode_pixels(np.zeros((1, self.image_size, self.image_size, 3), np.uint8))
+    def warm_up(self, text: bool = True, image: bool = True) -> None:
+        """Load what a first query needs and run each tower once, so that query is not slow."""
+        if text:
+            self.encode_texts(["a photo"])
+        if image:
+            self.encode_pixels(np.zeros((1, self.image_size, self.image_size, 3), np.uint8))
 
     # --- what the rest of clipdex uses, from whichever backend loaded
     @property

@@ -22,6 +22,8 @@ from clipdex.atomicfile import write_atomic
 
 _FILE_RE = re.compile(r"^index\.(\d+)\.faiss$")
 INDEX_TYPE = "IndexIDMap2(IndexFlatIP)"
+#: Libraries at least this large get a half-precision scan copy when a long-lived process asks for it.
+FAST_SCAN_FROM = 20_000
 
 
 class IdsChecksum(NamedTuple):
@@ -49,6 +51,29 @@ class VectorIndex:
     def __init__(self, dim: int, index: faiss.Index | None = None):
         self.dim = dim
         self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self._scan: tuple[faiss.Index, np.ndarray] | None = None  # see prepare_fast_scan
+
+    def prepare_fast_scan(self, minimum: int = FAST_SCAN_FROM) -> bool:
+        """Keep a half-precision copy of the vectors to scan (for a server: built once, ~0.1 s per
+        100,000 vectors, half the float32 index's memory more).
+
+        A single query over a flat index is bound by memory traffic: at 100,000 x 512 on 2 cores
+        FAISS scans float32 in ~19 ms and float16 in ~6 ms. Unfiltered searches then take the best
+        candidates of the fp16 scan, with a margin, and score those exactly in float32, so results
+        and scores stay exact unless dozens of pictures tie within ~1e-4 of the k-th score.
+        Changes (add, remove) drop the copy; False when the index is smaller than ``minimum``.
+        """
+        if self._scan is not None:
+            return True
+        n = self.ntotal
+        if n < max(1, minimum):
+            return False
+        flat = faiss.downcast_index(self.index.index)
+        vectors = faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
+        scan = faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        scan.add(vectors)
+        self._scan = (scan, self.ids())
+        return True
 
     @property
     def ntotal(self) -> int:
@@ -61,6 +86,7 @@ class VectorIndex:
     def add(self, ids: np.ndarray | list[int], vectors: np.ndarray) -> None:
         if len(ids) == 0:
             return
+        self._scan = None
         self.index.add_with_ids(
             np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim),
             np.asarray(ids, dtype=np.int64),
@@ -69,6 +95,7 @@ class VectorIndex:
     def remove(self, ids: np.ndarray | list[int]) -> None:
         if len(ids) == 0:
             return
+        self._scan = None
         self.index.remove_ids(np.asarray(ids, dtype=np.int64))
 
     def vector(self, image_id: int) -> np.ndarray:
@@ -85,6 +112,9 @@ class VectorIndex:
         if self.ntotal == 0 or k <= 0:
             return []
         q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, self.dim)
+        scan = self._scan
+        if scan is not None and allowed is None:
+            return self._search_scan(scan, q, k)
         params = None
         if allowed is not None:
             if len(allowed) == 0:
@@ -92,6 +122,18 @@ class VectorIndex:
             params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64)))
         scores, ids = self.index.search(q, min(k, self.ntotal), params=params)
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+
+    def _search_scan(self, scan: tuple[faiss.Index, np.ndarray], q: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """Candidates from the fp16 copy, scored exactly against the float32 vectors."""
+        index, ids = scan
+        want = min(len(ids), 2 * k + 32)
+        _, rows = index.search(q, want)
+        rows = rows[0][rows[0] >= 0]
+        flat = faiss.downcast_index(self.index.index)
+        vectors = faiss.rev_swig_ptr(flat.get_xb(), len(ids) * self.dim).reshape(len(ids), self.dim)
+        exact = vectors[rows] @ q[0]
+        best = np.argsort(-exact, kind="stable")[:k]
+        return [(int(ids[rows[i]]), float(exact[i])) for i in best]
 
     # -- persistence ---------------------------------------------------------------
     def save(self, folder: Path, generation: int) -> Path:

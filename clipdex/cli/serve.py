@@ -6,6 +6,7 @@ import errno
 import ipaddress
 import re
 import socket
+import threading
 from pathlib import Path
 
 import click
@@ -108,10 +109,13 @@ def serve(library: Path | None, host: str, port: int, threads: int, allowed_host
                          else "cannot listen on an empty host name: give an address such as 127.0.0.1") from None
     click.echo("clipdex: loading the model and the index …", err=True)
     app.extensions["clipdex_uploads"].warm_up()
-    problem = app.extensions["clipdex"].warm_up(say=tell)
+    state = app.extensions["clipdex"]
+    problem = state.warm_up(say=tell, image=False)  # text searches first: the image tower loads meanwhile
     if problem is not None:
         click.echo(f"clipdex: {problem}{cli_hint(problem)}; the page says so until it is fixed, no restart "
                    "needed", err=True)
+    if problem is None:
+        threading.Thread(target=state.warm_up_image, name="clipdex-image-tower", daemon=True).start()
     click.echo(f"clipdex: serving {path} on {_url(host, server)}  (Ctrl-C stops)")
     try:
         server.run()

@@ -110,6 +110,9 @@ class Library:
         self._index: VectorIndex | None = None
         self._index_generation = -1
         self._index_lock = threading.Lock()
+        #: Long-lived readers (a server) set this: large indexes then keep a fast scan copy (see
+        #: :meth:`VectorIndex.prepare_fast_scan`); a one-shot search would spend more building it.
+        self.fast_scan = False
         try:
             self._upgrade()
         except BaseException:
@@ -335,6 +338,8 @@ class Library:
                 index = VectorIndex(dim)
                 index.add(*self.load_vectors())
                 self._save_if_unlocked(index, generation)
+            if self.fast_scan:
+                index.prepare_fast_scan()
             self._index, self._index_generation = index, generation
             return index
 

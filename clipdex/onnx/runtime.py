@@ -83,8 +83,9 @@ class OnnxEncoder:
             raise BackendUnavailable(folder.name, f"no readable export in {folder}")
         self.folder, self.meta, self.options = folder, meta, options
         self.identity: str = meta["identity"]
-        self._lock = threading.Lock()
-        self._sessions: dict[str, Any] = {}
+        self._lock = threading.Lock()  # tokenizer and token table
+        self._tower_locks = {"image": threading.Lock(), "text": threading.Lock()}  # one tower loading never
+        self._sessions: dict[str, Any] = {}  # blocks the other's queries
         self._tokenizer: ClipTokenizer | None = None
         self._table: np.ndarray | None = None
 
@@ -130,7 +131,7 @@ class OnnxEncoder:
 
     def session(self, tower: str) -> Any:
         """The onnxruntime session of ``image`` or ``text``, created on first use."""
-        with self._lock:
+        with self._tower_locks[tower]:
             if tower not in self._sessions:
                 self._sessions[tower] = make_session(self.folder / self.meta[tower]["file"], self.options)
             return self._sessions[tower]

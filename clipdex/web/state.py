@@ -39,7 +39,9 @@ class WebState:
 
     def _open(self) -> Library:
         try:
-            return Library.open(self.library_path)
+            lib = Library.open(self.library_path)
+            lib.fast_scan = True  # a server answers many searches: worth a fast scan copy of a large index
+            return lib
         except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
             reason = getattr(exc, "orig", None) or getattr(exc, "strerror", None) or exc
             raise LibraryError(f"library at {self.library_path} cannot be opened: {reason}") from None
@@ -59,12 +61,13 @@ class WebState:
                 self._encoder = lib.encoder_for(self.model, backend=self.backend).load(say)
             return self._encoder
 
-    def warm_up(self, say: Say | None = None) -> ClipdexError | None:
-        """Load the model (both towers) and index now, if there is a library yet; the problem if not.
-        ``say`` hears one-line progress and a backend note."""
+    def warm_up(self, say: Say | None = None, image: bool = True) -> ClipdexError | None:
+        """Load the model and index now, if there is a library yet; the problem if not. ``say`` hears
+        one-line progress and a backend note. ``image=False`` leaves the image tower (searches by an
+        uploaded picture) to :meth:`warm_up_image`, which a server runs once it answers."""
         try:
             encoder = self.encoder(say)
-            encoder.warm_up()
+            encoder.warm_up(image=image)
             if encoder.note and say is not None:
                 say(f"note: {encoder.note}")
             self.library().index()
@@ -73,3 +76,10 @@ class WebState:
         except Exception as exc:  # noqa: BLE001 - a damaged library must not stop the server starting
             return LibraryError(f"library at {self.library_path} cannot be used: {exc}")
         return None
+
+    def warm_up_image(self) -> None:
+        """Load the image tower now (in the background of a server that already answers text searches)."""
+        try:
+            self.encoder().warm_up(text=False)
+        except Exception:  # noqa: BLE001 - any problem is reported by the request that needs the tower
+            pass
