@@ -16,6 +16,7 @@ import os
 import shlex
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -147,6 +148,8 @@ def weights_stamp(spec: ModelSpec) -> tuple:
     return model_files_stamp(spec.folder) if spec.folder is not None else ()
 
 
+#: How many single-text encodings an :class:`Encoder` remembers.
+RECENT_QUERIES = 256
 #: ``--backend`` values; ``auto`` is ONNX Runtime on the CPU when the model exports and verifies.
 BACKENDS = ("auto", "onnx", "torch")
 #: Environment variable giving the backend when none is asked for.
@@ -179,6 +182,7 @@ class Encoder:
         self._device, self._precision, self.bulk, self.quick_start = device, precision, bulk, quick_start
         self._lock = threading.Lock()
         self._impl: Any = None
+        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
         #: Why ``auto`` did not use ONNX Runtime, when it did not (one line), else None.
         self.note: str | None = None
 
@@ -234,7 +238,7 @@ class Encoder:
         from clipdex.onnx.cache import find, key_for_spec, refusal
         from clipdex.onnx.runtime import OnnxEncoder, SessionOptions
 
-        options = SessionOptions(prepack=not self.quick_start)
+        options = SessionOptions(prepack=() if self.quick_start else ("text",))
         key = key_for_spec(self.spec)
         folder = find(key)
         if folder is not None:
@@ -281,8 +285,23 @@ class Encoder:
         return self.load()._impl.encode_pixels(pixels)
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        """Encode a list of strings to unit float32 rows."""
-        return self.load()._impl.encode_texts(list(texts))
+        """Encode a list of strings to unit float32 rows. A single text (a query) is remembered: the
+        :data:`RECENT_QUERIES` latest are answered without the model (pages of one search, a query
+        run again with other filters)."""
+        texts = list(texts)
+        if len(texts) != 1:
+            return self.load()._impl.encode_texts(texts)
+        with self._lock:
+            hit = self._recent.get(texts[0])
+            if hit is not None:
+                self._recent.move_to_end(texts[0])
+                return hit.copy()
+        vector = self.load()._impl.encode_texts(texts)
+        with self._lock:
+            self._recent[texts[0]] = vector.copy()
+            while len(self._recent) > RECENT_QUERIES:
+                self._recent.popitem(last=False)
+        return vector
 
 
 def gpu_present() -> bool:

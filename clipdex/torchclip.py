@@ -190,6 +190,12 @@ class TorchEncoder:
         features = torch.nn.functional.normalize(features.float(), dim=-1)
         return features.cpu().numpy().astype(np.float32)
 
+    def _encode_nchw(self, x: torch.Tensor) -> np.ndarray:
+        """Normalise a ``N x 3 x S x S`` uint8 batch on the model's device and encode it."""
+        x = x.float().div_(255)
+        x = ((x - self._mean) / self._std).to(self._dtype)
+        return self._finish(self._model.encode_image(x))
+
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Encode a ``N x S x S x 3`` uint8 batch (see :func:`clipdex.imaging.fit_square`)."""
         import torch
@@ -197,9 +203,18 @@ class TorchEncoder:
         self.load()
         with torch.inference_mode():
             x = torch.from_numpy(np.require(pixels, np.uint8, ["C", "W"])).to(self._torch_device, non_blocking=True)
-            x = x.permute(0, 3, 1, 2).float().div_(255)
-            x = ((x - self._mean) / self._std).to(self._dtype)
-            return self._finish(self._model.encode_image(x))
+            return self._encode_nchw(x.permute(0, 3, 1, 2))
+
+    def encode_pixel_tensor(self, x: torch.Tensor) -> np.ndarray:
+        """Encode a ``N x 3 x S x S`` uint8 tensor already on the model's device
+        (:func:`clipdex.gpujpeg.decode_jpegs`), with no trip through host memory."""
+        import torch
+
+        self.load()
+        if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected an N x 3 x S x S uint8 tensor, got {x.dtype} {tuple(x.shape)}")
+        with torch.inference_mode():
+            return self._encode_nchw(x.to(self._torch_device))
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """Encode a list of strings to unit vectors."""

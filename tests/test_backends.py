@@ -151,3 +151,12 @@ def test_auto_indexes_with_pytorch_half_precision_on_a_gpu(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (4, encoder.image_size, encoder.image_size, 3), np.uint8)
     cpu = Encoder(TINY_MODEL, backend="onnx").encode_pixels(pixels)
     assert np.sum(cpu * encoder.encode_pixels(pixels), axis=1).min() > 0.99
+
+
+def test_a_repeated_query_gives_the_same_vector_and_callers_cannot_spoil_it():
+    encoder = Encoder(TINY_MODEL)
+    first = encoder.encode_texts(["a red circle"])
+    want = first.copy()
+    first[:] = 0  # a caller scribbling on its answer
+    assert np.array_equal(encoder.encode_texts(["a red circle"]), want)
+    assert np.allclose(encoder.encode_texts(["a red circle", "a blue star"])[0], want[0], atol=1e-6)

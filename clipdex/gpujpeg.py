@@ -1,0 +1,199 @@
+"""Decode JPEG batches with torchvision straight into model pixels, on the GPU when there is one.
+
+On a GPU machine the indexer's bottleneck is decoding JPEGs on the CPU, not the model:
+nvJPEG (``torchvision.io.decode_jpeg(..., device="cuda")``) moves that work to the GPU.
+The pixels must match the CPU path (:func:`clipdex.imaging.load_for_model`), or a library
+indexed on one machine would not agree with itself on another, so this module repeats its
+steps with torch ops: Pillow's JPEG draft (a DCT-domain reduction, imitated by a box
+average), the EXIF orientation, the ``reducing_gap`` box reduction and Pillow's
+antialiased bicubic resize, then :func:`clipdex.imaging.fit_square`'s crop.
+
+Anything not a plain 8-bit greyscale or YCbCr baseline/progressive JPEG (CMYK, 12-bit,
+lossless, arithmetic-coded, truncated, broken) is reported by index, never raised, so the
+caller decodes those few on the CPU. torch is imported inside the functions only.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+#: Start-of-frame markers torchvision (libjpeg and nvJPEG) decodes: baseline, extended, progressive.
+_PLAIN_SOF = (0xC0, 0xC1, 0xC2)
+#: Any other start-of-frame (lossless, hierarchical, arithmetic coding): left to Pillow.
+_OTHER_SOF = frozenset(range(0xC3, 0xD0)) - {0xC4, 0xC8, 0xCC}
+#: Pillow's ``Image.resize(..., reducing_gap=3.0)`` as used by ``fit_square``.
+_REDUCING_GAP = 3.0
+
+
+class JpegBatch(NamedTuple):
+    """Model pixels of the pictures that decoded, and the indices of those that did not."""
+
+    pixels: torch.Tensor  # len(ok) x 3 x S x S uint8 on the device, in input order
+    ok: list[int]  # index in the input of each row of ``pixels``
+    failed: list[int]  # decode these on the CPU (clipdex.decodepool.decode_file)
+
+
+def jpeg_frame(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` of a JPEG torchvision can decode like Pillow, else None.
+
+    Reads the markers up to the start of frame: 8-bit samples, 1 (grey) or 3 (YCbCr)
+    components, baseline or progressive, and the data must end with the end-of-image marker
+    (a cut-off file is not always an error to nvJPEG, while Pillow refuses it).
+    """
+    if data[:2] != b"\xff\xd8" or not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        return None
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _PLAIN_SOF:
+            if pos + 10 > len(data):
+                return None
+            precision, components = data[pos + 4], data[pos + 9]
+            height = int.from_bytes(data[pos + 5:pos + 7], "big")
+            width = int.from_bytes(data[pos + 7:pos + 9], "big")
+            if precision != 8 or components not in (1, 3) or not width or not height:
+                return None
+            return width, height
+        if marker in _OTHER_SOF or marker == 0xDA:  # an unusual frame, or scan data before any frame
+            return None
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    return None
+
+
+def _box(x: torch.Tensor, fy: int, fx: int) -> torch.Tensor:
+    """Average ``fy x fx`` blocks (partial edge blocks over their own pixels), rounded as uint8 would be."""
+    import torch.nn.functional as F
+
+    if fy == 1 and fx == 1:
+        return x
+    return F.avg_pool2d(x, (fy, fx), ceil_mode=True, count_include_pad=False).round_()
+
+
+def _orient(x: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Apply an EXIF orientation (1-8) to a ``... x H x W`` tensor, as ``ImageOps.exif_transpose`` does."""
+    if orientation == 2:
+        return x.flip(-1)
+    if orientation == 3:
+        return x.flip(-2, -1)
+    if orientation == 4:
+        return x.flip(-2)
+    if orientation == 5:
+        return x.transpose(-2, -1)
+    if orientation == 6:
+        return x.rot90(-1, (-2, -1))
+    if orientation == 7:
+        return x.transpose(-2, -1).flip(-2, -1)
+    if orientation == 8:
+        return x.rot90(1, (-2, -1))
+    return x
+
+
+def _fit(image: torch.Tensor, orientation: int, size: int, mode: str) -> torch.Tensor:
+    """One decoded ``3 x H x W`` uint8 picture to the model's ``3 x S x S`` uint8 square."""
+    import torch.nn.functional as F
+
+    x = image.unsqueeze(0).float()
+    h, w = x.shape[-2:]
+    if min(w, h) > 2 * size:  # open_image's JPEG draft: 1/2, 1/4 or 1/8 scale, at least S a side
+        factor = next(s for s in (8, 4, 2) if min(w // size, h // size) >= s)
+        x = _box(x, factor, factor)
+    x = _orient(x, orientation)
+    h, w = x.shape[-2:]
+    if mode == "squash":
+        new_w, new_h = size, size
+    else:  # fit_square treats every other mode as "shortest"
+        scale = size / min(w, h)
+        new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    fy, fx = int(h / new_h / _REDUCING_GAP) or 1, int(w / new_w / _REDUCING_GAP) or 1
+    x = _box(x, fy, fx)
+    if h % fy or w % fx:  # Pillow then resamples the box (w / fx, h / fy), a fraction short of the reduced picture
+        x = F.interpolate(x, scale_factor=(new_h * fy / h, new_w * fx / w), mode="bicubic", antialias=True,
+                          recompute_scale_factor=False)[..., :new_h, :new_w]
+    elif x.shape[-2:] != (new_h, new_w):
+        x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    x = x[..., top:top + size, left:left + size]
+    return x.round_().clamp_(0, 255).to(image.dtype).squeeze(0)
+
+
+def _decode(datas: list[bytes], device: str) -> list[torch.Tensor | None]:
+    """torchvision's decode of each JPEG as ``3 x H x W`` uint8 on ``device``, None where it fails.
+
+    The batch goes in one call (nvJPEG's batched decode); if that raises, one at a time.
+    """
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+    if not tensors:
+        return []
+    try:
+        return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device))
+    except RuntimeError:
+        pass
+    out: list[torch.Tensor | None] = []
+    for t in tensors:
+        try:
+            out.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            out.append(None)
+    return out
+
+
+def decode_jpegs(datas: list[bytes], orientations: list[int], size: int, mode: str = "shortest",
+                 device: str = "cpu") -> JpegBatch:
+    """Decode JPEG files (their bytes) to the model's ``size x size`` squares on ``device``.
+
+    ``orientations`` are the EXIF orientation tags (1 when absent); ``mode`` is the model's
+    resize mode, as for :func:`clipdex.imaging.fit_square`. Pictures this path cannot take
+    are listed in ``failed`` rather than raised: the caller decodes them on the CPU.
+    """
+    import torch
+
+    if len(datas) != len(orientations):
+        raise ValueError("one orientation per picture")
+    plain = [i for i, d in enumerate(datas) if jpeg_frame(d)]
+    ok: list[int] = []
+    rows: list[torch.Tensor] = []
+    with torch.inference_mode():
+        for i, image in zip(plain, _decode([datas[i] for i in plain], device)):
+            if image is None:
+                continue
+            try:
+                rows.append(_fit(image, orientations[i], size, mode))
+            except RuntimeError:  # out of GPU memory for one huge picture, say
+                continue
+            ok.append(i)
+        pixels = torch.stack(rows) if rows else torch.empty((0, 3, size, size), dtype=torch.uint8, device=device)
+    failed = sorted(set(range(len(datas))) - set(ok))
+    return JpegBatch(pixels, ok, failed)
+
+
+@functools.cache
+def gpu_jpeg_available(device: str = "cuda") -> bool:
+    """True on a CUDA device where torchvision's nvJPEG decode works (tried once on a 1-pixel JPEG)."""
+    if not device.startswith("cuda"):
+        return False
+    try:
+        import io
+
+        import torch
+        from PIL import Image
+
+        if not torch.cuda.is_available():
+            return False
+        buf = io.BytesIO()
+        Image.new("RGB", (1, 1), (200, 100, 50)).save(buf, "JPEG")
+        batch = decode_jpegs([buf.getvalue()], [1], 1, device=device)
+        return not batch.failed and batch.pixels.device.type == "cuda"
+    except Exception:  # noqa: BLE001 - no CUDA build, no nvJPEG, a driver error: all mean "no"
+        return False
