@@ -1,21 +1,19 @@
-"""Decode JPEG batches with torchvision straight into model pixels, on the GPU when there is one.
+"""Decode JPEG batches with torchvision straight into model pixels: nvJPEG on a GPU, libjpeg elsewhere.
 
-On a GPU machine the indexer's bottleneck is decoding JPEGs on the CPU, not the model:
-nvJPEG (``torchvision.io.decode_jpeg(..., device="cuda")``) moves that work to the GPU.
-The pixels must match the CPU path (:func:`clipdex.imaging.load_for_model`), or a library
-indexed on one machine would not agree with itself on another, so this module repeats its
-steps with torch ops: Pillow's JPEG draft (a DCT-domain reduction, imitated by a box
-average), the EXIF orientation, the ``reducing_gap`` box reduction and Pillow's
-antialiased bicubic resize, then :func:`clipdex.imaging.fit_square`'s crop.
-
-Anything not a plain 8-bit greyscale or YCbCr baseline/progressive JPEG (CMYK, 12-bit,
-lossless, arithmetic-coded, truncated, broken) is reported by index, never raised, so the
-caller decodes those few on the CPU. torch is imported inside the functions only.
+On a GPU machine decoding JPEGs on the CPU, not the model, limits indexing. The pixels must match
+:func:`clipdex.imaging.load_for_model`'s (or vectors would depend on the machine), so its steps are
+repeated with torch ops: Pillow's JPEG draft (imitated by a box average), the EXIF orientation, the
+``reducing_gap`` reduction, Pillow's antialiased bicubic resize and :func:`~clipdex.imaging.fit_square`'s
+crop. Anything but a plain 8-bit grey or YCbCr JPEG (CMYK, 12-bit, lossless, truncated, broken) is
+reported by index, never raised: the caller decodes those on the CPU. torch is imported lazily.
+torchvision 0.29 deprecates its image decoders for TorchCodec; a torchvision without them makes
+:func:`gpu_jpeg_available` say False, and the indexer keeps the CPU path.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -27,6 +25,8 @@ _PLAIN_SOF = (0xC0, 0xC1, 0xC2)
 _OTHER_SOF = frozenset(range(0xC3, 0xD0)) - {0xC4, 0xC8, 0xCC}
 #: Pillow's ``Image.resize(..., reducing_gap=3.0)`` as used by ``fit_square``.
 _REDUCING_GAP = 3.0
+#: Pixels decoded in one torchvision call (~400 MB of RGB), so a batch of huge pictures fits the GPU.
+_CHUNK_PIXELS = 128_000_000
 
 
 class JpegBatch(NamedTuple):
@@ -78,23 +78,22 @@ def _box(x: torch.Tensor, fy: int, fx: int) -> torch.Tensor:
     return F.avg_pool2d(x, (fy, fx), ceil_mode=True, count_include_pad=False).round_()
 
 
+#: EXIF orientation (2-8) -> the torch ops of ``ImageOps.exif_transpose`` on a ``... x H x W`` tensor.
+_ORIENT: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {
+    2: lambda x: x.flip(-1),
+    3: lambda x: x.flip(-2, -1),
+    4: lambda x: x.flip(-2),
+    5: lambda x: x.transpose(-2, -1),
+    6: lambda x: x.rot90(-1, (-2, -1)),
+    7: lambda x: x.transpose(-2, -1).flip(-2, -1),
+    8: lambda x: x.rot90(1, (-2, -1)),
+}
+
+
 def _orient(x: torch.Tensor, orientation: int) -> torch.Tensor:
-    """Apply an EXIF orientation (1-8) to a ``... x H x W`` tensor, as ``ImageOps.exif_transpose`` does."""
-    if orientation == 2:
-        return x.flip(-1)
-    if orientation == 3:
-        return x.flip(-2, -1)
-    if orientation == 4:
-        return x.flip(-2)
-    if orientation == 5:
-        return x.transpose(-2, -1)
-    if orientation == 6:
-        return x.rot90(-1, (-2, -1))
-    if orientation == 7:
-        return x.transpose(-2, -1).flip(-2, -1)
-    if orientation == 8:
-        return x.rot90(1, (-2, -1))
-    return x
+    """``x`` turned upright for an EXIF orientation; 1 (or any unknown value) leaves it as it is, as Pillow does."""
+    turn = _ORIENT.get(orientation)
+    return turn(x) if turn else x
 
 
 def _fit(image: torch.Tensor, orientation: int, size: int, mode: str) -> torch.Tensor:
@@ -138,13 +137,13 @@ def _decode(datas: list[bytes], device: str) -> list[torch.Tensor | None]:
         return []
     try:
         return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device))
-    except RuntimeError:
+    except Exception:  # noqa: BLE001 - one bad picture fails the whole call: find it below
         pass
     out: list[torch.Tensor | None] = []
     for t in tensors:
         try:
             out.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=device))
-        except RuntimeError:
+        except Exception:  # noqa: BLE001 - whatever the decoder raises costs this picture only
             out.append(None)
     return out
 
@@ -153,26 +152,37 @@ def decode_jpegs(datas: list[bytes], orientations: list[int], size: int, mode: s
                  device: str = "cpu") -> JpegBatch:
     """Decode JPEG files (their bytes) to the model's ``size x size`` squares on ``device``.
 
-    ``orientations`` are the EXIF orientation tags (1 when absent); ``mode`` is the model's
-    resize mode, as for :func:`clipdex.imaging.fit_square`. Pictures this path cannot take
-    are listed in ``failed`` rather than raised: the caller decodes them on the CPU.
+    ``datas`` should be files Pillow opens as format ``JPEG`` (it reads an ``MPO`` with no
+    draft, so those differ a little more); ``orientations`` are their EXIF orientation tags
+    (1 when absent); ``mode`` is the model's resize mode, as for :func:`clipdex.imaging.fit_square`.
+    Pictures this path cannot take are listed in ``failed``, never raised: decode them on the CPU.
+    Needs torchvision >= 0.19 (batched ``decode_jpeg``); :func:`gpu_jpeg_available` checks.
     """
     import torch
 
     if len(datas) != len(orientations):
         raise ValueError("one orientation per picture")
-    plain = [i for i, d in enumerate(datas) if jpeg_frame(d)]
+    chunks: list[list[int]] = [[]]
+    pixels_in_chunk = 0
+    for i, data in enumerate(datas):
+        frame = jpeg_frame(data)
+        if frame:
+            if chunks[-1] and pixels_in_chunk + frame[0] * frame[1] > _CHUNK_PIXELS:
+                chunks.append([])
+                pixels_in_chunk = 0
+            chunks[-1].append(i)
+            pixels_in_chunk += frame[0] * frame[1]
     ok: list[int] = []
     rows: list[torch.Tensor] = []
     with torch.inference_mode():
-        for i, image in zip(plain, _decode([datas[i] for i in plain], device)):
-            if image is None:
-                continue
-            try:
-                rows.append(_fit(image, orientations[i], size, mode))
-            except RuntimeError:  # out of GPU memory for one huge picture, say
-                continue
-            ok.append(i)
+        for chunk in chunks:
+            for i, image in zip(chunk, _decode([datas[i] for i in chunk], device)):
+                try:
+                    if image is not None:
+                        rows.append(_fit(image, orientations[i], size, mode))
+                        ok.append(i)
+                except Exception:  # noqa: BLE001 - out of GPU memory for one huge picture, say
+                    pass
         pixels = torch.stack(rows) if rows else torch.empty((0, 3, size, size), dtype=torch.uint8, device=device)
     failed = sorted(set(range(len(datas))) - set(ok))
     return JpegBatch(pixels, ok, failed)
