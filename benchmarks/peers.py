@@ -19,9 +19,11 @@ median of ``--rounds`` interleaved rounds (each round runs every tool's step bef
    processes included), of each process's PSS (proportional set size: a page shared by N processes
    counts 1/N in each, so forked workers are not counted twice), from /proc/PID/smaps_rollup sampled
    every 0.05 s for the first 2 s, then every 0.2 s. The JSON also has the summed RSS, the largest
-   single process's max RSS (wait4) and CPU seconds.
+   single process's max RSS (wait4).
+7. CPU seconds (user + system) of 1-5, the process and every descendant it waited for (wait4): steadier
+   than wall time when something else shares the machine (the load average is printed).
 
-Ratios are clipdex time / peer time (also memory): above 1, clipdex is slower (or bigger).
+Ratios are clipdex / peer, for time, memory and CPU time: above 1, clipdex is slower (or bigger).
 
 Tools:
 
@@ -612,7 +614,8 @@ def report(tools: list[Tool], results: dict, args: argparse.Namespace, setup: di
             ("rerun", "4. re-run, nothing changed", "s"),
             ("search", "5. one text search, cold CLI", "s"),
             ("mem:index_big", "6a. peak memory, index 12 MP", "MB"),
-            ("mem:index_medium", "6b. peak memory, index 1600x1200", "MB")]
+            ("mem:index_medium", "6b. peak memory, index 1600x1200", "MB"),
+            *((f"cpu:{step}", f"7.{i}. CPU time of {i}", "s") for i, step in enumerate(STEPS, 1))]
     medians: dict[str, dict[str, float | None]] = {}
     cells: dict[str, dict[str, str]] = {}
     for t in tools:
@@ -627,7 +630,8 @@ def report(tools: list[Tool], results: dict, args: argparse.Namespace, setup: di
                 errs = [r.get("error") for r in results[t.name].get(step, []) if r.get("error")]
                 medians[t.name][key], cells[t.name][key] = None, ("failed" if errs else "-")
                 continue
-            values = [r["peak_pss_mb"] if key.startswith("mem:") else r["seconds"] for r in runs]
+            what = {"mem": "peak_pss_mb", "cpu": "cpu_seconds"}.get(key.split(":")[0], "seconds")
+            values = [r[what] for r in runs]
             med = statistics.median(values)
             medians[t.name][key] = med
             cells[t.name][key] = fmt(med, unit)
@@ -655,13 +659,14 @@ def report(tools: list[Tool], results: dict, args: argparse.Namespace, setup: di
     heads = [f"{t.name}" for t in tools]
     widths = [max(11, len(h) + 2) for h in heads]
     print()
-    print(f"{args.rounds} round(s), median; {os.cpu_count()} CPUs; model {ARCH} (random weights), same for all")
+    print(f"{args.rounds} round(s), median; {os.cpu_count()} CPUs; model {ARCH} (random weights), same for all; "
+          f"load average {setup.get('load_average', '?')}")
     print("".ljust(label_w) + "".join(h.rjust(w) for h, w in zip(heads, widths)))
     for key, label, _ in rows:
         print(label.ljust(label_w) + "".join(cells[t.name][key].rjust(w) for t, w in zip(tools, widths)))
     if ratios:
         print()
-        print("ratio = clipdex / peer (time, and memory in 6a-b): above 1 means clipdex is slower (bigger)")
+        print("ratio = clipdex / peer (time; memory in 6; CPU time in 7): above 1 means clipdex is slower (bigger)")
         rheads = list(ratios)
         rwidths = [max(11, len(h) + 2) for h in rheads]
         print("".ljust(label_w) + "".join(h.rjust(w) for h, w in zip(rheads, rwidths)))
@@ -809,6 +814,7 @@ def _main(args: argparse.Namespace, work: Path, notes: list[str], setup: dict) -
                               exe=venv / "bin" / "clip-retrieval", na=na))
 
     runner = Runner(ctx)
+    load_start = os.getloadavg()[0]
     results: dict[str, dict[str, list[dict]]] = {t.name: defaultdict(list) for t in tools}
     for rnd in range(args.rounds):
         order = tools[rnd % len(tools):] + tools[:rnd % len(tools)]  # who goes first changes each round
@@ -841,6 +847,7 @@ def _main(args: argparse.Namespace, work: Path, notes: list[str], setup: dict) -
             shutil.rmtree(work / "runs" / f"r{rnd}", ignore_errors=True)
     if args.keep:
         shutil.rmtree(work / "runs", ignore_errors=True)
+    setup["load_average"] = f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     report(tools, {k: dict(v) for k, v in results.items()}, args, setup, notes)
 
 
