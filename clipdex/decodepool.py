@@ -28,12 +28,13 @@ from typing import BinaryIO
 import numpy as np
 
 from clipdex.errors import ClipdexError, DecodeError
+from clipdex.gpujpeg import read_plain_jpeg
 from clipdex.imaging import DEFAULT_MAX_PIXELS, load_for_model
 
 
 @dataclass
 class Decoded:
-    """A file decoded to model pixels, or the reason it could not be."""
+    """A file decoded to model pixels (or, for the GPU, a JPEG's bytes), or the reason it could not be."""
 
     path: str
     pixels: np.ndarray | None = None
@@ -42,6 +43,8 @@ class Decoded:
     captured_at: object = None
     content_hash: str = ""
     error: str | None = None
+    data: bytes | None = None  # a JPEG left undecoded (``jpeg_bytes``): the file, pixels None
+    orientation: int = 1  # its EXIF orientation
 
 
 #: Read without blocking: opening a FIFO or a device must never hang a worker (or the planner).
@@ -103,12 +106,14 @@ def hash_file(path: str) -> str:
         return _hash_open(fh)
 
 
-def decode_file(path: str, size: int, mode: str, max_pixels: int) -> Decoded:
+def decode_file(path: str, size: int, mode: str, max_pixels: int, jpeg_bytes: bool = False) -> Decoded:
     """Decode ``path`` to ``size x size`` pixels and hash its content.
 
     Never holds the whole file in memory: the decoder reads what it needs (a file that is
     no picture fails on its header), then a decoded picture is hashed in chunks from the
     same open file. Anything not a regular file, or too large, is refused unread.
+    With ``jpeg_bytes``, a JPEG :func:`clipdex.gpujpeg.decode_jpegs` can take is read whole
+    and not decoded: ``data`` and ``orientation`` instead of ``pixels``, the rest as usual.
     """
     try:
         fh, st = open_regular(path)
@@ -126,6 +131,10 @@ def decode_file(path: str, size: int, mode: str, max_pixels: int) -> Decoded:
         limit = max_file_bytes(max_pixels)
         if st.st_size > limit:
             return Decoded(path, error=f"file too large ({st.st_size / 1e9:.1f} GB, limit {limit / 1e9:.1f} GB)")
+        jpeg = read_plain_jpeg(fh, max_pixels) if jpeg_bytes else None
+        if jpeg is not None:
+            return Decoded(path, None, jpeg.width, jpeg.height, jpeg.captured_at, hash_bytes(jpeg.data),
+                           data=jpeg.data, orientation=jpeg.orientation)
         try:
             pixels, dec = load_for_model(fh, size, mode, max_pixels)
         except DecodeError as exc:
@@ -139,7 +148,9 @@ def decode_file(path: str, size: int, mode: str, max_pixels: int) -> Decoded:
     return Decoded(path, pixels, dec.width, dec.height, dec.captured_at, content_hash)
 
 
-DecodeFn = Callable[[str, int, str, int], Decoded]
+#: ``fn(path, size, mode, max_pixels)`` like :func:`decode_file`; asked for ``jpeg_bytes=True`` too
+#: when JPEGs are decoded on the GPU (``DecodePool.run(..., jpeg_bytes=True)``).
+DecodeFn = Callable[..., Decoded]
 
 
 def _worker(conn: Connection, fn: DecodeFn, max_pixels: int, niceness: int) -> None:
@@ -154,8 +165,9 @@ def _worker(conn: Connection, fn: DecodeFn, max_pixels: int, niceness: int) -> N
             return
         if task is None:
             return
-        task_id, path, size, mode = task
-        conn.send((task_id, fn(path, size, mode, max_pixels)))
+        task_id, path, size, mode, jpeg_bytes = task
+        options = {"jpeg_bytes": True} if jpeg_bytes else {}
+        conn.send((task_id, fn(path, size, mode, max_pixels, **options)))
 
 
 def _cpu_seconds(pid: int | None) -> float | None:
@@ -288,13 +300,15 @@ class DecodePool:
             _stop_tracker()
 
     def run(
-        self, paths: Iterable[str], size: int, mode: str = "shortest", chunk: int = 1
+        self, paths: Iterable[str], size: int, mode: str = "shortest", chunk: int = 1, jpeg_bytes: bool = False
     ) -> Iterator[list[Decoded]]:
         """Decode ``paths`` to ``size`` pixels; yield lists of what is ready, up to ``chunk`` each.
 
         Lists are full (``chunk`` long) but for the last; results come in completion order.
+        ``jpeg_bytes`` (see :func:`decode_file`): whole files come back, so at most two lists wait.
         """
-        todo = deque((i, p, size, mode) for i, p in enumerate(paths))
+        todo = deque((i, p, size, mode, jpeg_bytes) for i, p in enumerate(paths))
+        buffer = min(self.buffer, 2 * chunk) if jpeg_bytes else self.buffer
         if not todo:
             return
         self.start(len(todo))
@@ -305,7 +319,7 @@ class DecodePool:
 
         def manage() -> None:
             try:
-                self._manage(slots, todo, out, stop)
+                self._manage(slots, todo, out, stop, buffer)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
                 errors.append(exc)
             finally:
@@ -340,11 +354,11 @@ class DecodePool:
         if errors:
             raise errors[0]
 
-    def _manage(self, slots: list[_Slot], todo: deque, out: queue.Queue, stop: threading.Event) -> None:
+    def _manage(self, slots: list[_Slot], todo: deque, out: queue.Queue, stop: threading.Event, buffer: int) -> None:
         startup_failures = 0
 
         def send(slot: _Slot) -> None:
-            while slot.ready and todo and len(slot.inflight) < self.prefetch and out.qsize() < self.buffer:
+            while slot.ready and todo and len(slot.inflight) < self.prefetch and out.qsize() < buffer:
                 task = todo.popleft()
                 if not slot.inflight:
                     slot.begin()

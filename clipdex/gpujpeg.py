@@ -5,16 +5,19 @@ On a GPU machine decoding JPEGs on the CPU, not the model, limits indexing. The 
 repeated with torch ops: Pillow's JPEG draft (imitated by a box average), the EXIF orientation, the
 ``reducing_gap`` reduction, Pillow's antialiased bicubic resize and :func:`~clipdex.imaging.fit_square`'s
 crop. Anything but a plain 8-bit grey or YCbCr JPEG (CMYK, 12-bit, lossless, truncated, broken) is
-reported by index, never raised: the caller decodes those on the CPU. torch is imported lazily.
+reported by index, never raised: the caller decodes those on the CPU. :func:`read_plain_jpeg` is what
+a decode worker runs instead of decoding, to hand a JPEG over as bytes. torch is imported lazily.
 torchvision 0.29 deprecates its image decoders for TorchCodec; a torchvision without them makes
 :func:`gpu_jpeg_available` say False, and the indexer keeps the CPU path.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -35,6 +38,51 @@ class JpegBatch(NamedTuple):
     pixels: torch.Tensor  # len(ok) x 3 x S x S uint8 on the device, in input order
     ok: list[int]  # index in the input of each row of ``pixels``
     failed: list[int]  # decode these on the CPU (clipdex.decodepool.decode_file)
+
+
+class PlainJpeg(NamedTuple):
+    """A JPEG file for :func:`decode_jpegs`, with the facts :func:`clipdex.imaging.open_image` would give."""
+
+    data: bytes  # the whole file
+    orientation: int  # EXIF orientation, 1 when absent
+    width: int  # upright: swapped for orientations 5-8, as open_image does
+    height: int
+    captured_at: dt.datetime | None
+
+
+def read_plain_jpeg(fh: BinaryIO, max_pixels: int) -> PlainJpeg | None:
+    """The bytes and facts of a JPEG this module decodes like Pillow, read from ``fh``; else None.
+
+    Pillow reads the header only: format ``JPEG`` (not ``MPO``), mode ``RGB`` or ``L``, at most
+    ``max_pixels``; then :func:`jpeg_frame` checks the bytes. Anything else, or any error on the
+    way, is None: the CPU decoder then takes the file and says what is wrong with it. ``fh`` is
+    left at its start.
+    """
+    from PIL import Image
+
+    from clipdex.imaging import _capture_date
+
+    try:
+        with Image.open(fh, formats=["JPEG"]) as im:
+            width, height = im.size
+            if im.format != "JPEG" or im.mode not in ("RGB", "L") or width * height > max_pixels:
+                return None
+            exif = im.getexif()
+            orientation, captured = exif.get(0x0112, 1), _capture_date(exif)
+        if not isinstance(orientation, int):
+            return None
+        fh.seek(0)
+        data = fh.read()
+        if jpeg_frame(data) is None:
+            return None
+    except Exception:  # noqa: BLE001 - whatever fails here, the CPU decoder reports it
+        return None
+    finally:
+        with contextlib.suppress(OSError):  # then the CPU decoder fails on it, and says why
+            fh.seek(0)
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    return PlainJpeg(data, orientation, width, height, captured)
 
 
 def jpeg_frame(data: bytes) -> tuple[int, int] | None:

@@ -21,12 +21,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from clipdex.errors import ModelUnavailable, UsageError
 from clipdex.suggest import similar_names
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 #: Alias of the tiny model that ships with clipdex (trained on generated shapes).
 TINY_MODEL = "tiny"
@@ -158,6 +161,14 @@ BACKEND_ENV = "CLIPDEX_BACKEND"
 Say = Callable[[str], None]
 
 
+class JpegVectors(NamedTuple):
+    """What :meth:`Encoder.encode_jpegs` made of a list of JPEG files."""
+
+    vectors: np.ndarray  # one unit row per index in ``ok``
+    ok: list[int]  # indices of the pictures encoded, in input order
+    failed: list[int]  # indices of those torchvision could not take: decode them on the CPU
+
+
 def _quiet(_line: str) -> None:
     pass
 
@@ -283,6 +294,38 @@ class Encoder:
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Encode a ``N x S x S x 3`` uint8 batch (see :func:`clipdex.imaging.fit_square`) to unit float32 rows."""
         return self.load()._impl.encode_pixels(pixels)
+
+    @property
+    def gpu_jpeg(self) -> bool:
+        """True when JPEGs can be decoded where the model runs: PyTorch on a CUDA device whose
+        nvJPEG decode works (:func:`clipdex.gpujpeg.gpu_jpeg_available`). Loads the model."""
+        impl = self.load()._impl
+        if impl.backend != "torch" or not impl.device.startswith("cuda"):
+            return False
+        from clipdex.gpujpeg import gpu_jpeg_available
+
+        return gpu_jpeg_available(impl.device)
+
+    def _torch(self, what: str) -> Any:
+        impl = self.load()._impl
+        if impl.backend != "torch":
+            raise UsageError(f"{what} needs the PyTorch backend, not {impl.backend}")
+        return impl
+
+    def encode_jpegs(self, datas: list[bytes], orientations: list[int]) -> JpegVectors:
+        """Decode JPEG files (their bytes and EXIF orientations) with torchvision on the model's device
+        (:func:`clipdex.gpujpeg.decode_jpegs`) and encode them; pictures it cannot take are listed in
+        ``failed``, never raised. PyTorch backend only (nvJPEG when it runs on CUDA: see :attr:`gpu_jpeg`)."""
+        from clipdex.gpujpeg import decode_jpegs
+
+        impl = self._torch("decoding JPEGs with torchvision")
+        batch = decode_jpegs(datas, orientations, impl.image_size, impl.resize_mode, impl.device)
+        vectors = impl.encode_pixel_tensor(batch.pixels) if batch.ok else np.empty((0, impl.dim), np.float32)
+        return JpegVectors(vectors, batch.ok, batch.failed)
+
+    def encode_pixel_tensor(self, x: torch.Tensor) -> np.ndarray:
+        """Encode a ``N x 3 x S x S`` uint8 tensor on the model's device to unit float32 rows (PyTorch backend)."""
+        return self._torch("encoding a tensor").encode_pixel_tensor(x)
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """Encode a list of strings to unit float32 rows. A single text (a query) is remembered: the
