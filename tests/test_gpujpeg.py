@@ -1,14 +1,19 @@
 """Batch JPEG decoding with torchvision (clipdex.gpujpeg) gives the pixels and vectors the CPU path gives.
 
 The decode, orientation and resize steps are device-independent torch code, so they are checked
-for real on the CPU here; only nvJPEG itself needs a GPU (the last test).
+for real on the CPU here; so is the indexer's plumbing (workers handing JPEG bytes over, GPU
+failures decoded again on the CPU), with ``Indexer(gpu_jpeg=True)`` and a PyTorch model on the
+CPU. Only nvJPEG itself needs a GPU (the last test).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import io
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,11 +21,19 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 import clipdex.gpujpeg
+import clipdex.indexer.gpu
+import clipdex.indexer.run
+from clipdex.decodepool import decode_file
+from clipdex.errors import UsageError
 from clipdex.gpujpeg import _orient, decode_jpegs, gpu_jpeg_available, jpeg_frame
 from clipdex.imaging import load_for_model
-from clipdex.models import parse_model_spec
-from clipdex.synthetic import all_samples, draw
+from clipdex.indexer import Indexer
+from clipdex.library import Library
+from clipdex.library.schema import ImageRow
+from clipdex.models import Encoder, parse_model_spec
+from clipdex.synthetic import all_samples, draw, write_collection
 from clipdex.torchclip import TorchEncoder
+from tests.faulty import hang_or_crash
 
 # torchvision 0.29 deprecates its image decoders (see the module's docstring); the warning is expected here.
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
@@ -46,10 +59,12 @@ def photo(w: int, h: int, seed: int) -> Image.Image:
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.6))
 
 
-def jpeg(im: Image.Image, orientation: int = 1, **kw) -> bytes:
+def jpeg(im: Image.Image, orientation: int = 1, taken: str | None = None, **kw) -> bytes:
     exif = Image.Exif()
     if orientation != 1:
         exif[0x0112] = orientation
+    if taken:
+        exif.get_ifd(0x8769)[36867] = taken  # DateTimeOriginal
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=90, exif=exif.tobytes(), **kw)
     return buf.getvalue()
@@ -180,8 +195,184 @@ def test_gpu_unavailable_off_cuda_and_import_is_cheap():
     assert gpu_jpeg_available("cpu") is False
     if not torch.cuda.is_available():
         assert gpu_jpeg_available("cuda") is False
-    code = "import sys, clipdex.gpujpeg; sys.exit('torch' in sys.modules or 'torchvision' in sys.modules)"
+    code = ("import sys, clipdex.gpujpeg, clipdex.decodepool, clipdex.indexer; "
+            "sys.exit('torch' in sys.modules or 'torchvision' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# --- the indexer's GPU path, run on the CPU (Indexer(gpu_jpeg=True), PyTorch model on the CPU)
+
+#: A JPEG comment marking the pictures the fake GPU decoder below refuses (they go back to the CPU decoder).
+REFUSE = b"gpu-refuses"
+
+
+def _mpo(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "MPO", save_all=True, append_images=[photo(200, 150, seed=11)])
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory) -> Path:
+    """24 generated JPEGs with a capture date, and what a camera roll holds besides."""
+    root = tmp_path_factory.mktemp("mixed")
+    write_collection(root / "shapes", per_class=1, seed=4, taken=dt.datetime(2021, 6, 1, 12, 30))
+    odd = root / "odd"
+    odd.mkdir()
+    im = photo(360, 240, seed=7)
+    files = {f"orient{o}.jpg": jpeg(photo(360, 240, seed=o), o, f"2020:01:0{o} 10:00:00") for o in range(1, 9)}
+    good = jpeg(im)
+    files |= {
+        "big.jpg": jpeg(photo(1500, 1000, seed=9), 6),  # JPEG draft at 1/8 in the CPU path
+        "grey.jpg": jpeg(im.convert("L"), 8),
+        "progressive.jpg": jpeg(im, 3, progressive=True),
+        "cmyk.jpg": jpeg(im.convert("CMYK")),  # the workers decode it
+        "camera.mpo.jpg": _mpo(im),  # likewise (Pillow reads an MPO with no draft)
+        "truncated.jpg": good[: len(good) // 2],  # refused by the workers' frame check: CPU, skipped
+        "missing-table.jpg": _unusual(good, 12, 3),  # passes every check, torchvision and Pillow refuse it
+        "refused.jpg": jpeg(photo(300, 400, seed=12), 6, comment=REFUSE),  # fails on the "GPU", fine on the CPU
+        "empty.jpg": b"",
+        "text.jpg": b"not a picture at all",
+    }
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    files["picture.png"] = buf.getvalue()
+    for name, data in files.items():
+        (odd / name).write_bytes(data)
+    shutil.copy(root / "shapes" / "red" / "circle-000.jpg", odd / "copy-of-red-circle.jpg")
+    return root
+
+
+@pytest.fixture
+def refusing_gpu(monkeypatch) -> dict[str, int]:
+    """torchvision's decode refuses the pictures marked :data:`REFUSE`; counts what each path did."""
+    seen = {"jpegs": 0, "redecoded": 0}
+    real_decode, real_redecoder = clipdex.gpujpeg._decode, clipdex.indexer.gpu.cpu_redecoder
+
+    def decode(datas, device):
+        seen["jpegs"] += len(datas)
+        return [None if REFUSE in d else t for d, t in zip(datas, real_decode(datas, device))]
+
+    def redecoder(*args):
+        redecode = real_redecoder(*args)
+
+        def counted(paths):
+            seen["redecoded"] += len(paths)
+            return redecode(paths)
+        return counted
+
+    monkeypatch.setattr(clipdex.gpujpeg, "_decode", decode)
+    monkeypatch.setattr(clipdex.indexer.run, "cpu_redecoder", redecoder)
+    return seen
+
+
+def _contents(lib: Library) -> dict[str, tuple]:
+    with lib.session() as s:
+        return {r.path: (r.id, r.width, r.height, r.captured_at, r.content_hash, r.vector_array().copy())
+                for r in s.query(ImageRow)}
+
+
+def _counts(stats) -> tuple:
+    return stats.indexed, stats.encoded, stats.reused, stats.skipped, stats.processed
+
+
+def test_decode_file_hands_plain_jpegs_over_as_bytes(mixed):
+    """With jpeg_bytes, a plain JPEG comes back undecoded with the facts the CPU path gives; the rest as ever."""
+    kinds = {}
+    for path in sorted(mixed.rglob("*")):
+        if not path.is_file():
+            continue
+        got, cpu = decode_file(str(path), 64, "shortest", 10**8, jpeg_bytes=True), decode_file(str(path), 64,
+                                                                                               "shortest", 10**8)
+        kinds[path.name] = "bytes" if got.data is not None else "pixels" if got.pixels is not None else "error"
+        if got.data is not None:
+            assert got.pixels is None and got.data == path.read_bytes()
+            assert got.orientation == orientation_of(got.data)
+            assert (got.width, got.height, got.captured_at, got.content_hash) == (
+                cpu.width, cpu.height, cpu.captured_at, cpu.content_hash) or path.name == "missing-table.jpg"
+        else:
+            assert got.orientation == 1 and (got.error, got.width, got.height, got.content_hash) == (
+                cpu.error, cpu.width, cpu.height, cpu.content_hash)
+            assert got.pixels is None or np.array_equal(got.pixels, cpu.pixels)
+    assert kinds["orient6.jpg"] == kinds["grey.jpg"] == kinds["missing-table.jpg"] == kinds["circle-000.jpg"] == "bytes"
+    assert kinds["cmyk.jpg"] == kinds["camera.mpo.jpg"] == kinds["picture.png"] == "pixels"
+    assert kinds["truncated.jpg"] == kinds["empty.jpg"] == kinds["text.jpg"] == "error"
+
+
+def test_gpu_path_indexes_like_the_cpu_path(mixed, tmp_path, refusing_gpu):
+    """Same ids, paths, sizes, dates, hashes, skip reasons and counts; vectors within a cosine of 0.99.
+
+    One worker, so both runs see the files in the same order (ids follow it); batches of 8, so
+    the copy of a picture reuses its vector from an earlier batch in both.
+    """
+    encoder = Encoder("tiny", backend="torch").load()
+    assert encoder.gpu_jpeg is False  # no CUDA here: only the override turns the path on
+    gpu_lib, cpu_lib = Library.create(tmp_path / "gpu"), Library.create(tmp_path / "cpu")
+    said: list[str] = []
+    gpu = Indexer(gpu_lib, encoder, workers=1, batch_size=8, gpu_jpeg=True, say=said.append).run([str(mixed)])
+    seen = dict(refusing_gpu)
+    cpu = Indexer(cpu_lib, encoder, workers=1, batch_size=8).run([str(mixed)])
+    assert refusing_gpu == seen  # the normal run never touched the GPU path
+    assert not any("GPU" in line for line in said)  # that note is for a real GPU
+    # 24 shapes + 8 orientations + big, grey, progressive, refused and missing-table went as bytes
+    # (the copy reuses its original's vector unread); refused and missing-table went back to the CPU.
+    assert seen == {"jpegs": 37, "redecoded": 2}
+    assert _counts(gpu) == _counts(cpu)
+    assert (gpu.indexed, gpu.reused, gpu.skipped) == (40, 1, 4)
+    assert gpu_lib.skipped() == cpu_lib.skipped()
+    assert {Path(p).name for p, _ in gpu_lib.skipped()} == {"truncated.jpg", "missing-table.jpg", "empty.jpg",
+                                                             "text.jpg"}
+    rows, want = _contents(gpu_lib), _contents(cpu_lib)
+    assert rows.keys() == want.keys() and len(rows) == 40
+    cosines = {}
+    for path, (*facts, vector) in rows.items():
+        assert tuple(facts) == want[path][:-1], path
+        cosines[Path(path).name] = float(vector @ want[path][-1])
+    print(f"cosine min {min(cosines.values()):.5f} ({min(cosines, key=cosines.get)})")
+    assert min(cosines.values()) >= 0.99
+    assert cosines["refused.jpg"] > 0.99999 and cosines["cmyk.jpg"] > 0.99999  # decoded on the CPU in both
+    assert rows[str(mixed / "odd" / "orient6.jpg")][3] == dt.datetime(2020, 1, 6, 10)
+    assert rows[str(mixed / "odd" / "big.jpg")][1:3] == (1000, 1500)
+    index = gpu_lib.index()
+    assert index.ntotal == 40 and all(np.array_equal(index.vector(r[0]), r[-1]) for r in rows.values())
+
+
+def test_gpu_path_reruns_reuse_and_retry(mixed, tmp_path, refusing_gpu):
+    """Incremental runs on the GPU path: unchanged files unread, a copy reuses its vector, a changed
+    file is encoded again, a skipped file that changed is tried again."""
+    encoder = Encoder("tiny", backend="torch").load()
+    root = tmp_path / "pics"
+    shutil.copytree(mixed / "odd", root)
+    lib = Library.create(tmp_path / "lib")
+    first = Indexer(lib, encoder, workers=2, batch_size=4, gpu_jpeg=True).run([str(root)])
+    assert first.indexed + first.skipped == first.processed == 20 and first.reused == 0
+    shutil.copy(root / "orient3.jpg", root / "copy.jpg")
+    (root / "grey.jpg").write_bytes(jpeg(photo(200, 300, seed=99), 5))
+    (root / "truncated.jpg").write_bytes(jpeg(photo(300, 200, seed=98)))  # a skipped file, now whole
+    again = Indexer(lib, encoder, workers=2, batch_size=4, gpu_jpeg=True).run([str(root)])
+    assert (again.indexed, again.encoded, again.reused, again.unchanged, again.skipped) == (3, 2, 1, 15, 0)
+    assert len(lib.skipped()) == 3
+    vectors = {Path(p).name: v for p, (*_f, v) in _contents(lib).items()}
+    assert np.array_equal(vectors["copy.jpg"], vectors["orient3.jpg"])
+    fresh = encoder.encode_pixels(cpu_pixels((root / "grey.jpg").read_bytes(), 64, "shortest")[None])[0]
+    assert float(vectors["grey.jpg"] @ fresh) >= 0.99
+    rebuilt = Indexer(lib, encoder, workers=2, batch_size=4, gpu_jpeg=True).run([str(root)], rebuild=True)
+    assert rebuilt.rebuilt and (rebuilt.indexed, rebuilt.skipped) == (18, 3)
+    # the copy reuses its original's new vector unless both were in one batch (two workers: either)
+    assert rebuilt.encoded + rebuilt.reused == 18 and rebuilt.reused <= 1
+    after = {Path(p).name: v for p, (*_f, v) in _contents(lib).items()}
+    assert after.keys() == vectors.keys() and min(float(after[n] @ vectors[n]) for n in after) > 0.99999
+
+
+def test_gpu_path_needs_torch_and_a_decoder_taking_bytes(tmp_path):
+    """Automatic: off for a decode_fn that cannot hand bytes over; forced: refused with a reason."""
+    encoder = Encoder("tiny", backend="torch").load()
+    lib = Library.create(tmp_path / "lib")
+    assert Indexer(lib, encoder, decode_fn=hang_or_crash).decodes_jpegs_on_device(encoder) is False
+    assert Indexer(lib, encoder, gpu_jpeg=True).decodes_jpegs_on_device(encoder) is True
+    assert Indexer(lib, encoder).decodes_jpegs_on_device(encoder) is False  # a CPU: ~7x slower than Pillow
+    with pytest.raises(UsageError, match="jpeg_bytes"):
+        Indexer(lib, encoder, gpu_jpeg=True, decode_fn=hang_or_crash).decodes_jpegs_on_device(encoder)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(),

@@ -10,6 +10,7 @@ the process at any moment loses at most the batch in flight; the FAISS index is 
 from __future__ import annotations
 
 import errno
+import inspect
 import sys
 import time
 from collections.abc import Callable, Collection
@@ -18,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from clipdex.decodepool import Decoded, DecodeFn, DecodePool, decode_file
+from clipdex.errors import UsageError
+from clipdex.indexer.gpu import cpu_redecoder, encode_batch
 from clipdex.indexer.plan import Plan, make_plan
 from clipdex.indexer.scan import Scan, normalise_roots, scan
 from clipdex.library import Library, staging, writes
@@ -86,7 +89,9 @@ class Indexer:
 
     ``say`` receives one-line progress reports ("scanning ...", "loading model ...") as
     the run goes; ``progress`` shows a bar on stderr while files are encoded (default:
-    when stderr is a terminal).
+    when stderr is a terminal). ``gpu_jpeg``: decode JPEGs with torchvision where the model
+    runs (see :mod:`clipdex.indexer.gpu`); None (the default) does when
+    :attr:`Encoder.gpu_jpeg` says it can, True forces it (a PyTorch model on the CPU too).
     """
 
     def __init__(
@@ -102,6 +107,7 @@ class Indexer:
         decode_fn: DecodeFn = decode_file,
         progress: bool | None = None,
         say: Callable[[str], None] | None = None,
+        gpu_jpeg: bool | None = None,
     ):
         self.lib = library
         self.requested = model
@@ -111,6 +117,7 @@ class Indexer:
         self.device = device
         self.backend = backend
         self.decode_fn = decode_fn
+        self.gpu_jpeg = gpu_jpeg
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.say = say or (lambda _line: None)
         self._announced: Encoder | None = None
@@ -225,6 +232,16 @@ class Indexer:
             if pool is not None:
                 pool.close()
 
+    def decodes_jpegs_on_device(self, encoder: Encoder) -> bool:
+        """Whether this run hands JPEGs to ``encoder`` as bytes (the model is loaded)."""
+        takes_bytes = "jpeg_bytes" in inspect.signature(self.decode_fn).parameters
+        if self.gpu_jpeg is None:
+            return takes_bytes and encoder.gpu_jpeg
+        if self.gpu_jpeg and not (takes_bytes and encoder.backend == "torch"):
+            raise UsageError("decoding JPEGs with torchvision needs the PyTorch backend and a decode_fn taking "
+                             "jpeg_bytes")
+        return self.gpu_jpeg
+
     def _index_files(self, encoder: Encoder, pool: DecodePool, plan: Plan, found: Scan, index: VectorIndex,
                      stats: IndexStats) -> None:
         by_hash = writes.content_hashes(self.lib)  # identical content already encoded (a copy) keeps its vector
@@ -282,7 +299,12 @@ class Indexer:
 
             bar = tqdm(total=len(paths), unit="img", desc=desc, file=sys.stderr, smoothing=0)
         began = bar.start_t if bar is not None else time.time()
-        batches = pool.run(paths, encoder.image_size, encoder.resize_mode, chunk=self.batch_size)
+        size, mode = encoder.image_size, encoder.resize_mode
+        on_device = self.decodes_jpegs_on_device(encoder)
+        if on_device and encoder.gpu_jpeg:
+            self.say("decoding JPEGs on the GPU (nvJPEG)")
+        redecode = cpu_redecoder(self.decode_fn, self.timeout, size, mode)
+        batches = pool.run(paths, size, mode, chunk=self.batch_size, jpeg_bytes=on_device)
         try:
             for items in batches:
                 ok = [d for d in items if not d.error]
@@ -296,11 +318,14 @@ class Indexer:
                     if source is not None and source in known:
                         vectors[d.path] = known[source]
                 to_encode = [d for d in ok if d.path not in vectors]
-                if to_encode:
-                    encoded = encoder.encode_pixels(np.stack([d.pixels for d in to_encode]))
-                    vectors.update({d.path: v for d, v in zip(to_encode, encoded)})
-                store([(d, vectors[d.path]) for d in ok], [d for d in items if d.error])
-                stats.encoded += len(to_encode)
+                # JPEG bytes are decoded where the model runs; one that fails there is decoded
+                # again on the CPU, and lands in ``failed`` with that decoder's reason if it fails.
+                encoded, failed = encode_batch(encoder, to_encode, redecode) if to_encode else ([], [])
+                now = {d.path: d for d, _ in encoded}
+                vectors.update({d.path: v for d, v in encoded})
+                store([(now.get(d.path, d), vectors[d.path]) for d in ok if d.path in vectors],
+                      [d for d in items if d.error] + failed)
+                stats.encoded += len(encoded)
                 stats.reused += len(ok) - len(to_encode)
                 stats.processed += len(items)
                 if bar is not None:
