@@ -66,7 +66,8 @@ def free_port() -> int:
 
 
 def percentile(values: list[float], p: float) -> float:
-    return float(np.percentile(np.asarray(values) * 1000, p))
+    """The ``p``-th percentile of ``values`` (milliseconds)."""
+    return float(np.percentile(np.asarray(values), p))
 
 
 def main() -> None:
@@ -103,8 +104,9 @@ def main() -> None:
     print(f"{args.queries} text queries, k={args.k}, {args.vectors:,} vectors, {args.arch}, loopback HTTP")
     print(f"{'':>14} " + " ".join(f"{b + ' p50':>10} {b + ' p95':>10}" for b in backends))
     for name in ("whole request", "text encoding", "index search", "the rest"):
-        print(f"{name:>14} " + " ".join(f"{percentile(results[b][name], 50):7.1f} ms {percentile(results[b][name], 95):7.1f} ms"
-                                        for b in backends))
+        cells = (f"{percentile(results[b][name], 50):7.1f} ms {percentile(results[b][name], 95):7.1f} ms"
+                 for b in backends)
+        print(f"{name:>14} " + " ".join(cells))
     print(f"{'ready':>14} " + " ".join(f"{results[b]['ready']:8.2f} s {'':>10}" for b in backends))
 
 
