@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import os
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,17 +25,18 @@ from sqlalchemy.orm import Session
 
 from clipdex.errors import LibraryError, ModelMismatch, ModelUnavailable, NoLibrary
 from clipdex.library import migrations, storage
+from clipdex.library.paths import DB_NAME, default_library_path, demo_library_path, resolve_library
 from clipdex.library.schema import ImageRow, Meta, RootRow, SkippedRow, TagRow
 from clipdex.library.writes import delete_in_chunks
 from clipdex.models import DEFAULT_MODEL, Encoder, ModelSpec, parse_model_spec
 from clipdex.vectorindex import INDEX_TYPE, IdsChecksum, VectorIndex, index_files
 
-DB_NAME = "clipdex.db"
 LOCK_NAME = ".write.lock"
 #: Larger than any CLIP embedding; a ``dim`` beyond it is damage, not a model.
 MAX_DIM = 1 << 16
 MAX_GENERATION = 1 << 62
 
+__all__ = ["DB_NAME", "Library", "default_library_path", "demo_library_path", "resolve_library"]
 
 
 def _refuse_file(path: Path) -> None:
@@ -56,41 +55,6 @@ def _remove_library_files(folder: Path, created_folders: list[Path]) -> None:
             made.rmdir()
         except OSError:
             break  # it holds something else: keep it and its parents
-
-
-def default_library_path() -> Path:
-    """``$CLIPDEX_LIBRARY``, else the per-user data directory of the platform."""
-    env = os.environ.get("CLIPDEX_LIBRARY")
-    if env:
-        return Path(env).expanduser()
-    if sys.platform == "darwin":
-        base = Path.home() / "Library" / "Application Support"
-    elif os.name == "nt":
-        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
-    else:
-        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return base / "clipdex" / "library"
-
-
-def demo_library_path() -> Path:
-    """Where ``clipdex demo`` builds its library: beside the default one, never inside it."""
-    return default_library_path().with_name("demo-library")
-
-
-def resolve_library(explicit: Path | str | None) -> tuple[Path, bool]:
-    """The library a command works on, and whether it is the demo's.
-
-    ``explicit`` (``--library`` or ``$CLIPDEX_LIBRARY``) wins. Otherwise the default
-    library, except that the demo library stands in while the user has none of their own,
-    so the commands the demo prints work as printed. Commands that add pictures must not
-    use this: they always create the user's own default library.
-    """
-    if explicit:
-        return Path(explicit).expanduser(), False
-    default, demo = default_library_path(), demo_library_path()
-    if not (default / DB_NAME).is_file() and (demo / DB_NAME).is_file():
-        return demo, True
-    return default, False
 
 
 class Library:

@@ -17,11 +17,12 @@ import hashlib
 import json
 import os
 import re
-import sys
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from clipdex.userdirs import user_folder
 
 #: Bumped whenever the export code changes what it writes, so older exports are not reused.
 EXPORT_FORMAT = 3
@@ -36,13 +37,7 @@ def cache_root() -> Path:
     """``$CLIPDEX_ONNX_CACHE``, else the platform's per-user cache folder + ``clipdex/onnx``."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
-    if sys.platform == "darwin":
-        base = Path.home() / "Library" / "Caches"
-    elif sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "clipdex" / "onnx"
+    return user_folder("cache") / "onnx"
 
 
 def installed_versions() -> dict[str, str]:
