@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -103,6 +104,7 @@ def main() -> None:
     ap.add_argument("--clipdex-batch", type=int, default=32, help="clipdex --batch-size")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--no-naive", action="store_true", help="skip the (slow) naive loop")
+    ap.add_argument("--rclip", action="store_true", help="also time clipdex and rclip 4 as whole processes")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -124,6 +126,8 @@ def main() -> None:
         for size in [s.strip() for s in args.sizes.split(",") if s.strip()]:
             files = generate(work / size, args.images, sizes[size])
             reports.append(measure(files, size, spec, encoders, work, threads, args))
+            if args.rclip:
+                reports[-1]["whole_processes"] = against_rclip(files, work, args.rounds)
     if args.json:
         print(json.dumps(reports, indent=2))
         return
@@ -190,6 +194,54 @@ def print_report(report: dict) -> None:
               f"(bound {b['cpu_bound_on_clipdex_vs_ceiling']:.2f}){naive_ratio}")
     if "clipdex_onnx_vs_torch" in report:
         print(f"{'':>16}  clipdex onnx / torch = {report['clipdex_onnx_vs_torch']:.2f}")
+    whole = report.get("whole_processes")
+    if whole and "error" in whole:
+        print(f"{'':>16}  rclip not measured: {whole['error']}")
+    elif whole:
+        for tool in ("clipdex", "rclip"):
+            print(f"{tool + ' (process)':>16}: {whole[tool]['images_per_second']:7.2f} images/s, peak memory "
+                  f"{whole[tool]['peak_mb']:.0f} MB")
+        print(f"{'':>16}  clipdex / rclip throughput = {whole['throughput_ratio']:.2f} (goal >= 1.3), "
+              f"memory = {whole['memory_ratio']:.2f} (goal <= 1)")
+
+
+def against_rclip(files: list[Path], work: Path, rounds: int) -> dict:
+    """``clipdex index --backend onnx`` and ``rclip -f`` over ``files`` as whole processes, interleaved."""
+    import statistics
+
+    import peers
+
+    notes: list[str] = []
+    venv, version = peers.setup_rclip(Path(__file__).parent / ".peers", True, notes)
+    if venv is None:
+        return {"error": version}
+    model_dir = work / "model"
+    rclip_files = work / "rclip-model"
+    if not rclip_files.exists():
+        peers.export_rclip_model(model_dir, peers.rclip_layout(venv), rclip_files, "crop")
+    clipdex = Path(sys.executable).with_name("clipdex")
+    times: dict[str, list[float]] = {"clipdex": [], "rclip": []}
+    peaks: dict[str, list[float]] = {"clipdex": [], "rclip": []}
+    for i in range(rounds):
+        lib, data = work / f"whole-lib-{files[0].parent.name}-{i}", work / f"rclip-data-{files[0].parent.name}-{i}"
+        env = peers.base_env(CLIPDEX_ONNX_CACHE=os.environ["CLIPDEX_ONNX_CACHE"])
+        r = peers.run([str(clipdex), "index", str(files[0].parent), "--library", str(lib), "--model",
+                       f"local-dir:{model_dir}", "--backend", "onnx"], cwd=work, env=env,
+                      log=work / f"clipdex-{i}.log", timeout=3600)
+        times["clipdex"].append(r.seconds)
+        peaks["clipdex"].append(r.peak_pss_mb)
+        peers.rclip_datadir(rclip_files, data)
+        r = peers.run([str(venv / "bin" / "rclip"), "-f", "a red car"], cwd=files[0].parent,
+                      env=peers.base_env(RCLIP_DATADIR=str(data)), log=work / f"rclip-{i}.log", timeout=3600)
+        times["rclip"].append(r.seconds)
+        peaks["rclip"].append(r.peak_pss_mb)
+    out = {tool: {"images_per_second": round(len(files) / statistics.median(times[tool]), 2),
+                  "seconds_each_round": [round(t, 2) for t in times[tool]],
+                  "peak_mb": round(max(peaks[tool]), 1)} for tool in times}
+    out["rclip_version"] = version
+    out["throughput_ratio"] = round(out["clipdex"]["images_per_second"] / out["rclip"]["images_per_second"], 2)
+    out["memory_ratio"] = round(out["clipdex"]["peak_mb"] / out["rclip"]["peak_mb"], 2)
+    return out
 
 
 def decode_cost(files: list[Path], size: int) -> float:
