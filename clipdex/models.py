@@ -189,7 +189,8 @@ class Encoder:
         self.spec = parse_model_spec(spec) if isinstance(spec, str) else spec
         self.requested_backend = (backend or os.environ.get(BACKEND_ENV) or "auto").strip().lower()
         if self.requested_backend not in BACKENDS:
-            raise UsageError(f"unknown backend {self.requested_backend!r} (choose from {', '.join(BACKENDS)})")
+            where = "" if backend else f" in {BACKEND_ENV}"
+            raise UsageError(f"unknown backend {self.requested_backend!r}{where} (choose from {', '.join(BACKENDS)})")
         self._device, self._precision, self.bulk, self.quick_start = device, precision, bulk, quick_start
         self._lock = threading.Lock()
         self._impl: Any = None
@@ -227,8 +228,8 @@ class Encoder:
         if wanted == "auto" and device is None and self.bulk and gpu_present():
             return TorchEncoder(self.spec, None, self._precision).load()
         reason = None
-        if device not in (None, "cpu"):
-            reason = f"it runs on the CPU, not on {device}"
+        if device is not None and device.split(":")[0] != "cpu":
+            reason = f"it runs on the CPU, not on {device} (use --backend torch there)"
         elif self._precision not in (None, "fp32"):
             reason = f"it runs in fp32, not {self._precision}"
         if reason is None:
@@ -257,12 +258,22 @@ class Encoder:
         refused = refusal(key)
         if refused:
             raise BackendUnavailable(str(self.spec), refused)
+        from clipdex.onnx.cache import cache_root, writable_root
         from clipdex.onnx.export import export_to_cache, torch_parts
         from clipdex.torchclip import preflight
 
         preflight(self.spec)  # the weights are here (or a clear error) before any word of exporting
-        say(f"exporting model {self.spec} to ONNX (once per model; later runs load it without PyTorch) …")
-        return OnnxEncoder(export_to_cache(key, lambda: torch_parts(self.spec)), options)
+        root = cache_root()
+        problem = writable_root(root)
+        if problem:
+            raise BackendUnavailable(str(self.spec), problem)
+        say(f"exporting model {self.spec} to ONNX in {root} (once per model; later runs load it without PyTorch) …")
+        try:
+            folder = export_to_cache(key, lambda: torch_parts(self.spec), root)
+        except OSError as exc:  # a full disk, a cache that became unwritable: not the model's fault, not remembered
+            raise BackendUnavailable(str(self.spec), f"cannot write its export to {root} "
+                                     f"({exc.strerror or exc}; CLIPDEX_ONNX_CACHE chooses another folder)") from None
+        return OnnxEncoder(folder, options)
 
     def warm_up(self, text: bool = True, image: bool = True) -> None:
         """Load what a first query needs and run each tower once, so that query is not slow."""

@@ -4,9 +4,11 @@ the model's export is refused; the query path never imports torch; vectors of bo
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,7 +116,7 @@ def test_a_refused_model_falls_back_to_pytorch_with_a_note(tmp_path, refused_mod
     assert out.exit_code == 0, out.stderr
     reason = refusal(key_for_spec(parse_model_spec(refused_model)))
     note = f"note: ONNX Runtime cannot run {refused_model} ({reason}): using PyTorch"
-    assert note in out.stdout.splitlines()
+    assert note in out.stderr.splitlines() and note not in out.stdout
     assert reason.startswith("its image vectors from ONNX Runtime differ from PyTorch's (lowest cosine ")
     out = invoke("search", "a red circle", "--library", str(tmp_path / "lib"), "-k", "1")
     assert out.exit_code == 0 and out.stderr == note + "\n"
@@ -160,3 +162,107 @@ def test_a_repeated_query_gives_the_same_vector_and_callers_cannot_spoil_it():
     first[:] = 0  # a caller scribbling on its answer
     assert np.array_equal(encoder.encode_texts(["a red circle"]), want)
     assert np.allclose(encoder.encode_texts(["a red circle", "a blue star"])[0], want[0], atol=1e-6)
+
+
+@pytest.fixture
+def fresh_model(tmp_path) -> str:
+    """A copy of the tiny model: a model no cache has an export of yet."""
+    shutil.copytree(tiny_model_dir(), tmp_path / "fresh-model")
+    return f"local-dir:{tmp_path / 'fresh-model'}"
+
+
+def test_an_export_cache_that_cannot_be_written_falls_back_or_says_why(tmp_path, fresh_model, library):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache should be")
+    cache = blocker / "onnx"
+    env = {"CLIPDEX_ONNX_CACHE": str(cache)}
+    pics = tmp_path / "pics"
+    write_collection(pics, per_class=1, seed=4)
+    out = invoke("index", str(pics), "--library", str(tmp_path / "lib"), "--model", fresh_model, env=env)
+    assert out.exit_code == 0, out.stderr
+    assert (f"note: ONNX Runtime cannot run {fresh_model} (cannot create the export cache {cache} (Not a directory; "
+            "CLIPDEX_ONNX_CACHE chooses another folder)): using PyTorch") in out.stderr.splitlines()
+    out = invoke("search", "a red circle", "--library", str(tmp_path / "lib"), "--backend", "onnx", env=env)
+    assert out.exit_code == 2
+    assert out.stderr == (f"Error: ONNX backend unavailable for {fresh_model}: cannot create the export cache {cache} "
+                          "(Not a directory; CLIPDEX_ONNX_CACHE chooses another folder)\n")
+    assert refusal(key_for_spec(parse_model_spec(fresh_model)), cache) is None  # not the model's fault
+
+
+def test_a_damaged_export_is_made_again(tmp_path, fresh_model, monkeypatch):
+    monkeypatch.setenv("CLIPDEX_ONNX_CACHE", str(tmp_path / "cache"))
+    first = Encoder(fresh_model, backend="onnx").load()
+    want = first.encode_texts(["a red circle", "a blue star"])
+    folder = find(key_for_spec(parse_model_spec(fresh_model)))
+    meta = json.loads((folder / "meta.json").read_text())
+    assert set(meta["files"]) >= {"image.onnx", "image.onnx.data", "text.onnx", "text.onnx.data", "bpe_merges.txt"}
+    assert all((folder / name).stat().st_mode & 0o044 == 0o044 for name in meta["files"])  # readable by others
+    with open(folder / "text.onnx.data", "r+b") as fh:  # a disk that lost the end of the weights
+        fh.truncate(1000)
+    assert find(key_for_spec(parse_model_spec(fresh_model))) is None
+    again = Encoder(fresh_model, backend="onnx").load()
+    assert np.allclose(again.encode_texts(["a red circle", "a blue star"]), want, atol=1e-6)
+    (folder / "bpe_merges.txt").write_text("garbage")  # same name, other size
+    assert find(key_for_spec(parse_model_spec(fresh_model))) is None
+    meta = json.loads((folder.parent / folder.name / "meta.json").read_text()) if folder.exists() else meta
+    meta["files"]["../../etc/passwd"] = 1  # a name reaching outside the folder is never trusted
+    (tmp_path / "cache" / folder.name).mkdir(exist_ok=True)
+    (tmp_path / "cache" / folder.name / "meta.json").write_text(json.dumps(meta))
+    assert find(key_for_spec(parse_model_spec(fresh_model))) is None
+
+
+def _hostile_image_graph(path: Path, nan: bool) -> None:
+    """An image graph that takes the pixels and answers 3-long vectors, or NaN ones of the right length."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Cast", ["pixels"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceMean", ["f"], ["m"], axes=[1, 2], keepdims=0)]
+    if nan:
+        nodes += [helper.make_node("Sub", ["m", "m"], ["z"]), helper.make_node("Div", ["z", "z"], ["n"]),
+                  helper.make_node("Tile", ["n", "reps"], ["embedding"])]
+        inits = [helper.make_tensor("reps", TensorProto.INT64, [2], [1, 22])]  # 3 x 22 = 66 columns, cut below
+        nodes[-1:] = [helper.make_node("Tile", ["n", "reps"], ["t"]),
+                      helper.make_node("Slice", ["t", "starts", "ends", "axes"], ["embedding"])]
+        inits += [helper.make_tensor(n, TensorProto.INT64, [1], [v]) for n, v in (("starts", 0), ("ends", 64),
+                                                                                  ("axes", 1))]
+    else:
+        nodes.append(helper.make_node("Identity", ["m"], ["embedding"]))
+        inits = []
+    graph = helper.make_graph(nodes, "hostile", [helper.make_tensor_value_info("pixels", TensorProto.UINT8,
+                                                                              [None, 64, 64, 3])],
+                              [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, None)], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+@pytest.mark.parametrize("nan", [False, True], ids=["wrong-length", "nan"])
+def test_a_tampered_image_graph_never_writes_its_vectors(tmp_path, fresh_model, monkeypatch, nan):
+    """A co-user of a shared cache swaps the image graph (and fixes meta.json's sizes to match): indexing
+    stops with one line, and the library holds no vector of it."""
+    monkeypatch.setenv("CLIPDEX_ONNX_CACHE", str(tmp_path / "cache"))
+    Encoder(fresh_model, backend="onnx").load()
+    folder = find(key_for_spec(parse_model_spec(fresh_model)))
+    _hostile_image_graph(folder / "image.onnx", nan)
+    (folder / "image.onnx.data").unlink()
+    meta = json.loads((folder / "meta.json").read_text())
+    del meta["files"]["image.onnx.data"]
+    meta["files"]["image.onnx"] = (folder / "image.onnx").stat().st_size
+    (folder / "meta.json").write_text(json.dumps(meta))
+    assert find(key_for_spec(parse_model_spec(fresh_model))) == folder
+    write_collection(tmp_path / "pics", per_class=1, seed=6)
+    out = invoke("index", str(tmp_path / "pics"), "--library", str(tmp_path / "lib"), "--model", fresh_model,
+                 "--backend", "onnx")
+    assert out.exit_code == 2
+    what = "vectors that are not finite" if nan else "vectors of shape (24, 3), not 64-long"
+    assert out.stderr == (f"Error: ONNX backend unavailable for {fresh_model}: its image tower in {folder} cannot "
+                          f"be used (it gave {what}); delete that folder and it is exported again\n")
+    assert not (tmp_path / "lib").exists()  # the first run made nothing: no library left behind
+
+
+def test_a_fifo_in_the_cache_is_refused_not_waited_on(tmp_path, fresh_model, monkeypatch):
+    monkeypatch.setenv("CLIPDEX_ONNX_CACHE", str(tmp_path / "cache"))
+    key = key_for_spec(parse_model_spec(fresh_model))
+    key.folder().mkdir(parents=True)
+    os.mkfifo(key.folder() / "meta.json")
+    os.mkfifo(key.refusal_file())
+    assert find(key) is None and refusal(key) is None  # at once: nobody writes to those FIFOs

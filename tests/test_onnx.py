@@ -171,7 +171,9 @@ def _tiny_parts(wrap=None):
 
 
 def _listing(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir())
+    """What the cache holds, less the per-model lock files (empty, kept: removing one while another
+    process waits on it would let two exports run at once)."""
+    return sorted(p.name for p in root.iterdir() if not (p.name.startswith(".") and p.name.endswith(".lock")))
 
 
 def test_text_tower_that_cannot_be_cut_is_exported_whole(tmp_path, encoder):
@@ -194,7 +196,8 @@ def test_export_that_disagrees_with_pytorch_is_refused_and_remembered(tmp_path, 
     assert message.endswith(", needs 0.999)")
     assert find(key, tmp_path) is None
     assert _listing(tmp_path) == [f"{key.name}.refused.json"]  # nothing else: no folder, no temporary left
-    assert refusal(key, tmp_path) == err.value.reason
+    remembered = f" (remembered in {key.refusal_file(tmp_path)}: delete it to try again)"
+    assert refusal(key, tmp_path) == err.value.reason + remembered
 
     def must_not_load():
         raise AssertionError("a refused model must not be exported again")
@@ -203,7 +206,7 @@ def test_export_that_disagrees_with_pytorch_is_refused_and_remembered(tmp_path, 
                     lambda: OnnxEncoder.from_key(key, tmp_path)):
         with pytest.raises(BackendUnavailable) as again:
             attempt()
-        assert str(again.value) == message
+        assert str(again.value) == message + remembered
 
 
 def test_export_failing_midway_leaves_no_partial_folder(tmp_path, encoder):
@@ -237,8 +240,8 @@ def test_export_killed_midway_is_invisible_and_cleaned_up_next_time(tmp_path, en
     finally:
         proc.kill()
         proc.wait()
-    (left,) = tmp_path.iterdir()
-    assert left.name.startswith(".tmp-") and find(CacheKey("test:killed"), tmp_path) is None
+    (left,) = _listing(tmp_path)
+    assert left.startswith(".tmp-") and find(CacheKey("test:killed"), tmp_path) is None
     export_to_cache(CacheKey("test:other"), lambda: _tiny_parts(), tmp_path)
     assert _listing(tmp_path) == [CacheKey("test:other").name]
 

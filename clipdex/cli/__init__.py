@@ -83,6 +83,6 @@ def run() -> None:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
-            except (OSError, ValueError):  # a closed pipe: nothing more to say
+            except (OSError, ValueError, AttributeError):  # a closed pipe or no stream at all: nothing more to say
                 code = code or 1
         os._exit(code)

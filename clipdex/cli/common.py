@@ -99,10 +99,11 @@ def backend_option(fn: Callable) -> Callable:
         type=click.Choice(["auto", "onnx", "torch"], case_sensitive=False),
         envvar="CLIPDEX_BACKEND",
         default=None,
-        help="What runs the model: onnx (ONNX Runtime on the CPU; each model is exported once, then runs without "
-        "PyTorch), torch (PyTorch; half precision on a GPU), or auto: ONNX Runtime when the model's export "
-        "matches PyTorch, PyTorch on a GPU for indexing and tagging, else PyTorch. Vectors of both are "
-        "interchangeable. Env CLIPDEX_BACKEND. [default: auto]",
+        help="What runs the model. auto (the default): PyTorch in half precision when a CUDA GPU is present and "
+        "the work is indexing or tagging; otherwise ONNX Runtime on the CPU once the model is exported (its first "
+        "use exports it, ~20 s, verified against PyTorch, into ~/.cache/clipdex/onnx or CLIPDEX_ONNX_CACHE), or "
+        "PyTorch, with a note, when the export is refused. onnx: ONNX Runtime only. torch: PyTorch only. Vectors "
+        "of both are interchangeable. Env CLIPDEX_BACKEND.",
     )(fn)
 
 

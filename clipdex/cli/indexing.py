@@ -15,6 +15,7 @@ from clipdex.cli.common import (
     library_path,
     model_option,
     print_json,
+    tell,
 )
 
 
@@ -49,7 +50,11 @@ def index(paths: tuple[Path, ...], library: Path | None, model: str | None, rebu
     stdout holds only the JSON).
     """
     interactive = sys.stderr.isatty()
-    say = (lambda line: click.echo(line, err=True)) if interactive else None
+
+    def say(line: str) -> None:  # progress lines on a terminal; a one-time export is announced everywhere
+        if interactive or line.startswith("exporting model"):
+            tell(line)
+
     from clipdex.indexer import Indexer
     from clipdex.library import Library
 
@@ -57,6 +62,8 @@ def index(paths: tuple[Path, ...], library: Path | None, model: str | None, rebu
     indexer = Indexer(lib, model, batch_size=batch_size, workers=workers, timeout=timeout, device=device,
                       backend=backend, progress=interactive, say=say)
     stats = indexer.run([str(p) for p in paths], rebuild=rebuild, prune_empty=prune_empty)
+    if stats.backend_note:
+        tell(f"note: {stats.backend_note}")
     for warning in stats.warnings():
         click.echo(f"Warning: {warning}; to remove them, index it again with --prune-empty", err=True)
     if as_json:

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import click
 
-from clipdex.cli.common import backend_option, cli_hint, fail_cleanly, library_option, library_path, tell
+from clipdex.cli.common import (
+    backend_option,
+    cli_hint,
+    fail_cleanly,
+    library_option,
+    library_path,
+    printable,
+    tell,
+)
 from clipdex.errors import ClipdexError, UsageError
 
 
@@ -112,8 +120,8 @@ def serve(library: Path | None, host: str, port: int, threads: int, allowed_host
     state = app.extensions["clipdex"]
     problem = state.warm_up(say=tell, image=False)  # text searches first: the image tower loads meanwhile
     if problem is not None:
-        click.echo(f"clipdex: {problem}{cli_hint(problem)}; the page says so until it is fixed, no restart "
-                   "needed", err=True)
+        click.echo(f"clipdex: {printable(problem)}{cli_hint(problem)}; the page says so until it is fixed, no "
+                   "restart needed", err=True)
     if problem is None:
         threading.Thread(target=state.warm_up_image, name="clipdex-image-tower", daemon=True).start()
     click.echo(f"clipdex: serving {path} on {_url(host, server)}  (Ctrl-C stops)")

@@ -70,8 +70,7 @@ class IndexStats:
 
     def notes(self) -> list[str]:
         """Lines worth a look besides the counts (folders holding no pictures)."""
-        notes = [f"note: {self.backend_note}"] if self.backend_note else []
-        return notes + [f"no pictures found in {root}" for root in self.empty_roots if root not in self.kept_empty]
+        return [f"no pictures found in {root}" for root in self.empty_roots if root not in self.kept_empty]
 
     def warnings(self) -> list[str]:
         """Empty folders whose indexed pictures were kept, not removed (see ``Indexer.run``)."""

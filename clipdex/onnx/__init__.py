@@ -20,6 +20,8 @@ class BackendUnavailable(ClipdexError):
 
     exit_code = 2
 
-    def __init__(self, model: str, reason: str):
+    def __init__(self, model: str, reason: str, transient: bool = False):
         super().__init__(f"ONNX backend unavailable for {model}: {reason}")
-        self.model, self.reason = model, reason
+        #: ``transient``: a problem of this machine now (a package missing, memory short), not of the model:
+        #: never remembered as a refusal
+        self.model, self.reason, self.transient = model, reason, transient

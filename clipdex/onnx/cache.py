@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 from clipdex.userdirs import user_folder
 
 #: Bumped whenever the export code changes what it writes, so older exports are not reused.
-EXPORT_FORMAT = 3
+EXPORT_FORMAT = 4
 #: Environment variable naming the cache root (tests and read-only homes point it elsewhere).
 CACHE_ENV = "CLIPDEX_ONNX_CACHE"
 META_FILE = "meta.json"
@@ -36,8 +37,20 @@ VERSIONED_PACKAGES = ("torch", "open_clip_torch", "onnx", "onnxruntime")
 def cache_root() -> Path:
     """``$CLIPDEX_ONNX_CACHE``, else the platform's per-user cache folder + ``clipdex/onnx``."""
     if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
+        return Path(os.environ[CACHE_ENV]).expanduser().absolute()
     return user_folder("cache") / "onnx"
+
+
+def writable_root(root: Path) -> str | None:
+    """Why exports cannot be written under ``root`` (one line), or None when they can."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = exc.strerror or exc
+        return f"cannot create the export cache {root} ({why}; CLIPDEX_ONNX_CACHE chooses another folder)"
+    if not os.access(root, os.W_OK | os.X_OK):
+        return f"the export cache {root} is not writable (CLIPDEX_ONNX_CACHE chooses another folder)"
+    return None
 
 
 def installed_versions() -> dict[str, str]:
@@ -125,30 +138,86 @@ def key_for_spec(spec: Any, settings: ExportSettings | None = None) -> CacheKey:
     return CacheKey(spec.identity, settings or ExportSettings(), weights)
 
 
-def read_meta(folder: Path) -> dict[str, Any] | None:
-    """The folder's ``meta.json``, or None when it is missing or unreadable."""
+def read_small(path: Path, limit: int = 1 << 20) -> str | None:
+    """The text of a regular file of at most ``limit`` bytes, else None. Opened without blocking, so a
+    FIFO or device planted under the name (a shared cache) is refused, not waited on."""
     try:
-        return json.loads((folder / META_FILE).read_text())
-    except (OSError, ValueError):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
         return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            return fh.read(limit + 1).decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def read_meta(folder: Path) -> dict[str, Any] | None:
+    """The folder's ``meta.json`` (a JSON object), or None when it is missing, unreadable or not one."""
+    text = read_small(folder / META_FILE)
+    try:
+        meta = json.loads(text) if text is not None else None
+    except ValueError:
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 
 def find(key: CacheKey, root: Path | None = None) -> Path | None:
-    """The export folder for ``key`` if a complete one exists whose stored key matches, else None."""
+    """The export folder for ``key`` if a complete one exists whose stored key matches, else None.
+
+    Every file ``meta.json`` lists must be there, a plain file of the recorded size, and named
+    plainly (no path): a truncated, deleted or swapped file makes the export missing, so it is
+    made again, instead of failing every command until someone deletes the folder.
+    """
     folder = key.folder(root)
     meta = read_meta(folder)
-    if meta is None or meta.get("key") != key.as_dict():
+    if meta is None or meta.get("key") != key.as_dict() or not isinstance(meta.get("files"), dict):
         return None
+    try:
+        used = {meta["image"]["file"], meta["text"]["file"], meta["tokenizer"]["file"]}
+        used |= {meta["text"]["token_table"]} if meta["text"].get("cut") else set()
+        numbers = (meta["dim"], meta["image"]["size"], meta["text"]["context_length"])
+    except (KeyError, TypeError, AttributeError):
+        return None
+    if not all(isinstance(n, int) and 0 < n < 1 << 16 for n in numbers):
+        return None
+    if not used <= set(meta["files"]):
+        return None
+    for name, size in meta["files"].items():
+        if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name):
+            return None
+        try:
+            info = (folder / name).lstat()
+        except OSError:
+            return None
+        if not stat.S_ISREG(info.st_mode) or info.st_size != size:
+            return None
     return folder
+
+
+def file_sizes(folder: Path, leave_out: tuple[str, ...]) -> dict[str, int]:
+    """Name -> size of the files of an export folder, for ``meta.json`` (see :func:`find`)."""
+    return {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.name not in leave_out}
 
 
 def refusal(key: CacheKey, root: Path | None = None) -> str | None:
     """The reason recorded when ``key`` was refused, or None."""
+    text = read_small(key.refusal_file(root))
     try:
-        data = json.loads(key.refusal_file(root).read_text())
-    except (OSError, ValueError):
+        data = json.loads(text) if text is not None else None
+    except ValueError:
         return None
-    return data.get("reason") if data.get("key") == key.as_dict() else None
+    if not isinstance(data, dict) or data.get("key") != key.as_dict() or not isinstance(data.get("reason"), str):
+        return None
+    return f"{data['reason'][:300]} (remembered in {key.refusal_file(root)}: delete it to try again)"
 
 
 def record_refusal(key: CacheKey, reason: str, root: Path | None = None) -> None:

@@ -34,8 +34,10 @@ from clipdex.onnx.cache import (
     CacheKey,
     ExportSettings,
     cache_root,
+    file_sizes,
     find,
     key_for_spec,
+    read_small,
     record_refusal,
     refusal,
 )
@@ -196,7 +198,9 @@ def export_towers(model: Any, tokenizer: Any, preprocess: dict[str, Any], folder
             raise
         except Exception as exc:  # noqa: BLE001 - any exporter failure refuses this model, in one line
             first = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise BackendUnavailable(label, f"export to ONNX failed ({type(exc).__name__}: {first})") from None
+            transient = isinstance(exc, ImportError) or "out of memory" in first.lower()  # this machine, now
+            raise BackendUnavailable(label, f"export to ONNX failed ({type(exc).__name__}: {first})",
+                                     transient=transient) from None
     if settings.precision == "int8":
         _quantize_int8(traced, folder / image_file)
         traced.unlink()
@@ -265,6 +269,33 @@ def export_to_cache(key: CacheKey, load: Loader, root: Path | None = None, probe
     if reason:
         raise BackendUnavailable(key.identity, reason)
     root.mkdir(parents=True, exist_ok=True)
+    with _export_lock(root / f".{key.name}.lock"):  # one export of a model at a time: the others wait for it
+        found = find(key, root)
+        if found is not None:
+            return found
+        reason = None if retry_refused else refusal(key, root)
+        if reason:
+            raise BackendUnavailable(key.identity, reason)
+        return _export_locked(key, load, root, probe_images)
+
+
+@contextlib.contextmanager
+def _export_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (released when the process dies, so a killed export blocks nobody)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock; concurrent exports each finish and one rename wins
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _export_locked(key: CacheKey, load: Loader, root: Path, probe_images: int) -> Path:
     _remove_abandoned(root)
     tmp = root / f".tmp-{uuid.uuid4().hex[:8]}-{key.name}"
     tmp.mkdir()
@@ -274,9 +305,13 @@ def export_to_cache(key: CacheKey, load: Loader, root: Path | None = None, probe
         try:
             meta = export_towers(model, tokenizer, preprocess, tmp, key.identity, key.settings, probe_images)
         except BackendUnavailable as exc:
-            record_refusal(key, exc.reason, root)
+            if not exc.transient:
+                record_refusal(key, exc.reason, root)
             raise
-        meta = {"key": key.as_dict(), **meta}
+        for f in tmp.iterdir():  # onnx writes weights files 0600: readable as the rest, for a shared cache
+            if f.name != OWNER_FILE:
+                f.chmod(0o666 & ~_umask())
+        meta = {"key": key.as_dict(), **meta, "files": file_sizes(tmp, (META_FILE, OWNER_FILE))}
         _write_durably(tmp / META_FILE, json.dumps(meta, indent=1).encode())
         (tmp / OWNER_FILE).unlink()
         for f in tmp.iterdir():
@@ -309,6 +344,12 @@ def torch_parts(spec: Any) -> tuple[Any, Any, dict[str, Any]]:
     return TorchEncoder(spec, device="cpu", precision="fp32").torch_parts()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _write_durably(path: Path, data: bytes) -> None:
     with open(path, "wb") as fh:
         fh.write(data)
@@ -338,8 +379,8 @@ def _remove_abandoned(root: Path) -> None:
         if not tmp.is_dir():
             continue
         try:
-            owner_host, pid = (tmp / OWNER_FILE).read_text().split()
-        except (OSError, ValueError):
+            owner_host, pid = (read_small(tmp / OWNER_FILE, 4096) or "").split()
+        except ValueError:
             try:
                 if time.time() - tmp.stat().st_mtime > 86400:
                     shutil.rmtree(tmp, ignore_errors=True)

@@ -57,7 +57,7 @@ def make_session(path: Path, options: SessionOptions = SessionOptions(), prepack
     try:
         import onnxruntime as ort
     except ImportError:
-        raise BackendUnavailable(str(path.parent.name), "onnxruntime is not installed") from None
+        raise BackendUnavailable(str(path.parent.name), "onnxruntime cannot be imported", transient=True) from None
     levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
               "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
               "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -135,8 +135,13 @@ class OnnxEncoder:
         """The onnxruntime session of ``image`` or ``text``, created on first use."""
         with self._tower_locks[tower]:
             if tower not in self._sessions:
-                self._sessions[tower] = make_session(self.folder / self.meta[tower]["file"], self.options,
-                                                     prepack=tower in self.options.prepack)
+                try:
+                    self._sessions[tower] = make_session(self.folder / self.meta[tower]["file"], self.options,
+                                                         prepack=tower in self.options.prepack)
+                except BackendUnavailable:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no base class
+                    raise self._damaged(tower, exc) from None
             return self._sessions[tower]
 
     @property
@@ -144,8 +149,11 @@ class OnnxEncoder:
         with self._lock:
             if self._tokenizer is None:
                 tok = self.meta["tokenizer"]
-                self._tokenizer = ClipTokenizer(self.folder / tok["file"], tok["context_length"], tok["clean"],
-                                                tok["additional_special_tokens"])
+                try:
+                    self._tokenizer = ClipTokenizer(self.folder / tok["file"], tok["context_length"], tok["clean"],
+                                                    tok["additional_special_tokens"])
+                except (OSError, ValueError, KeyError) as exc:
+                    raise self._damaged("tokenizer of the text", exc) from None
             return self._tokenizer
 
     def load(self) -> OnnxEncoder:
@@ -186,21 +194,44 @@ class OnnxEncoder:
         for start in range(0, len(order), chunk):
             rows = order[start:start + chunk]
             cut = tokens[rows, :int(ends[rows].max()) + 1]
-            out[rows] = self._run("text", np.ascontiguousarray(table[cut], dtype=np.float32), ends[rows])
+            try:
+                embedded = np.ascontiguousarray(table[cut], dtype=np.float32)
+            except IndexError as exc:  # a table shorter than the vocabulary
+                raise self._damaged("token table of the text", exc) from None
+            out[rows] = self._run("text", embedded, ends[rows])
         return out
 
     def token_table(self) -> np.ndarray:
         """The token-embedding table of a cut text graph, memory-mapped: a query reads only its rows."""
         with self._lock:
             if self._table is None:
-                self._table = np.load(self.folder / self.meta["text"]["token_table"], mmap_mode="r")
+                try:
+                    table = np.load(self.folder / self.meta["text"]["token_table"], mmap_mode="r")
+                except (OSError, ValueError) as exc:
+                    raise self._damaged("token table of the text", exc) from None
+                if table.ndim != 2 or table.dtype != np.float32:
+                    raise self._damaged("token table of the text", ValueError(f"{table.dtype} {table.shape}"))
+                self._table = table
             return self._table
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """Encode a list of strings to unit float32 rows."""
         return self.encode_tokens(self.tokenizer(list(texts)))
 
+    def _damaged(self, tower: str, exc: BaseException) -> BackendUnavailable:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        return BackendUnavailable(self.identity, f"its {tower} tower in {self.folder} cannot be used ({first}); "
+                                                 "delete that folder and it is exported again")
+
     def _run(self, tower: str, *inputs: np.ndarray) -> np.ndarray:
         session = self.session(tower)
-        (out,) = session.run(None, dict(zip(self.meta[tower]["inputs"], inputs)))
-        return np.asarray(out, dtype=np.float32)  # the graph ends in the L2 normalisation
+        try:
+            (out,) = session.run(None, dict(zip(self.meta[tower]["inputs"], inputs)))
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no base class
+            raise self._damaged(tower, exc) from None
+        out = np.asarray(out, dtype=np.float32)  # the graph ends in the L2 normalisation
+        if out.ndim != 2 or out.shape[1] != self.dim:
+            raise self._damaged(tower, ValueError(f"it gave vectors of shape {out.shape}, not {self.dim}-long"))
+        if not np.isfinite(out).all():
+            raise self._damaged(tower, ValueError("it gave vectors that are not finite"))
+        return out

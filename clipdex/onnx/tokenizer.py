@@ -28,7 +28,9 @@ MERGES_FILENAME = "bpe_merges.txt"
 #: Cleaning kinds open_clip's SimpleTokenizer knows (``clean=`` argument).
 CLEAN_KINDS = ("lower", "whitespace", "canonicalize")
 _SPECIAL = ["<start_of_text>", "<end_of_text>"]
-_NUM_MERGES = 49152 - 256 - 2  # open_clip reads lines 1 .. 48894 of the merges file
+_NUM_MERGES = 49152 - 256 - 2
+#: Words whose merges are remembered before the memory is cleared.
+_CACHE_LIMIT = 50_000  # open_clip reads lines 1 .. 48894 of the merges file
 
 
 def default_bpe_path() -> Path:
@@ -124,6 +126,7 @@ class ClipTokenizer:
         self.encoder: dict[str, int] = dict(zip(vocab, range(len(vocab))))
         # a merge "a b" is looked up by its line: building tuples of 49k pairs cost ~0.07 s a start
         self.bpe_ranks: dict[str, int] = dict(zip(lines, range(len(lines))))
+        self._special = special
         self._cache: dict[str, str] = {t: t for t in special}
         self.sot_token_id = self.encoder[_SPECIAL[0]]
         self.eot_token_id = self.encoder[_SPECIAL[1]]
@@ -169,6 +172,8 @@ class ClipTokenizer:
                 break
             pairs = set(zip(word, word[1:]))
         result = " ".join(word)
+        if len(self._cache) > _CACHE_LIMIT:  # a server sees endless new words: keep the memory bounded
+            self._cache = {t: t for t in self._special}
         self._cache[token] = result
         return result
 

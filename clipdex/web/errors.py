@@ -25,7 +25,9 @@ class APIError(Exception):
 
 def status_for(exc: ClipdexError) -> int:
     """The HTTP status fitting a library exception: the server cannot serve yet (503), or bad input (400)."""
-    if isinstance(exc, (LibraryError, ModelUnavailable, ModelMismatch)):
+    from clipdex.onnx import BackendUnavailable
+
+    if isinstance(exc, (LibraryError, ModelUnavailable, ModelMismatch, BackendUnavailable)):
         return 503
     return 400
 
