@@ -67,7 +67,7 @@ def make_session(path: Path, options: SessionOptions = SessionOptions(), prepack
     so.intra_op_num_threads = options.threads or usable_cores()
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.log_severity_level = 3  # errors only: no GPU-discovery warnings on machines without one
+    so.log_severity_level = 4  # fatal only: clipdex reports a failing graph in one line of its own
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spinning else "0")
     if not prepack:
         so.add_session_config_entry("session.disable_prepacking", "1")
