@@ -266,3 +266,18 @@ def test_a_fifo_in_the_cache_is_refused_not_waited_on(tmp_path, fresh_model, mon
     os.mkfifo(key.folder() / "meta.json")
     os.mkfifo(key.refusal_file())
     assert find(key) is None and refusal(key) is None  # at once: nobody writes to those FIFOs
+
+
+def test_an_updated_hub_repository_gets_a_new_export(tmp_path, monkeypatch):
+    """PyTorch loads the newest weights the Hugging Face cache holds: the export key follows that revision."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    spec = parse_model_spec("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
+    none_yet = key_for_spec(spec)
+    refs = tmp_path / "hub" / "models--laion--CLIP-ViT-B-32-laion2B-s34B-b79K" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text("1a2b3c\n")
+    first = key_for_spec(spec)
+    (refs / "main").write_text("4d5e6f\n")
+    assert len({none_yet.digest, first.digest, key_for_spec(spec).digest}) == 3
+    (refs / "main").write_text("1a2b3c\n")
+    assert key_for_spec(spec).digest == first.digest

@@ -131,11 +131,26 @@ class CacheKey:
 
 
 def key_for_spec(spec: Any, settings: ExportSettings | None = None) -> CacheKey:
-    """The key of a :class:`clipdex.models.ModelSpec`; model folders add their files' sizes and mtimes."""
+    """The key of a :class:`clipdex.models.ModelSpec`. Model folders add their files' sizes and mtimes;
+    ``hf-hub:`` models the revision of the repository the Hugging Face cache holds, so an updated repo
+    (which PyTorch would load) is exported again rather than answered by the old export."""
     weights: tuple = ()
     if spec.kind in ("local-dir", "tiny"):
         weights = model_files_stamp(Path(spec.open_clip_name[len("local-dir:"):]))
+    elif spec.kind == "hf-hub":
+        weights = (("hf-revision", hub_revision(spec.name), 0),)
     return CacheKey(spec.identity, settings or ExportSettings(), weights)
+
+
+def hub_revision(repo: str) -> str:
+    """The commit the local Hugging Face cache has for ``repo``'s main branch ('' when none), read from
+    the cache's files without importing huggingface_hub."""
+    if os.environ.get("HF_HUB_CACHE"):
+        hub = Path(os.environ["HF_HUB_CACHE"])
+    else:
+        hub = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "hub"
+    text = read_small(hub / f"models--{repo.replace('/', '--')}" / "refs" / "main", 256)
+    return (text or "").strip()
 
 
 def read_small(path: Path, limit: int = 1 << 20) -> str | None:
