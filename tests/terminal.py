@@ -12,6 +12,7 @@ import os
 import pty
 import re
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -29,7 +30,10 @@ class Terminal:
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "clipdex", *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=slave, start_new_session=True,
+            stderr=slave, start_new_session=True, restore_signals=True,
+            # a shell's background job starts with SIGINT ignored, and Python then keeps it ignored: a
+            # user's clipdex always has Ctrl-C, so the child gets the default back
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
             env={**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_MININTERVAL": "0", **(env or {})},
         )
         os.close(slave)
