@@ -1,14 +1,17 @@
-"""Write a file so that readers see the old content or the whole new one, never a part.
+"""Files written so readers see the old content or the whole new one, and read without trusting them.
 
 The bytes go to a temporary file beside the target (same filesystem), which is renamed
 over it; the temporary file is removed whatever happens, so a full disk or a crash leaves
-no partial or empty file under the target's name and no ``.tmp`` litter.
+no partial or empty file under the target's name and no ``.tmp`` litter. Files clipdex
+reads back (index files, the ONNX cache) may have been replaced by anything: see
+:func:`read_regular`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -29,3 +32,26 @@ def write_atomic(target: Path, data: bytes | bytearray | memoryview, *, durable:
             os.unlink(tmp)
     return target
 
+
+
+def read_regular(path: Path, limit: int) -> bytes | None:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes, else None (missing too).
+
+    Opened without blocking, so a FIFO or device planted under the name is refused, not waited on;
+    nothing larger than the file itself (or ``limit``) is ever read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(info.st_size + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return data if len(data) <= limit else None

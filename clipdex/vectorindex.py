@@ -8,9 +8,7 @@ any other generation is stale, and one whose ids disagree with the database (by
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 import struct
 from pathlib import Path
 from typing import NamedTuple
@@ -18,7 +16,7 @@ from typing import NamedTuple
 import faiss
 import numpy as np
 
-from clipdex.atomicfile import write_atomic
+from clipdex.atomicfile import read_regular, write_atomic
 
 _FILE_RE = re.compile(r"^index\.(\d+)\.faiss$")
 INDEX_TYPE = "IndexIDMap2(IndexFlatIP)"
@@ -189,24 +187,11 @@ def read_index_file(path: Path, dim: int) -> bytes | None:
     """The bytes of an index file laid out as ours for ``dim``, or None (missing, not a regular file,
     or a header that disagrees with the file's size: damaged or hostile).
 
-    Opened without blocking, so a FIFO or device placed under the name is refused, not waited on;
-    nothing larger than the file itself is ever allocated.
+    Read by :func:`clipdex.atomicfile.read_regular`: a FIFO or device placed under the name is
+    refused, not waited on, and nothing larger than the file itself is ever allocated.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size < _HEADER.size:
-            return None
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            data = fh.read(info.st_size + 1)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    if len(data) < _HEADER.size:
+    data = read_regular(path, 1 << 62)
+    if data is None or len(data) < _HEADER.size:
         return None
     (magic, d, n, _, _, _, metric, inner, inner_d, inner_n, _, _, _, inner_metric,
      codes) = _HEADER.unpack_from(data)

@@ -23,6 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from clipdex.atomicfile import read_regular
 from clipdex.userdirs import user_folder
 
 #: Bumped whenever the export code changes what it writes, so older exports are not reused.
@@ -156,20 +157,11 @@ def hub_revision(repo: str) -> str:
 def read_small(path: Path, limit: int = 1 << 20) -> str | None:
     """The text of a regular file of at most ``limit`` bytes, else None. Opened without blocking, so a
     FIFO or device planted under the name (a shared cache) is refused, not waited on."""
+    data = read_regular(path, limit)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
+        return data.decode("utf-8") if data is not None else None
+    except UnicodeDecodeError:
         return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-            return None
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            return fh.read(limit + 1).decode("utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-    finally:
-        os.close(fd)
 
 
 def read_meta(folder: Path) -> dict[str, Any] | None:

@@ -262,21 +262,23 @@ def export_to_cache(key: CacheKey, load: Loader, root: Path | None = None, probe
     holds a partial export. A refusal is recorded (see :func:`clipdex.onnx.cache.refusal`) and raised,
     and raised again at once on later calls unless ``retry_refused``."""
     root = root or cache_root()
+    found = _cached(key, root, retry_refused)
+    if found is not None:
+        return found
+    root.mkdir(parents=True, exist_ok=True)
+    with _export_lock(root / f".{key.name}.lock"):  # one export of a model at a time: the others wait for it
+        return _cached(key, root, retry_refused) or _export_locked(key, load, root, probe_images)
+
+
+def _cached(key: CacheKey, root: Path, retry_refused: bool) -> Path | None:
+    """The complete export of ``key``, None when there is none; raises a remembered refusal."""
     found = find(key, root)
     if found is not None:
         return found
     reason = None if retry_refused else refusal(key, root)
     if reason:
         raise BackendUnavailable(key.identity, reason)
-    root.mkdir(parents=True, exist_ok=True)
-    with _export_lock(root / f".{key.name}.lock"):  # one export of a model at a time: the others wait for it
-        found = find(key, root)
-        if found is not None:
-            return found
-        reason = None if retry_refused else refusal(key, root)
-        if reason:
-            raise BackendUnavailable(key.identity, reason)
-        return _export_locked(key, load, root, probe_images)
+    return None
 
 
 @contextlib.contextmanager
