@@ -130,7 +130,8 @@ def test_tags_info_health(client):
     assert {t["label"] for t in tags} == set(COLORS) and sum(t["count"] for t in tags) == 123
     info = client.get("/api/info").get_json()
     assert info["images"] == 123 and info["model"] == "tiny"
-    assert client.get("/api/health").get_json()["status"] == "ok"
+    health = client.get("/api/health").get_json()
+    assert health["status"] == "ok" and health["backend"] == "onnx"  # the tiny model's verified export
 
 
 def test_page_is_self_contained(client):

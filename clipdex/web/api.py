@@ -95,7 +95,7 @@ def health():
     try:
         lib = state().library()  # the settings every answer relies on must read back sound
         return jsonify({"status": "ok", "library": str(lib.path), "generation": lib.generation,
-                        "model": str(lib.model_spec), "dim": lib.dim})
+                        "model": str(lib.model_spec), "dim": lib.dim, "backend": state().loaded_backend})
     except Exception as exc:  # noqa: BLE001 - health reports, never raises
         return error_response(503, message_for(exc) if isinstance(exc, ClipdexError) else str(exc))
 

@@ -61,6 +61,12 @@ class WebState:
                 self._encoder = lib.encoder_for(self.model, backend=self.backend).load(say)
             return self._encoder
 
+    @property
+    def loaded_backend(self) -> str | None:
+        """What runs the loaded model (``onnx`` or ``torch``), None before it loads."""
+        encoder = self._encoder
+        return encoder.backend if encoder is not None and encoder.is_loaded else None
+
     def warm_up(self, say: Say | None = None, image: bool = True) -> ClipdexError | None:
         """Load the model and index now, if there is a library yet; the problem if not. ``say`` hears
         one-line progress and a backend note. ``image=False`` leaves the image tower (searches by an
