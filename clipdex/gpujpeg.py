@@ -50,6 +50,11 @@ class PlainJpeg(NamedTuple):
     captured_at: dt.datetime | None
 
 
+#: Larger JPEGs are decoded by the CPU decoder in a worker (with its time and memory limits): the GPU
+#: path decodes at full size in the indexing process, and a 13000 x 13000 picture took 5 GB there.
+GPU_MAX_PIXELS = 50_000_000
+
+
 def read_plain_jpeg(fh: BinaryIO, max_pixels: int) -> PlainJpeg | None:
     """The bytes and facts of a JPEG this module decodes like Pillow, read from ``fh``; else None.
 
@@ -65,7 +70,7 @@ def read_plain_jpeg(fh: BinaryIO, max_pixels: int) -> PlainJpeg | None:
     try:
         with Image.open(fh, formats=["JPEG"]) as im:
             width, height = im.size
-            if im.format != "JPEG" or im.mode not in ("RGB", "L") or width * height > max_pixels:
+            if im.format != "JPEG" or im.mode not in ("RGB", "L") or width * height > min(max_pixels, GPU_MAX_PIXELS):
                 return None
             exif = im.getexif()
             orientation, captured = exif.get(0x0112, 1), _capture_date(exif)

@@ -394,3 +394,17 @@ def test_cuda_nvjpeg_matches_cpu_path():
     cosines = (cuda.encode_pixel_tensor(batch.pixels) * cuda.encode_pixels(cpu)).sum(axis=1)
     print(f"nvJPEG cosine min {cosines.min():.5f}")
     assert cosines.min() >= 0.99
+
+
+def test_a_huge_jpeg_is_left_to_the_cpu_decoder(tmp_path):
+    """The GPU path decodes at full size in the indexing process; past GPU_MAX_PIXELS a JPEG is decoded
+    in a worker, with its time and memory limits, as on the CPU path."""
+    width = 8000
+    height = clipdex.gpujpeg.GPU_MAX_PIXELS // width + 8  # just over the limit
+    huge = tmp_path / "huge.jpg"
+    Image.new("RGB", (width, height), (200, 40, 30)).save(huge, quality=50)
+    got = decode_file(str(huge), 64, "shortest", 10**9, jpeg_bytes=True)
+    assert got.data is None and got.pixels is not None and (got.width, got.height) == (width, height)
+    small = tmp_path / "small.jpg"
+    Image.new("RGB", (width, 100), (200, 40, 30)).save(small, quality=50)
+    assert decode_file(str(small), 64, "shortest", 10**9, jpeg_bytes=True).data is not None
