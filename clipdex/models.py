@@ -159,6 +159,8 @@ BACKENDS = ("auto", "onnx", "torch")
 BACKEND_ENV = "CLIPDEX_BACKEND"
 
 Say = Callable[[str], None]
+#: How the one-time export announces itself through ``say`` (front ends may show it when they show nothing else).
+EXPORTING = "exporting model"
 
 
 class JpegVectors(NamedTuple):
@@ -267,7 +269,7 @@ class Encoder:
         problem = writable_root(root)
         if problem:
             raise BackendUnavailable(str(self.spec), problem)
-        say(f"exporting model {self.spec} to ONNX in {root} (once per model; later runs load it without PyTorch) …")
+        say(f"{EXPORTING} {self.spec} to ONNX in {root} (once per model; later runs load it without PyTorch) …")
         try:
             folder = export_to_cache(key, lambda: torch_parts(self.spec), root)
         except OSError as exc:  # a full disk, a cache that became unwritable: not the model's fault, not remembered

@@ -66,10 +66,8 @@ class VectorIndex:
         n = self.ntotal
         if n < max(1, minimum):
             return False
-        flat = faiss.downcast_index(self.index.index)
-        vectors = faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
         scan = faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
-        scan.add(vectors)
+        scan.add(self._stored())
         self._scan = (scan, self.ids())
         return True
 
@@ -121,15 +119,19 @@ class VectorIndex:
         scores, ids = self.index.search(q, min(k, self.ntotal), params=params)
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
 
+    def _stored(self) -> np.ndarray:
+        """The float32 vectors in storage order (the order of :meth:`ids`), as a view without a copy."""
+        n = self.ntotal
+        flat = faiss.downcast_index(self.index.index)
+        return faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
+
     def _search_scan(self, scan: tuple[faiss.Index, np.ndarray], q: np.ndarray, k: int) -> list[tuple[int, float]]:
         """Candidates from the fp16 copy, scored exactly against the float32 vectors."""
         index, ids = scan
         want = min(len(ids), 2 * k + 32)
         _, rows = index.search(q, want)
         rows = rows[0][rows[0] >= 0]
-        flat = faiss.downcast_index(self.index.index)
-        vectors = faiss.rev_swig_ptr(flat.get_xb(), len(ids) * self.dim).reshape(len(ids), self.dim)
-        exact = vectors[rows] @ q[0]
+        exact = self._stored()[rows] @ q[0]
         best = np.argsort(-exact, kind="stable")[:k]
         return [(int(ids[rows[i]]), float(exact[i])) for i in best]
 

@@ -49,10 +49,12 @@ def index(paths: tuple[Path, ...], library: Path | None, model: str | None, rebu
     is a terminal, progress lines and a bar show there as the run goes (with --json too:
     stdout holds only the JSON).
     """
+    from clipdex.models import EXPORTING
+
     interactive = sys.stderr.isatty()
 
     def say(line: str) -> None:  # progress lines on a terminal; a one-time export is announced everywhere
-        if interactive or line.startswith("exporting model"):
+        if interactive or line.startswith(EXPORTING):
             tell(line)
 
     from clipdex.indexer import Indexer

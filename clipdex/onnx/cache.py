@@ -136,8 +136,8 @@ def key_for_spec(spec: Any, settings: ExportSettings | None = None) -> CacheKey:
     ``hf-hub:`` models the revision of the repository the Hugging Face cache holds, so an updated repo
     (which PyTorch would load) is exported again rather than answered by the old export."""
     weights: tuple = ()
-    if spec.kind in ("local-dir", "tiny"):
-        weights = model_files_stamp(Path(spec.open_clip_name[len("local-dir:"):]))
+    if spec.folder is not None:
+        weights = model_files_stamp(spec.folder)
     elif spec.kind == "hf-hub":
         weights = (("hf-revision", hub_revision(spec.name), 0),)
     return CacheKey(spec.identity, settings or ExportSettings(), weights)

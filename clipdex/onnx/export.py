@@ -36,7 +36,6 @@ from clipdex.onnx.cache import (
     cache_root,
     file_sizes,
     find,
-    key_for_spec,
     read_small,
     record_refusal,
     refusal,
@@ -330,12 +329,6 @@ def _export_locked(key: CacheKey, load: Loader, root: Path, probe_images: int) -
         return final
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def ensure_export(spec: Any, settings: ExportSettings | None = None, root: Path | None = None) -> Path:
-    """The export folder of ``spec`` (a :class:`clipdex.models.ModelSpec`), exporting it on first use."""
-    key = key_for_spec(spec, settings)
-    return export_to_cache(key, lambda: torch_parts(spec), root)
 
 
 def torch_parts(spec: Any) -> tuple[Any, Any, dict[str, Any]]:

@@ -156,13 +156,6 @@ class OnnxEncoder:
                     raise self._damaged("tokenizer of the text", exc) from None
             return self._tokenizer
 
-    def load(self) -> OnnxEncoder:
-        """Create both sessions and the tokenizer now (a server does this before it answers)."""
-        self.session("image")
-        self.session("text")
-        _ = self.tokenizer
-        return self
-
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Encode a ``N x S x S x 3`` uint8 batch (see :func:`clipdex.imaging.fit_square`) to unit float32 rows."""
         s = self.image_size
