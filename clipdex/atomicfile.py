@@ -13,6 +13,7 @@ import contextlib
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -32,6 +33,23 @@ def write_atomic(target: Path, data: bytes | bytearray | memoryview, *, durable:
             os.unlink(tmp)
     return target
 
+
+def write_atomic_with(target: Path, write: Callable[[Path], None], *, durable: bool = False) -> Path:
+    """Replace ``target`` atomically with what ``write(temporary_path)`` writes (for writers that want a
+    path, such as ``faiss.write_index``, so a large file never sits in memory as one bytes object)."""
+    target = Path(target)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        if durable:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return target
 
 
 def read_regular(path: Path, limit: int) -> bytes | None:

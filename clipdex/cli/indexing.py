@@ -33,13 +33,17 @@ from clipdex.cli.common import (
 @click.option("--prune-empty", is_flag=True,
               help="A PATH that holds no picture at all (say, the mount point of an unmounted drive) normally keeps "
               "the pictures indexed from it; with this flag they are removed from the library, tags included.")
+@click.option("--index-type", type=click.Choice(["auto", "flat", "ivf"]), default=None,
+              help="The search index: exact (flat), inverted-file (ivf: approximate, tuned to recall@10 >= 0.95, "
+              "for large libraries), or auto: flat below 50,000 pictures, ivf above. Recorded in the library "
+              "[default: what the library has, auto for a new one].")
 @backend_option
 @click.option("--device", default=None, help="torch device (cuda, cpu, ...) [default: cuda if present].")
 @json_option
 @fail_cleanly
 def index(paths: tuple[Path, ...], library: Path | None, model: str | None, rebuild: bool, batch_size: int,
-          workers: int | None, timeout: float, prune_empty: bool, backend: str | None, device: str | None,
-          as_json: bool) -> None:
+          workers: int | None, timeout: float, prune_empty: bool, index_type: str | None, backend: str | None,
+          device: str | None, as_json: bool) -> None:
     """Index the pictures under PATHS (folders or files).
 
     Only new and changed files are encoded; deleted ones are dropped and moved ones keep
@@ -62,7 +66,7 @@ def index(paths: tuple[Path, ...], library: Path | None, model: str | None, rebu
 
     lib = Library.create(library_path(library, demo_fallback=False))
     indexer = Indexer(lib, model, batch_size=batch_size, workers=workers, timeout=timeout, device=device,
-                      backend=backend, progress=interactive, say=say)
+                      backend=backend, progress=interactive, say=say, index_type=index_type)
     stats = indexer.run([str(p) for p in paths], rebuild=rebuild, prune_empty=prune_empty)
     if stats.backend_note:
         tell(f"note: {stats.backend_note}")

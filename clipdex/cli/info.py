@@ -17,6 +17,21 @@ from clipdex.cli.common import (
 )
 
 
+def _index_line(facts: dict) -> str:
+    """The index's kind and shape: "ivf (auto), 1024 lists, nprobe 48, recall@10 0.962 measured when built"."""
+    kind, setting = facts.get("index_type"), facts["index_setting"]
+    if kind is None:
+        return f"not built yet ({setting}), generation {facts['generation']}"
+    line = f"{kind} ({setting})"
+    if kind == "ivf":
+        line += (f", {facts['index_nlist']} lists, nprobe {facts['index_nprobe']}, recall@10 "
+                 f"{facts['index_recall_at_10']:.3f} measured when built, trained on {facts['index_trained_on']:,} "
+                 "pictures")
+    else:
+        line += ", exact"
+    return line + f", generation {facts['generation']}"
+
+
 def _rows(facts: dict) -> list[tuple[str, str]]:
     """``clipdex info`` as (heading, value) lines: the library first, then what it holds."""
     rows = [
@@ -26,12 +41,13 @@ def _rows(facts: dict) -> list[tuple[str, str]]:
         ("tagged", f"{plural(facts['tagged_images'], 'picture', 'pictures')}, "
                    f"{plural(facts['tag_labels'], 'label', 'labels')}"),
         ("model", f"{facts['model'] or 'none yet'}, {facts['embedding_dim'] or '?'}-dimensional vectors"),
-        ("index", f"{facts['index_type']}, generation {facts['generation']}"),
+        ("index", _index_line(facts)),
         ("size on disk", f"{facts['size_bytes'] / 1e6:.1f} MB"),
         ("probes", ", ".join(facts["probes"]) or "none"),
     ]
     shown = {"library", "demo", "images", "skipped", "tagged_images", "tag_labels", "model", "embedding_dim",
-             "index_type", "generation", "size_bytes", "probes"}
+             "index_type", "index_setting", "index_nlist", "index_nprobe", "index_recall_at_10", "index_trained_on",
+             "index_generation", "generation", "size_bytes", "probes"}
     return rows + [(key.replace("_", " "), str(value)) for key, value in facts.items() if key not in shown]
 
 

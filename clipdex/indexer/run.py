@@ -1,8 +1,9 @@
 """Incremental indexing: scan, plan, decode, encode, store.
 
 Every batch is one SQLite transaction holding the rows *and* their vectors, so killing
-the process at any moment loses at most the batch in flight; the FAISS index is saved
-(atomically) at the end of the run, and a stale one is rebuilt from SQLite on next use.
+the process at any moment loses at most the batch in flight. Each commit logs the ids it
+changed, so searches follow by delta; the index file is replaced (atomically) when the
+policy of :mod:`clipdex.ann.policy` says so, during the run and at its end.
 ``--rebuild`` re-encodes beside the current vectors and swaps at the end (see
 :mod:`clipdex.indexer.rebuild`), so the library answers searches throughout.
 """
@@ -27,7 +28,6 @@ from clipdex.library import Library, staging, writes
 from clipdex.library.storage import DiskFull
 from clipdex.library.writes import Failure, Picture
 from clipdex.models import Encoder
-from clipdex.vectorindex import VectorIndex
 
 #: Stores one decoded batch: ``(decoded, vector)`` pairs and the failures.
 StoreFn = Callable[[list[tuple[Decoded, np.ndarray]], list[Decoded]], None]
@@ -58,6 +58,7 @@ class IndexStats:
     skipped_files: dict[str, str] = field(default_factory=dict)
     backend: str | None = None  # what ran the model ("onnx" or "torch"), when it loaded
     backend_note: str | None = None  # why it is not ONNX Runtime, when it fell back
+    index: dict | None = None  # the index file built by this run, if any (see clipdex.ann.build.BuildReport)
     processed: int = field(default=0, repr=False)
 
     def summary(self) -> str:
@@ -107,6 +108,7 @@ class Indexer:
         progress: bool | None = None,
         say: Callable[[str], None] | None = None,
         gpu_jpeg: bool | None = None,
+        index_type: str | None = None,
     ):
         self.lib = library
         self.requested = model
@@ -117,6 +119,7 @@ class Indexer:
         self.backend = backend
         self.decode_fn = decode_fn
         self.gpu_jpeg = gpu_jpeg
+        self.index_type = index_type  # auto, flat or ivf: recorded in the library by the run
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.say = say or (lambda _line: None)
         self._announced: Encoder | None = None
@@ -214,22 +217,29 @@ class Indexer:
                     with self.lib.session() as s:
                         self.lib.bind_model(s, encoder.spec, encoder.dim)
                         s.commit()
-            index = self.lib.index() if self.lib.dim is not None else None
             moves = [(i, p, found.files[p].size, found.files[p].mtime) for i, p in plan.moves + plan.touched]
             writes.apply_moves_and_removals(self.lib, moves, plan.removed_ids)
-            if index is not None:
-                index.remove(plan.removed_ids)
             stats.removed += len(plan.removed_ids)
             writes.record_scan_problems(self.lib, found.covers, found.files.__contains__, found.problems)
             stats.skipped += len(found.problems)
             stats.skipped_files.update(found.problems)
             if pool is not None:
-                self._index_files(encoder, pool, plan, found, index, stats)
-            if index is not None:
-                self.lib.adopt_index(index, self.lib.generation)
+                self._index_files(encoder, pool, plan, found, stats)
+            self.maintain_index(final=True)
         finally:
             if pool is not None:
                 pool.close()
+
+    def maintain_index(self, final: bool = False) -> None:
+        """Replace the index file when the policy says so (``final``: the end of a run); say what was built."""
+        if self.index_type is not None:
+            self.lib.keeper.set_kind(self.index_type)
+        report = self.lib.keeper.maintain(self.say, final=final)
+        if report is not None:
+            self.stats.index = report.as_dict()
+            if report.kind == "ivf":
+                self.say(f"built an IVF index of {report.count:,} pictures ({report.nlist} lists, nprobe "
+                         f"{report.nprobe}, measured recall@10 {report.recall_at_10:.3f}) in {report.seconds:.1f}s")
 
     def decodes_jpegs_on_device(self, encoder: Encoder) -> bool:
         """Whether this run hands JPEGs to ``encoder`` as bytes (the model is loaded)."""
@@ -241,8 +251,7 @@ class Indexer:
                              "jpeg_bytes")
         return self.gpu_jpeg
 
-    def _index_files(self, encoder: Encoder, pool: DecodePool, plan: Plan, found: Scan, index: VectorIndex,
-                     stats: IndexStats) -> None:
+    def _index_files(self, encoder: Encoder, pool: DecodePool, plan: Plan, found: Scan, stats: IndexStats) -> None:
         by_hash = writes.content_hashes(self.lib)  # identical content already encoded (a copy) keeps its vector
         hash_of = {image_id: h for h, image_id in by_hash.items()}
 
@@ -257,9 +266,6 @@ class Indexer:
             failures = [Failure(d.path, d.error or "", *_facts(found, d.path)) for d in failed]
             gone = [plan.changed_ids[d.path] for d in failed if d.path in plan.changed_ids]
             ids = writes.store_batch(self.lib, pictures, failures, gone)
-            index.remove([p.image_id for p in pictures if p.image_id is not None] + gone)
-            if ids:
-                index.add(ids, np.stack([p.vector for p in pictures]))
             for image_id in gone + [p.image_id for p in pictures if p.image_id is not None]:
                 forget_hash(image_id)
             for image_id, p in zip(ids, pictures):
@@ -268,6 +274,7 @@ class Indexer:
             stats.indexed += len(pictures)
             stats.skipped += len(failed)
             stats.skipped_files.update({d.path: d.error or "" for d in failed})
+            self.maintain_index()
 
         self.encode_stream(encoder, pool, plan.todo, "indexing", by_hash, self._stored_vectors, store, stats)
 

@@ -14,8 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +22,15 @@ from sqlalchemy import and_, case, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from clipdex.ann.base import IdsChecksum, index_files
+from clipdex.ann.live import LiveIndex
 from clipdex.errors import LibraryError, ModelMismatch, ModelUnavailable, NoLibrary
-from clipdex.library import migrations, storage
+from clipdex.library import changes, migrations, storage
+from clipdex.library.indexkeeper import IndexKeeper
 from clipdex.library.paths import DB_NAME, default_library_path, demo_library_path, resolve_library
 from clipdex.library.schema import ImageRow, Meta, RootRow, SkippedRow, TagRow
 from clipdex.library.writes import delete_in_chunks
 from clipdex.models import DEFAULT_MODEL, Encoder, ModelSpec, parse_model_spec
-from clipdex.vectorindex import INDEX_TYPE, IdsChecksum, VectorIndex, index_files
 
 LOCK_NAME = ".write.lock"
 #: Larger than any CLIP embedding; a ``dim`` beyond it is damage, not a model.
@@ -71,12 +72,7 @@ class Library:
         self.engine = storage.open_engine(db, self.read_only)
         self._created_db = False  # made by :meth:`create`, with these folders (deepest first)
         self._created_folders: list[Path] = []
-        self._index: VectorIndex | None = None
-        self._index_generation = -1
-        self._index_lock = threading.Lock()
-        #: Long-lived readers (a server) set this: large indexes then keep a fast scan copy (see
-        #: :meth:`VectorIndex.prepare_fast_scan`); a one-shot search would spend more building it.
-        self.fast_scan = False
+        self.keeper = IndexKeeper(self)
         try:
             self._upgrade()
         except BaseException:
@@ -197,16 +193,25 @@ class Library:
 
     @property
     def generation(self) -> int:
-        value = self.get_meta("generation", "0")
+        return self.parse_generation(self.get_meta("generation", "0"))
+
+    def parse_generation(self, value: object) -> int:
+        """A stored generation as a number (:class:`storage.DamagedLibrary` if it is not one)."""
         return storage.meta_number(self.path / DB_NAME, "generation", value, 0, MAX_GENERATION)
 
     @staticmethod
-    def bump_generation(session: Session) -> None:
-        """Mark the stored vectors as changed (call inside the transaction that changes them)."""
+    def bump_generation(session: Session, changed: Iterable[int] | None = None) -> int:
+        """Mark the vectors of ``changed`` ids as added, replaced or removed (call inside the transaction
+        that changes them); None means any vector may have changed (readers then load afresh)."""
         row = session.get(Meta, "generation")
         db = Path(session.get_bind().url.database or DB_NAME)
-        current = storage.meta_number(db, "generation", row.value, 0, MAX_GENERATION) if row else 0
-        Library.set_meta(session, "generation", str(current + 1))
+        generation = (storage.meta_number(db, "generation", row.value, 0, MAX_GENERATION) if row else 0) + 1
+        Library.set_meta(session, "generation", str(generation))
+        if changed is None:
+            changes.restart(session, generation)
+        else:
+            changes.record(session, generation, changed)
+        return generation
 
     @property
     def model_spec(self) -> ModelSpec | None:
@@ -253,20 +258,15 @@ class Library:
         return encoder
 
     # -- vectors ----------------------------------------------------------------
-    def load_vectors(self, ids: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(ids, vectors)`` from SQLite, all or the given ids.
-
-        A vector that is not ``dim`` floats (NULL, truncated, another model's, huge) is damage:
-        :class:`storage.DamagedLibrary` naming the picture. SQLite checks the length, so a
-        damaged blob is never read into memory.
-        """
+    def _sound_vector(self):  # noqa: ANN202 - a SQL expression
+        """The vector column where it is ``dim`` floats, NULL where it is not (SQLite checks the length,
+        so a damaged blob is never read into memory)."""
         dim = self.dim or 0
         sound = and_(func.typeof(ImageRow.vector) == "blob", func.length(ImageRow.vector) == dim * 4)
-        stmt = select(ImageRow.id, case((sound, ImageRow.vector), else_=None)).order_by(ImageRow.id)
-        if ids is not None:
-            stmt = stmt.where(ImageRow.id.in_(ids))
-        with self.engine.connect() as conn:
-            rows = conn.execute(stmt).all()
+        return case((sound, ImageRow.vector), else_=None)
+
+    def _vectors(self, rows: list) -> tuple[np.ndarray, np.ndarray]:
+        dim = self.dim or 0
         if not rows:
             return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
         bad = next((r[0] for r in rows if r[1] is None), None)
@@ -276,39 +276,69 @@ class Library:
             raise storage.DamagedLibrary(storage.damaged_message(
                 self.path / DB_NAME, f"damaged vector for picture {bad} ({path!s:.300}); index that picture "
                 "again, or rebuild the library, to replace it"))
-        out_ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-        vectors = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), dim)
-        return out_ids, vectors
+        ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+        vectors = np.empty((len(rows), dim), np.float32)
+        for n, r in enumerate(rows):
+            vectors[n] = np.frombuffer(r[1], np.float32)
+        return ids, vectors
 
-    def index(self) -> VectorIndex:
-        """The FAISS index for the current generation: cached, loaded from disk, or rebuilt.
+    def vectors_of(self, ids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, vectors)`` of the given ids still in the library, by id.
 
-        A file on disk is used only when it holds exactly the ids the database holds (see
-        :meth:`ids_checksum`): one saved wrongly, damaged or copied from elsewhere is rebuilt.
-        Safe to call from several threads; a reader picks up what a writer committed. A
-        rebuilt index is saved when no writer holds the library, so the next process
-        loads it instead of rebuilding again.
+        A vector that is not ``dim`` floats (NULL, truncated, another model's, huge) is damage:
+        :class:`storage.DamagedLibrary` naming the picture.
         """
-        generation = self.generation
-        with self._index_lock:
-            if self._index is not None and self._index_generation == generation:
-                return self._index
-            generation, expected = self._snapshot()  # only when loading: it reads every id
-            dim = self.dim
-            if dim is None:
-                raise LibraryError(f"library at {self.path} is empty")
-            index = VectorIndex.load(self.path, generation, dim, expected)
-            if index is None:
-                index = VectorIndex(dim)
-                index.add(*self.load_vectors())
-                self._save_if_unlocked(index, generation)
-            if self.fast_scan:
-                index.prepare_fast_scan()
-            self._index, self._index_generation = index, generation
-            return index
+        wanted = sorted({int(i) for i in ids})
+        rows: list = []
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 500):
+                rows += conn.execute(select(ImageRow.id, self._sound_vector())
+                                     .where(ImageRow.id.in_(wanted[start:start + 500]))).all()
+        rows.sort(key=lambda r: r[0])
+        return self._vectors(rows)
 
-    def _snapshot(self) -> tuple[int, IdsChecksum]:
-        """The generation and what an index file for it must hold (see :func:`clipdex.vectorindex.ids_checksum`).
+    def stream_vectors(self, chunk: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every ``(ids, vectors)``, ``chunk`` rows at a time in id order: never the whole library at once."""
+        last = -1
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(select(ImageRow.id, self._sound_vector()).where(ImageRow.id > last)
+                                    .order_by(ImageRow.id).limit(chunk)).all()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield self._vectors(rows)
+
+    def sample_vectors(self, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """``count`` vectors drawn at random (all of them if there are fewer), in random order."""
+        with self.engine.connect() as conn:
+            every = np.fromiter(conn.execute(select(ImageRow.id)).scalars(), np.int64)
+        chosen = np.random.default_rng(seed).permutation(every)[:count]
+        ids, vectors = self.vectors_of(chosen)
+        order = {int(i): n for n, i in enumerate(ids)}
+        rows = [order[int(i)] for i in chosen if int(i) in order]
+        return ids[rows], vectors[rows]
+
+    def load_vectors(self, ids: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, vectors)`` from SQLite, all (in chunks, joined) or the given ids."""
+        if ids is not None:
+            return self.vectors_of(ids)
+        parts = list(self.stream_vectors())
+        if not parts:
+            return self.vectors_of([])
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(ImageRow)).scalar() or 0)
+
+    def index(self) -> LiveIndex:
+        """The search index at the current generation (see :class:`IndexKeeper`): loaded and checked once,
+        then caught up by delta after each commit. Safe to call from several threads."""
+        return self.keeper.current()
+
+    def ids_snapshot(self) -> tuple[int, IdsChecksum]:
+        """The generation and the checksum of the ids the database holds (see :func:`clipdex.ann.base.ids_checksum`).
 
         One statement, so both come from the same state of the database even while a
         writer commits. Read from a covering index: tens of milliseconds for 100,000 pictures.
@@ -318,26 +348,8 @@ class Library:
                 "SELECT (SELECT value FROM meta WHERE key = 'generation'), count(*), coalesce(sum(id), 0), "
                 "coalesce(sum((id * 2654435761) % 4294967296), 0) FROM images"
             )).one()
-        generation = storage.meta_number(self.path / DB_NAME, "generation", row[0], 0, MAX_GENERATION) if row[0] else 0
+        generation = self.parse_generation(row[0]) if row[0] else 0
         return generation, IdsChecksum(int(row[1]), int(row[2]), int(row[3]))
-
-    def _save_if_unlocked(self, index: VectorIndex, generation: int) -> None:
-        try:
-            with self.write_lock():
-                if self.generation == generation:
-                    index.save(self.path, generation)
-        except (LibraryError, OSError):
-            pass  # a writer is busy (it saves its own) or the folder is read-only: keep it in memory
-
-    def adopt_index(self, index: VectorIndex, generation: int) -> None:
-        """Save an index kept up to date in memory (by the indexer) for ``generation``."""
-        index.save(self.path, generation)
-        self._index, self._index_generation = index, generation
-
-    def reset_index(self) -> None:
-        for path in index_files(self.path):
-            path.unlink(missing_ok=True)
-        self._index, self._index_generation = None, -1
 
     # -- facts ------------------------------------------------------------------
     def info(self) -> dict:
@@ -356,7 +368,7 @@ class Library:
             "tag_labels": labels,
             "model": str(self.model_spec) if self.model_spec else None,
             "embedding_dim": self.dim,
-            "index_type": INDEX_TYPE,
+            **self.keeper.describe(),
             "generation": self.generation,
             "size_bytes": size,
         }

@@ -78,9 +78,22 @@ def _staged_vectors(conn: Connection) -> None:
         "FOREIGN KEY(image_id) REFERENCES images (id) ON DELETE CASCADE)"))
 
 
+def _vector_changes(conn: Connection) -> None:
+    """The change log readers catch up from (:mod:`clipdex.library.changes`); complete from the current generation on.
+
+    Index files written before it hold the vectors of their own generation and stay usable;
+    readers holding anything older rebuild once.
+    """
+    conn.execute(text(
+        "CREATE TABLE vector_changes (generation INTEGER NOT NULL, image_id INTEGER NOT NULL, "
+        "PRIMARY KEY (generation, image_id))"))
+    generation = conn.execute(text("SELECT value FROM meta WHERE key = 'generation'")).scalar()
+    conn.execute(text("INSERT INTO meta (key, value) VALUES ('changes_from', :g)"), {"g": str(generation or 0)})
+
+
 #: Version 1 is clipdex 0.1.0's schema (images, skipped, tags, roots, probes, meta).
 #: ``STEPS[i]`` upgrades a database from version ``i + 1`` to ``i + 2``.
-STEPS: list[Step] = [_tag_passes, _staged_vectors]
+STEPS: list[Step] = [_tag_passes, _staged_vectors, _vector_changes]
 
 LATEST = 1 + len(STEPS)
 

@@ -155,3 +155,16 @@ class StagedRow(Base):
     captured_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     vector: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     reason: Mapped[str | None] = mapped_column(String, nullable=True)
+
+
+class ChangeRow(Base):
+    """One picture whose vector was added, replaced or removed by the commit that made ``generation``.
+
+    The change log that lets a reader holding generation g catch up by applying only what
+    changed since g (see :mod:`clipdex.library.changes`). ``meta.changes_from`` says from which
+    generation on the log is complete; older entries are pruned once index files have moved on.
+    """
+
+    __tablename__ = "vector_changes"
+    generation: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(Integer, primary_key=True)

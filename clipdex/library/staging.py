@@ -135,6 +135,6 @@ def swap(lib: Library, spec: ModelSpec, dim: int) -> Swapped:
         s.execute(delete(StagedRow))
         s.execute(delete(Meta).where(Meta.key.in_([_IDENTITY, _SPEC, _DIM])))
         lib.bind_model(s, spec, dim)
-        lib.bump_generation(s)
+        lib.bump_generation(s, None)  # every vector changed: readers load afresh
         s.commit()
     return done

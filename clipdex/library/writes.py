@@ -107,7 +107,7 @@ def apply_moves_and_removals(
             row.path, row.size, row.mtime = path, size, mtime
         if removed_ids:
             lib.forget(s, removed_ids)
-            lib.bump_generation(s)
+            lib.bump_generation(s, removed_ids)
         s.commit()
 
 
@@ -149,8 +149,8 @@ def store_batch(lib: Library, pictures: list[Picture], failures: list[Failure], 
             lib.forget(s, forget_ids)
         for f in failures:
             s.merge(SkippedRow(path=f.path, reason=f.reason, size=f.size, mtime=f.mtime, recorded_at=now))
-        lib.bump_generation(s)
         s.flush()
         ids = [r.id for r in rows]
+        lib.bump_generation(s, [*ids, *forget_ids])
         s.commit()
     return ids

@@ -137,11 +137,10 @@ def search_upload():
 def similar(image_id: int):
     lib = state().library()
     image_row(lib, image_id)
-    try:
-        vector = lib.index().vector(image_id)
-    except KeyError:
-        raise APIError(404, f"no picture with id {image_id}") from None
-    return run_search(vector, exclude={image_id})
+    found, vectors = lib.vectors_of([image_id])
+    if not len(found):
+        raise APIError(404, f"no picture with id {image_id}")
+    return run_search(vectors[0], exclude={image_id})
 
 
 @bp.get("/images/<id:image_id>")

@@ -39,9 +39,7 @@ class WebState:
 
     def _open(self) -> Library:
         try:
-            lib = Library.open(self.library_path)
-            lib.fast_scan = True  # a server answers many searches: worth a fast scan copy of a large index
-            return lib
+            return Library.open(self.library_path)
         except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
             reason = getattr(exc, "orig", None) or getattr(exc, "strerror", None) or exc
             raise LibraryError(f"library at {self.library_path} cannot be opened: {reason}") from None

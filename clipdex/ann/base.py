@@ -1,0 +1,195 @@
+"""A base index: the vectors of one generation, in a FAISS index that is never changed once built.
+
+Two kinds, chosen by :mod:`clipdex.ann.policy`:
+
+- ``flat``: ``IndexIDMap2(IndexFlatIP)``, exact, held in memory (small libraries);
+- ``ivf``: ``IndexIVFScalarQuantizer`` (8-bit codes, inner product) whose inverted lists are
+  memory-mapped from its file, so a library larger than RAM still serves; its scores are
+  approximate and are re-scored exactly by the caller (:class:`clipdex.ann.live.LiveIndex`).
+
+Files are ``index.<generation>.faiss`` (flat) and ``index.<generation>.ivf``, replaced
+atomically, and checked before FAISS reads them (:mod:`clipdex.ann.flatfile`,
+:mod:`clipdex.ann.ivffile`); the ids a file holds are then compared with what the
+database says it must hold (:class:`IdsChecksum`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import faiss
+import numpy as np
+
+from clipdex.ann import gpu
+from clipdex.ann.flatfile import read_flat_file
+from clipdex.ann.ivffile import check_ivf_file
+from clipdex.atomicfile import write_atomic, write_atomic_with
+
+FLAT, IVF = "flat", "ivf"
+_SUFFIX = {FLAT: "faiss", IVF: "ivf"}
+_FILE_RE = re.compile(r"^index\.(\d+)\.(faiss|ivf)$")
+
+
+class IdsChecksum(NamedTuple):
+    """How many ids, their sum, and the sum of a 32-bit multiplicative hash of each.
+
+    Cheap to compute both in SQL and here, and changed by any id added, missing or
+    replaced, so a FAISS file that does not hold exactly the database's pictures is caught.
+    """
+
+    count: int
+    total: int
+    mixed: int
+
+
+def ids_checksum(ids: np.ndarray) -> IdsChecksum:
+    """:class:`IdsChecksum` of ``ids`` (its SQL twin is in :meth:`clipdex.library.Library.ids_checksum`)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    mixed = (ids.astype(np.uint64) * np.uint64(2654435761)) % np.uint64(1 << 32)
+    return IdsChecksum(len(ids), int(ids.sum()), int(mixed.sum()))
+
+
+@dataclass(frozen=True)
+class Base:
+    """An immutable index of one generation's vectors; ``ids`` sorted, for membership and checksums."""
+
+    kind: str
+    generation: int
+    index: faiss.Index
+    ids: np.ndarray
+    nprobe: int = 0
+    on_device: faiss.Index | None = None  # a GPU copy for unfiltered searches (see clipdex.ann.gpu)
+
+    @property
+    def count(self) -> int:
+        return len(self.ids)
+
+    @property
+    def nlist(self) -> int:
+        return int(self.index.nlist) if self.kind == IVF else 0
+
+    def holding(self, ids: np.ndarray) -> int:
+        """How many of ``ids`` (unique) this base holds (a binary search each: no pass over the base)."""
+        if not len(ids) or not self.count:
+            return 0
+        at = np.minimum(np.searchsorted(self.ids, ids), self.count - 1)
+        return int((self.ids[at] == ids).sum())
+
+    def search(self, query: np.ndarray, k: int, selector: faiss.IDSelector | None = None,
+               fraction: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, scores)`` of the best ``k`` (fewer if fewer pass ``selector``), best first.
+
+        ``fraction``: the share of the base the selector lets through. An IVF search then visits
+        ``nprobe / fraction`` lists (all of them when the filter is selective), so about as many
+        allowed vectors are compared as without a filter: a filter never makes results worse.
+        """
+        k = min(k, self.count)
+        if k <= 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        if self.kind == IVF:
+            nprobe = self.nlist if fraction <= 0 else min(self.nlist, math.ceil(self.nprobe / fraction))
+            params = faiss.SearchParametersIVF(nprobe=max(1, nprobe))
+            if selector is None and self.on_device is not None:
+                with gpu.search_lock:
+                    scores, ids = self.on_device.search(query.reshape(1, -1), k, params=params)
+                keep = ids[0] >= 0
+                return ids[0][keep].astype(np.int64), scores[0][keep]
+            if selector is not None:
+                params.sel = selector
+        else:
+            params = faiss.SearchParameters(sel=selector) if selector is not None else None
+        scores, ids = self.index.search(query.reshape(1, -1), k, params=params)
+        keep = ids[0] >= 0
+        return ids[0][keep].astype(np.int64), scores[0][keep]
+
+    # -- files --------------------------------------------------------------------------
+    def path_in(self, folder: Path) -> Path:
+        return folder / f"index.{self.generation}.{_SUFFIX[self.kind]}"
+
+    def save(self, folder: Path) -> Path:
+        """Write this base's file atomically (fsynced before the rename); other index files stay."""
+        target = self.path_in(folder)
+        for leftover in folder.glob(".index*.tmp"):  # from a run killed while saving
+            leftover.unlink(missing_ok=True)
+        if self.kind == FLAT:
+            write_atomic(target, faiss.serialize_index(self.index), durable=True)
+        else:
+            write_atomic_with(target, lambda tmp: faiss.write_index(self.index, str(tmp)), durable=True)
+        return target
+
+
+def empty_copy(index: faiss.Index) -> faiss.Index:
+    """An empty IVF trained as ``index`` is (same centroids and quantiser ranges), to fill again
+    without training: ``index`` may be memory-mapped, so nothing else of it is copied."""
+    quantizer = faiss.IndexFlatIP(index.d)
+    quantizer.add(faiss.downcast_index(index.quantizer).reconstruct_n(0, index.nlist))
+    empty = faiss.IndexIVFScalarQuantizer(quantizer, index.d, index.nlist, faiss.ScalarQuantizer.QT_8bit,
+                                          faiss.METRIC_INNER_PRODUCT)
+    empty.own_fields = True
+    quantizer.this.disown()
+    faiss.copy_array_to_vector(faiss.vector_to_array(index.sq.trained), empty.sq.trained)
+    empty.is_trained = True
+    return empty
+
+
+def flat_index(dim: int) -> faiss.Index:
+    """An empty exact index keyed by picture ids."""
+    return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+
+def flat_ids(index: faiss.Index) -> np.ndarray:
+    return np.sort(faiss.vector_to_array(index.id_map).astype(np.int64))
+
+
+def ivf_ids(index: faiss.Index) -> np.ndarray:
+    """Every id in an IVF index's lists (read from the mapped file: 8 bytes a vector)."""
+    lists = index.invlists
+    parts = []
+    for i in range(index.nlist):
+        n = lists.list_size(i)
+        if n:
+            parts.append(faiss.rev_swig_ptr(lists.get_ids(i), n).copy())
+    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+
+def load(path: Path, dim: int) -> Base | None:
+    """The base in ``path`` (its kind and generation from the name), or None if missing, damaged or not ours."""
+    match = _FILE_RE.match(path.name)
+    if match is None:
+        return None
+    generation, kind = int(match[1]), (FLAT if match[2] == "faiss" else IVF)
+    try:
+        if kind == FLAT:
+            data = read_flat_file(path, dim)
+            if data is None:
+                return None
+            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+            if index.d != dim or not isinstance(index, faiss.IndexIDMap2):
+                return None
+            return Base(FLAT, generation, index, flat_ids(index))
+        layout = check_ivf_file(path, dim)
+        if layout is None:
+            return None
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+        if index.d != dim or not isinstance(index, faiss.IndexIVFScalarQuantizer):
+            return None
+        return Base(IVF, generation, index, ivf_ids(index), nprobe=max(1, int(index.nprobe)),
+                    on_device=gpu.to_device(index))
+    except (RuntimeError, ValueError, MemoryError, OSError):  # damaged in a way the checks let through
+        return None
+
+
+def is_index_name(name: str) -> bool:
+    return _FILE_RE.match(name) is not None
+
+
+def index_files(folder: Path) -> list[Path]:
+    """The index files present in a library folder, newest generation first."""
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if _FILE_RE.match(p.name)]
+    return sorted(found, key=lambda p: -int(_FILE_RE.match(p.name)[1]))
