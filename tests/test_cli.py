@@ -129,7 +129,7 @@ def test_full_cli_flow_with_json(tmp_path, library, collection):
 
     info = json.loads(invoke("info", "--library", str(lib), "--json").stdout)
     assert (info["images"], info["model"], info["embedding_dim"], info["index_type"], info["demo"]) == (
-        120, "tiny", 64, "IndexIDMap2(IndexFlatIP)", False)
+        120, "tiny", 64, "flat", False)
     assert info["tagged_images"] == 120 and info["size_bytes"] > 0
 
     assert json.loads(invoke("skipped", "--library", str(lib), "--json").stdout) == []

@@ -159,7 +159,7 @@ def test_info_and_skipped_name_the_library_and_agree(dated):
         "skipped files  1  (clipdex skipped lists them)",
         "tagged         122 pictures, 10 labels",
         "model          tiny, 64-dimensional vectors",
-        f"index          IndexIDMap2(IndexFlatIP), generation {generation}",
+        f"index          flat (auto), exact, generation {generation}",
     ]
     assert info[6].startswith("size on disk   ") and info[6].endswith(" MB")
     assert info[7] == "probes         none"

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from clipdex.ann import base as bases
 from clipdex.cli import main
 from clipdex.errors import LibraryError
 from clipdex.library import Library
-from clipdex.vectorindex import VectorIndex
 
 
 def sql(folder: Path, statement: str, *params) -> None:
@@ -50,14 +50,14 @@ def within(seconds: float, fn):
 
 # -- index files: FIFOs, forged headers, huge claims ---------------------------------------------------------
 def saved(folder: Path, n: int = 3, dim: int = 64) -> Path:
-    index = VectorIndex(dim)
-    index.add(np.arange(n), np.random.default_rng(0).random((n, dim), np.float32))
-    return index.save(folder, 7)
+    index = bases.flat_index(dim)
+    index.add_with_ids(np.random.default_rng(0).random((n, dim), np.float32), np.arange(n))
+    return bases.Base(bases.FLAT, 7, index, np.arange(n)).save(folder)
 
 
 def test_a_fifo_in_place_of_the_index_file_is_refused_without_blocking(tmp_path):
     os.mkfifo(tmp_path / "index.7.faiss")
-    assert within(5, lambda: VectorIndex.load(tmp_path, 7, 64)) is None
+    assert within(5, lambda: bases.load(tmp_path / "index.7.faiss", 64)) is None
 
 
 def test_an_index_file_claiming_more_vectors_than_it_holds_is_refused_before_faiss_allocates(tmp_path):
@@ -66,7 +66,7 @@ def test_an_index_file_claiming_more_vectors_than_it_holds_is_refused_before_fai
     struct.pack_into("<q", data, 45, 1 << 23)  # the inner IndexFlat's count
     struct.pack_into("<Q", data, 74, (1 << 23) * 64)  # the floats that follow
     (tmp_path / "index.7.faiss").write_bytes(bytes(data) + bytes(15_000))
-    assert VectorIndex.load(tmp_path, 7, 64) is None
+    assert bases.load(tmp_path / "index.7.faiss", 64) is None
 
 
 def test_an_inner_flat_index_claiming_two_billion_vectors_is_refused(tmp_path):
@@ -74,13 +74,13 @@ def test_an_inner_flat_index_claiming_two_billion_vectors_is_refused(tmp_path):
     data = bytearray(path.read_bytes())
     struct.pack_into("<Q", data, 74, 1 << 37)  # 2**31 vectors of 64 floats
     path.write_bytes(bytes(data))
-    assert VectorIndex.load(tmp_path, 7, 64) is None
+    assert bases.load(tmp_path / "index.7.faiss", 64) is None
 
 
 def test_a_sound_index_file_still_loads(tmp_path):
     saved(tmp_path)
-    assert VectorIndex.load(tmp_path, 7, 64).ntotal == 3
-    assert VectorIndex.load(tmp_path, 7, 32) is None
+    assert bases.load(tmp_path / "index.7.faiss", 64).count == 3
+    assert bases.load(tmp_path / "index.7.faiss", 32) is None
 
 
 def test_the_library_rebuilds_over_a_fifo_index_file(copied):

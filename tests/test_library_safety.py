@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from clipdex.ann import base as bases
 from clipdex.cli import main
 from clipdex.indexer import Indexer
 from clipdex.library import Library, migrations
 from clipdex.synthetic import write_collection
-from clipdex.vectorindex import VectorIndex
 
 V1_DB = Path(__file__).parent / "data" / "library-v1" / "clipdex.db"
 
@@ -61,12 +61,12 @@ def in_namespace(setup: str, script: str, tmp_path: Path) -> subprocess.Complete
 def test_an_index_file_that_disagrees_with_the_database_is_rebuilt(copied, wrong):
     lib = Library.open(copied)
     ids, vectors = lib.load_vectors()
-    bad = VectorIndex(vectors.shape[1])
+    bad = bases.flat_index(vectors.shape[1])
     if wrong == "foreign ids":
-        bad.add(ids + 1000, vectors)
+        bad.add_with_ids(vectors, ids + 1000)
     elif wrong == "one missing":
-        bad.add(ids[1:], vectors[1:])
-    bad.save(copied, lib.generation)  # saved as if for the current generation
+        bad.add_with_ids(vectors[1:], ids[1:])
+    bases.Base(bases.FLAT, lib.generation, bad, bases.flat_ids(bad)).save(copied)  # as if for this generation
 
     fresh = Library.open(copied)
     assert sorted(fresh.index().ids().tolist()) == ids.tolist()

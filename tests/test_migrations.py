@@ -131,5 +131,43 @@ def test_an_upgraded_database_has_the_schema_of_a_new_one(v1_db, tmp_path):
                 sorted((x["name"], tuple(x["column_names"]), bool(x["unique"])) for x in i.get_indexes(table)),
                 sorted(tuple(u["column_names"]) for u in i.get_unique_constraints(table)))
 
-    for table in ("tags", "tag_passes"):
+    for table in ("tags", "tag_passes", "vector_changes"):
         assert shape(old, table) == shape(new, table), table
+
+
+V3 = Path(__file__).parent / "data" / "library-v3"
+
+
+def test_a_library_from_before_the_change_log_keeps_its_index_file_and_follows_by_delta(tmp_path):
+    """Schema 3 (commit 599bf5b) had no change log: the upgrade starts one, the flat index file that release
+    saved is used as it is (checked against the database, not rebuilt), and readers then follow by delta."""
+    pics = tmp_path / "pics"
+    write_collection(pics, per_class=1, seed=3)
+    lib_dir = tmp_path / "lib"
+    lib_dir.mkdir()
+    shutil.copy(V3 / "clipdex.db", lib_dir / "clipdex.db")
+    shutil.copy(V3 / "index.1.faiss", lib_dir / "index.1.faiss")
+    with sqlite3.connect(lib_dir / "clipdex.db") as conn:
+        conn.execute("UPDATE images SET path = replace(path, '/tmp/v3fix/pics', ?)", (str(pics),))
+        conn.execute("UPDATE roots SET path = replace(path, '/tmp/v3fix/pics', ?)", (str(pics),))
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
+        for path, mtime in conn.execute("SELECT path, mtime FROM images").fetchall():
+            os.utime(path, (mtime, mtime))
+    saved = (lib_dir / "index.1.faiss").stat()
+
+    reader = Library.open(lib_dir)
+    assert reader.get_meta("schema_version") == str(migrations.LATEST)
+    assert reader.get_meta("changes_from") == "1"
+    index = reader.index()
+    assert index.base.generation == 1 and index.ntotal == 24
+    assert (lib_dir / "index.1.faiss").stat().st_mtime_ns == saved.st_mtime_ns  # used, not rewritten
+
+    write_collection(tmp_path / "more", per_class=1, seed=4)
+    writer = Library.open(lib_dir)
+    stats = Indexer(writer, None, workers=1, progress=False).run([str(pics), str(tmp_path / "more")])
+    assert (stats.encoded, stats.unchanged) == (24, 24)
+    after = reader.index()
+    assert after.ntotal == 48 and after.generation == writer.generation
+    ids, vectors = writer.load_vectors()
+    assert after.search(vectors[-1], 1)[0][0] == int(ids[-1])
+

@@ -1,0 +1,258 @@
+"""Large-library indexing: readers follow writers by delta, the index type follows the collection,
+IVF answers with measured recall, filters stay exact, and builds survive being killed.
+
+Libraries here are filled through the project's own storage code (``writes.store_batch``)
+with clustered synthetic vectors (:func:`clipdex.ann.synthetic.clip_like_vectors`), small
+enough to build in a second or two.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from clipdex.ann.synthetic import clip_like_vectors
+
+from clipdex.ann import gpu, policy
+from clipdex.ann.base import index_files
+from clipdex.library import Library, writes
+from clipdex.library.writes import Picture
+from clipdex.models import parse_model_spec
+
+DIM = 128
+
+
+def vectors(n: int, seed: int = 0) -> np.ndarray:
+    return np.concatenate(list(clip_like_vectors(n, DIM, seed=seed, clusters=60)))
+
+
+def pictures(xs: np.ndarray, first: int, replacing: list[int] | None = None) -> list[Picture]:
+    return [Picture(f"/photos/{first + n:07d}.jpg", 1, 0.0, f"{first + n:064x}", 8, 8, None, v,
+                    replacing[n] if replacing else None) for n, v in enumerate(xs)]
+
+
+def new_library(folder: Path, xs: np.ndarray, batch: int = 5000) -> Library:
+    lib = Library.create(folder)
+    with lib.session() as s:
+        lib.bind_model(s, parse_model_spec("ViT-B-32:synthetic"), DIM)
+        s.commit()
+    for start in range(0, len(xs), batch):
+        writes.store_batch(lib, pictures(xs[start:start + batch], start), [], [])
+    return lib
+
+
+def exact(lib: Library, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[int]:
+    ids, vecs = lib.load_vectors()
+    if allowed is not None:
+        keep = np.isin(ids, allowed)
+        ids, vecs = ids[keep], vecs[keep]
+    scores = vecs @ query
+    return [int(ids[i]) for i in np.lexsort((ids, -scores))[:k]]
+
+
+def found(lib: Library, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[int]:
+    return [i for i, _ in lib.index().search(query, k, allowed)]
+
+
+def maintain(lib: Library, final: bool = True):
+    with lib.write_lock():
+        return lib.keeper.maintain(final=final)
+
+
+def test_a_reader_follows_adds_changes_moves_and_deletes_by_delta(tmp_path):
+    xs = vectors(3000)
+    writer = new_library(tmp_path / "lib", xs[:2000])
+    maintain(writer)
+    reader = Library.open(tmp_path / "lib")
+    before = reader.index()
+    held = before.generation
+
+    added = writes.store_batch(writer, pictures(xs[2000:2032], 2000), [], [])  # one 32-picture batch
+    changed = [5, 6]
+    writes.store_batch(writer, pictures(xs[2100:2102], 2100, replacing=changed), [], [])
+    writes.apply_moves_and_removals(writer, [(7, "/photos/moved.jpg", 1, 0.0)], [8, 9, 10])
+
+    after = reader.index()
+    assert after.generation == writer.generation > held
+    assert after.base is before.base  # caught up by delta, not reloaded
+    assert after.ntotal == 2000 + 32 - 3
+    assert set(after.ids().tolist()) == set(writer.load_vectors()[0].tolist())
+    for q in (xs[2010], xs[2100], xs[7], xs[8], xs[100]):
+        assert found(reader, q, 10) == exact(writer, q, 10)
+    assert found(reader, xs[2010], 1) == [added[10]]
+    assert found(reader, xs[2100], 1) == [5]  # the changed picture answers with its new vector
+    assert 8 not in found(reader, xs[8], 10)
+
+
+def test_each_commit_logs_exactly_the_ids_it_changed(tmp_path):
+    lib = new_library(tmp_path / "lib", vectors(40))
+    from clipdex.library.changes import latest_ids
+
+    ids = writes.store_batch(lib, pictures(vectors(3, seed=2), 100), [], [])
+    with lib.session() as s:
+        assert sorted(latest_ids(s, lib.generation)) == sorted(ids)
+    writes.apply_moves_and_removals(lib, [], [1, 2])
+    with lib.session() as s:
+        assert sorted(latest_ids(s, lib.generation)) == [1, 2]
+
+
+def test_a_reader_behind_a_pruned_log_loads_the_new_base(tmp_path, monkeypatch):
+    monkeypatch.setattr(policy, "COMPACT_MIN", 10)
+    xs = vectors(1500)
+    writer = new_library(tmp_path / "lib", xs[:1000])
+    maintain(writer)
+    reader = Library.open(tmp_path / "lib")
+    old = reader.index()
+    for start in (1000, 1150, 1300):  # three compactions: the log the reader needs is pruned
+        writes.store_batch(writer, pictures(xs[start:start + 150], start), [], [])
+        assert maintain(writer, final=False) is not None
+    now = reader.index()
+    assert now.base is not old.base and now.ntotal == 1450
+    assert found(reader, xs[1400], 5) == exact(writer, xs[1400], 5)
+    assert len(index_files(writer.path)) == 1
+
+
+def test_the_index_type_follows_the_collection_and_retrains_when_it_doubles(tmp_path, monkeypatch):
+    monkeypatch.setattr(policy, "IVF_FROM", 3000)
+    monkeypatch.setattr(policy, "COMPACT_MIN", 10)
+    xs = vectors(9000, seed=1)
+    lib = new_library(tmp_path / "lib", xs[:2000])
+    assert maintain(lib).kind == "flat"
+    writes.store_batch(lib, pictures(xs[2000:3500], 2000), [], [])
+    report = maintain(lib)
+    assert (report.kind, report.trained_on) == ("ivf", 3500)
+    assert report.recall_at_10 >= policy.RECALL_TARGET and report.nprobe >= 1
+    info = lib.info()
+    assert (info["index_type"], info["index_setting"], info["index_nprobe"]) == ("ivf", "auto", report.nprobe)
+
+    writes.store_batch(lib, pictures(xs[3500:5000], 3500), [], [])  # grown by 43 %: refilled, not retrained
+    report = maintain(lib, final=False)
+    assert (report.kind, report.trained_on, report.count) == ("ivf", 3500, 5000)
+    writes.store_batch(lib, pictures(xs[5000:7100], 5000), [], [])  # over twice the training size: retrained
+    report = maintain(lib, final=False)
+    assert (report.trained_on, report.count) == (7100, 7100)
+
+    lib.keeper.set_kind("flat")  # the user's choice wins over the size
+    assert maintain(lib).kind == "flat"
+    assert Library.open(lib.path).index().kind == "flat"
+
+
+def test_ivf_search_reaches_its_measured_recall_and_scores_exactly(tmp_path):
+    xs = vectors(6000, seed=3)
+    lib = new_library(tmp_path / "lib", xs)
+    lib.keeper.set_kind("ivf")
+    report = maintain(lib)
+    assert report.kind == "ivf" and report.recall_at_10 >= 0.95
+    reader = Library.open(lib.path)
+    assert reader.index().kind == "ivf"
+    rng = np.random.default_rng(9)
+    queries = xs[rng.integers(0, len(xs), 100)] + rng.standard_normal((100, DIM)).astype(np.float32) * 0.08
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    recall = np.mean([len(set(found(reader, q, 10)) & set(exact(lib, q, 10))) / 10 for q in queries])
+    assert recall >= 0.95
+    ids, vecs = lib.load_vectors()
+    for image_id, score in reader.index().search(queries[0], 5):
+        assert score == pytest.approx(float(vecs[ids == image_id][0] @ queries[0]), abs=1e-5)
+
+
+@pytest.mark.parametrize("share", [0.002, 0.03, 0.3, 0.9])
+def test_filtered_ivf_search_returns_the_true_top_k_of_the_allowed_pictures(tmp_path_factory, share):
+    folder = tmp_path_factory.getbasetemp() / "filtered-ivf"
+    xs = vectors(6000, seed=4)
+    if not (folder / "clipdex.db").exists():
+        lib = new_library(folder, xs)
+        lib.keeper.set_kind("ivf")
+        maintain(lib)
+    lib = Library.open(folder)
+    rng = np.random.default_rng(int(share * 1000))
+    allowed = np.sort(rng.choice(np.arange(1, 6001), max(1, int(6000 * share)), replace=False))
+    hits = []
+    for q in xs[rng.integers(0, 6000, 30)]:
+        truth = exact(lib, q, 10, allowed)
+        got = found(lib, q, 10, allowed)
+        assert set(got) <= set(allowed.tolist())
+        hits.append(len(set(got) & set(truth)) / max(1, len(truth)))
+    assert np.mean(hits) >= (1.0 if share < 0.05 else 0.97)
+
+
+def test_a_build_killed_at_any_moment_leaves_a_library_that_answers_correctly(tmp_path):
+    xs = vectors(20000, seed=5)
+    lib = new_library(tmp_path / "lib", xs[:19000])
+    maintain(lib)
+    writes.store_batch(lib, pictures(xs[19000:], 19000), [], [])
+    script = textwrap.dedent(f"""
+        from clipdex.library import Library
+        lib = Library.open({str(lib.path)!r})
+        lib.keeper.set_kind("ivf")
+        with lib.write_lock():
+            lib.keeper.maintain(print, final=True)
+        print("done", flush=True)
+    """)
+    for delay in (0.3, 0.8, 1.5):
+        child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        fresh = Library.open(lib.path)
+        assert fresh.index().ids().tolist() == fresh.load_vectors()[0].tolist()
+        assert [found(fresh, xs[i], 1) for i in (5, 19500)] == [[6], [19501]]
+    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert finished.stdout.strip().endswith("done")
+    after = Library.open(lib.path)
+    assert after.index().kind == "ivf" and after.index().ntotal == 20000
+    assert not list(lib.path.glob(".index*.tmp"))
+    assert [p.name for p in index_files(lib.path)] == [json.loads(after.get_meta("index_file"))["file"]]
+
+
+def test_an_ivf_index_larger_than_the_memory_limit_still_serves(tmp_path):
+    """The lists stay on disk (memory-mapped): a process whose private memory is capped below their
+    size still loads the index and answers, while reading the same file into memory fails."""
+    xs = vectors(60000, seed=6)
+    lib = new_library(tmp_path / "lib", xs, batch=10000)
+    lib.keeper.set_kind("ivf")
+    maintain(lib)
+    ivf = next(p for p in index_files(lib.path) if p.suffix == ".ivf")
+    assert ivf.stat().st_size > 7_000_000
+    probe = textwrap.dedent(f"""
+        import resource, sys, faiss, numpy as np
+        from clipdex.library import Library
+        lib = Library.open({str(lib.path)!r})
+        q = lib.vectors_of([123])[1][0]
+        def private_mb():
+            return int(next(l for l in open("/proc/self/status") if l.startswith("VmData")).split()[1]) // 1024
+        limit = (private_mb() + 4) << 20  # less than the lists hold
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+        mode = sys.argv[1]
+        if mode == "in-memory":
+            try:
+                faiss.read_index({str(ivf)!r})
+                print("loaded")
+            except (MemoryError, RuntimeError):
+                print("out of memory")
+        else:
+            print(lib.index().search(q, 3)[0][0])
+    """)
+    served = subprocess.run([sys.executable, "-c", probe, "mapped"], capture_output=True, text=True, timeout=120)
+    assert served.stdout.strip() == "123", served.stderr[-2000:]
+    control = subprocess.run([sys.executable, "-c", probe, "in-memory"], capture_output=True, text=True,
+                             timeout=120)
+    assert "out of memory" in control.stdout or control.returncode != 0
+
+
+@pytest.mark.skipif(not gpu.available(), reason="FAISS sees no GPU here: its GPU path is unverified on this machine")
+def test_on_a_gpu_the_ivf_trains_and_searches_there(tmp_path):
+    xs = vectors(6000, seed=7)
+    lib = new_library(tmp_path / "lib", xs)
+    lib.keeper.set_kind("ivf")
+    report = maintain(lib)
+    assert report.on_gpu and report.recall_at_10 >= 0.95
+    reader = Library.open(lib.path)
+    assert reader.index().base.on_device is not None
+    assert [found(reader, xs[i], 1) for i in (3, 4000)] == [[4], [4001]]
