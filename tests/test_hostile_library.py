@@ -52,7 +52,7 @@ def within(seconds: float, fn):
 def saved(folder: Path, n: int = 3, dim: int = 64) -> Path:
     index = bases.flat_index(dim)
     index.add_with_ids(np.random.default_rng(0).random((n, dim), np.float32), np.arange(n))
-    return bases.Base(bases.FLAT, 7, index, np.arange(n)).save(folder)
+    return bases.Base(bases.FLAT, 7, index, np.arange(n)).save(folder)[0]
 
 
 def test_a_fifo_in_place_of_the_index_file_is_refused_without_blocking(tmp_path):

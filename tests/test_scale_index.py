@@ -9,19 +9,22 @@ enough to build in a second or two.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from clipdex.ann.synthetic import clip_like_vectors
+from sqlalchemy import text
 
 from clipdex.ann import gpu, policy
 from clipdex.ann.base import index_files
+from clipdex.ann.synthetic import clip_like_vectors
 from clipdex.library import Library, writes
 from clipdex.library.writes import Picture
 from clipdex.models import parse_model_spec
@@ -209,6 +212,45 @@ def test_a_build_killed_at_any_moment_leaves_a_library_that_answers_correctly(tm
     assert after.index().kind == "ivf" and after.index().ntotal == 20000
     assert not list(lib.path.glob(".index*.tmp"))
     assert [p.name for p in index_files(lib.path)] == [json.loads(after.get_meta("index_file"))["file"]]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bytes appended", "a FIFO", "another library's file",
+                                    "a record naming a file elsewhere"])
+def test_a_damaged_or_swapped_ivf_file_is_rebuilt_not_trusted(tmp_path, damage):
+    def ivf_library(folder: Path, seed: int) -> tuple[Library, Path]:
+        lib = new_library(folder, vectors(3000, seed=seed))
+        lib.keeper.set_kind("ivf")
+        maintain(lib)
+        return lib, lib.path / json.loads(lib.get_meta("index_file"))["file"]
+
+    lib, path = ivf_library(tmp_path / "lib", 8)
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:-100])
+    elif damage == "bytes appended":
+        path.write_bytes(path.read_bytes() + bytes(64))
+    elif damage == "a FIFO":
+        path.unlink()
+        os.mkfifo(path)
+    elif damage == "another library's file":  # same size and shape, other vectors and ids
+        other, other_path = ivf_library(tmp_path / "other", 9)
+        with other.session() as s:
+            s.execute(text("DELETE FROM images WHERE id > 1500"))
+            s.commit()
+        path.write_bytes(other_path.read_bytes())
+    else:
+        record = json.loads(lib.get_meta("index_file"))
+        record["file"] = "../index.1.ivf"
+        with lib.session() as s:
+            lib.set_meta(s, "index_file", json.dumps(record))
+            s.commit()
+    fresh = Library.open(lib.path)
+    answers: list = []
+    worker = threading.Thread(target=lambda: answers.append(fresh.index()), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert answers, "still loading after 60 s"
+    assert answers[0].ids().tolist() == fresh.load_vectors()[0].tolist()
+    assert found(fresh, fresh.vectors_of([77])[1][0], 1) == [77]
 
 
 def test_an_ivf_index_larger_than_the_memory_limit_still_serves(tmp_path):

@@ -15,6 +15,7 @@ database says it must hold (:class:`IdsChecksum`).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ class Base:
     ids: np.ndarray
     nprobe: int = 0
     on_device: faiss.Index | None = None  # a GPU copy for unfiltered searches (see clipdex.ann.gpu)
+    fingerprint: str = ""  # of the file it was loaded from (see :func:`fingerprint`)
 
     @property
     def count(self) -> int:
@@ -110,16 +112,37 @@ class Base:
     def path_in(self, folder: Path) -> Path:
         return folder / f"index.{self.generation}.{_SUFFIX[self.kind]}"
 
-    def save(self, folder: Path) -> Path:
-        """Write this base's file atomically (fsynced before the rename); other index files stay."""
+    def save(self, folder: Path) -> tuple[Path, str]:
+        """Write this base's file atomically (fsynced before the rename); its path and :func:`fingerprint`.
+        Other index files stay."""
         target = self.path_in(folder)
         for leftover in folder.glob(".index*.tmp"):  # from a run killed while saving
             leftover.unlink(missing_ok=True)
         if self.kind == FLAT:
-            write_atomic(target, faiss.serialize_index(self.index), durable=True)
-        else:
-            write_atomic_with(target, lambda tmp: faiss.write_index(self.index, str(tmp)), durable=True)
-        return target
+            data = faiss.serialize_index(self.index)
+            write_atomic(target, data, durable=True)
+            return target, _digest(data)
+        write_atomic_with(target, lambda tmp: faiss.write_index(self.index, str(tmp)), durable=True)
+        return target, fingerprint(target, self.index.d) or ""
+
+
+def _digest(data: bytes | np.ndarray) -> str:
+    return hashlib.blake2b(memoryview(data), digest_size=16).hexdigest()
+
+
+def fingerprint(path: Path, dim: int) -> str | None:
+    """What tells one index file from another with the same ids: a hash of a flat file's bytes, or of
+    everything in an IVF file but its lists (centroids, quantiser ranges, list sizes: a file trained
+    elsewhere, or holding other lists, differs). None when the file is not a sound one of ours."""
+    if path.suffix == ".faiss":
+        data = read_flat_file(path, dim)
+        return None if data is None else _digest(data)
+    layout = check_ivf_file(path, dim)
+    if layout is None:
+        return None
+    with open(path, "rb") as fh:
+        head = fh.read(layout.lists_offset)
+    return _digest(head) if len(head) == layout.lists_offset else None
 
 
 def empty_copy(index: faiss.Index) -> faiss.Index:
@@ -170,15 +193,15 @@ def load(path: Path, dim: int) -> Base | None:
             index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
             if index.d != dim or not isinstance(index, faiss.IndexIDMap2):
                 return None
-            return Base(FLAT, generation, index, flat_ids(index))
-        layout = check_ivf_file(path, dim)
-        if layout is None:
+            return Base(FLAT, generation, index, flat_ids(index), fingerprint=_digest(data))
+        mark = fingerprint(path, dim)  # checks the layout first
+        if mark is None:
             return None
         index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
         if index.d != dim or not isinstance(index, faiss.IndexIVFScalarQuantizer):
             return None
         return Base(IVF, generation, index, ivf_ids(index), nprobe=max(1, int(index.nprobe)),
-                    on_device=gpu.to_device(index))
+                    on_device=gpu.to_device(index), fingerprint=mark)
     except (RuntimeError, ValueError, MemoryError, OSError):  # damaged in a way the checks let through
         return None
 

@@ -113,6 +113,7 @@ def trained_ivf(dim: int, count: int, sample: np.ndarray) -> tuple[faiss.Index, 
     index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, nlist, faiss.ScalarQuantizer.QT_8bit,
                                           faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = 1234
+    index.cp.min_points_per_centroid = 1  # nlist_for keeps 39+ a list where there are that many; no warning below
     on_gpu = gpu.use_for_training(index)
     index.train(np.ascontiguousarray(sample, np.float32))
     gpu.done_training(index)

@@ -1,7 +1,8 @@
 """Keeping a library's search index current: readers catch up by delta, writers keep the base file fresh.
 
 The database is the truth. The index is a *base* file (:mod:`clipdex.ann.base`), recorded in
-``meta.index_file`` with the generation it holds and the checksum of its ids, plus the
+``meta.index_file`` with the generation it holds, the checksum of its ids and the file's
+fingerprint (another library's file with the same ids is told apart), plus the
 change log since (:mod:`clipdex.library.changes`). A reader loads the recorded base (checked
 against the record: a damaged, swapped or hostile file is never used) and applies the log;
 then, after each commit, only the ids that changed. Writers (``index``) replace the base when
@@ -147,9 +148,9 @@ class IndexKeeper:
     def _install(self, base: bases.Base, report: BuildReport) -> None:
         """Save ``base``, record it, prune the log the previous base needed no more, delete older files."""
         previous = self.record()
-        path = base.save(self.lib.path)
+        path, fingerprint = base.save(self.lib.path)
         record = {**report.as_dict(), "file": path.name, "checksum": list(bases.ids_checksum(base.ids)),
-                  "built_at": time.time()}
+                  "fingerprint": fingerprint, "built_at": time.time()}
         with self.lib.session() as s:
             s.merge(Meta(key=RECORD, value=json.dumps(record)))
             if previous is not None and previous["generation"] < base.generation:
@@ -189,7 +190,8 @@ class IndexKeeper:
     def _verified(self, record: dict, dim: int) -> bases.Base | None:
         """The recorded base file, if it is sound and holds what the record says."""
         base = bases.load(self.lib.path / record["file"], dim)
-        if base is None or base.generation != record["generation"] or base.kind != record["kind"]:
+        if base is None or (base.generation, base.kind, base.fingerprint) != (
+                record["generation"], record["kind"], record["fingerprint"]):
             return None
         return base if tuple(bases.ids_checksum(base.ids)) == tuple(record["checksum"]) else None
 
@@ -211,7 +213,8 @@ class IndexKeeper:
             for key in ("generation", "trained_on", "count"):
                 record[key] = int(record[key])
             checksum = [int(x) for x in record["checksum"]]
-            if len(checksum) != 3 or not isinstance(record["file"], str) or not bases.is_index_name(record["file"]):
+            if len(checksum) != 3 or not isinstance(record["file"], str) or not bases.is_index_name(record["file"]) \
+                    or not isinstance(record["fingerprint"], str):
                 return None
             return {**record, "checksum": checksum}
         except (ValueError, KeyError, TypeError):
