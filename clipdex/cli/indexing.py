@@ -35,7 +35,7 @@ from clipdex.cli.common import (
               "the pictures indexed from it; with this flag they are removed from the library, tags included.")
 @click.option("--index-type", type=click.Choice(["auto", "flat", "ivf"]), default=None,
               help="The search index: exact (flat), inverted-file (ivf: approximate, tuned to recall@10 >= 0.95, "
-              "for large libraries), or auto: flat below 50,000 pictures, ivf above. Recorded in the library "
+              "for large libraries), or auto: flat below 40,000 pictures, ivf above. Recorded in the library "
               "[default: what the library has, auto for a new one].")
 @backend_option
 @click.option("--device", default=None, help="torch device (cuda, cpu, ...) [default: cuda if present].")
