@@ -298,3 +298,19 @@ def test_on_a_gpu_the_ivf_trains_and_searches_there(tmp_path):
     reader = Library.open(lib.path)
     assert reader.index().base.on_device is not None
     assert [found(reader, xs[i], 1) for i in (3, 4000)] == [[4], [4001]]
+
+
+def test_filters_holding_unknown_negative_or_huge_ids_are_answered(tmp_path):
+    xs = vectors(3000, seed=10)
+    lib = new_library(tmp_path / "lib", xs)
+    lib.keeper.set_kind("ivf")
+    maintain(lib)
+    weird = np.array([-5, 0, 12, 40, 2**62, 2**63 - 1, 99_999_999], np.int64)
+    assert found(lib, xs[11], 3, weird) == [12, 40]
+    with lib.session() as s:  # a library whose ids are far apart (a hostile or hand-edited one)
+        s.execute(text("UPDATE images SET id = 4611686018427387904 WHERE id = 7"))
+        s.commit()
+    lib.keeper.set_kind("flat")
+    maintain(lib)
+    far = Library.open(lib.path)
+    assert found(far, xs[6], 1, np.array([4611686018427387904, 8])) == [4611686018427387904]

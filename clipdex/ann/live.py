@@ -122,11 +122,20 @@ class LiveIndex:
                 batch = faiss.IDSelectorBatch(self.hidden)
                 self._cache["hidden"] = (faiss.IDSelectorNot(batch), batch)
             return self._cache["hidden"][0], 1.0
-        size = int(max(allowed.max(), base.ids[-1])) + 1
+        allowed = allowed[(allowed >= 0) & (allowed <= base.ids[-1])]  # no other id is in the base
+        size = int(base.ids[-1]) + 1
+        if size > max(1 << 20, 64 * base.count):  # ids far sparser than a library makes them: no bitmap
+            allowed = np.setdiff1d(allowed, self.hidden)
+            share = base.holding(np.unique(allowed)) / base.count
+            if share == 0:
+                return None, 0.0
+            batch = faiss.IDSelectorBatch(allowed)
+            keep.append(batch)
+            return batch, share
         bits = np.zeros(size, dtype=bool)
-        bits[allowed[(allowed >= 0) & (allowed < size)]] = True
+        bits[allowed] = True
         bits[self.hidden[self.hidden < size]] = False
-        share = int(bits.sum()) / base.count  # the overlay's allowed ids count too: a little generous
+        share = int(bits.sum()) / base.count  # ids the base does not hold (in the overlay) count too: generous
         if share == 0:
             return None, 0.0
         packed = np.packbits(bits, bitorder="little")
