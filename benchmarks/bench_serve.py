@@ -16,18 +16,16 @@ from starting ``clipdex serve`` to its first answered search. The ONNX export is
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _serving import Server, percentile  # noqa: E402
 
 WORDS = ("dog cat beach sunset mountain city street car bicycle tree flower birthday cake candles snow "
          "river boat bridge forest portrait child market night lights kitchen book desk window rain "
@@ -59,17 +57,6 @@ def make_library(folder: Path, model_dir: Path, n: int, dim: int) -> None:
     lib.index()  # rebuilt from SQLite and saved
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def percentile(values: list[float], p: float) -> float:
-    """The ``p``-th percentile of ``values`` (milliseconds)."""
-    return float(np.percentile(np.asarray(values), p))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vectors", type=int, default=100_000)
@@ -78,7 +65,6 @@ def main() -> None:
     ap.add_argument("-k", type=int, default=20)
     ap.add_argument("--backends", default="onnx,torch", help="comma-separated --backend values to compare")
     args = ap.parse_args()
-    sys.path.insert(0, str(Path(__file__).parent))
     from bench_index import make_model
 
     with tempfile.TemporaryDirectory(prefix="clipdex-serve-") as tmp:
@@ -112,49 +98,19 @@ def main() -> None:
 
 def serve_and_query(work: Path, backend: str, args: argparse.Namespace) -> dict:
     """Start ``clipdex serve --backend BACKEND``, wait for its first search, then time the queries."""
-    port = free_port()
-    started = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "-m", "clipdex", "serve", "--library", str(work / "lib"),
-                               "--port", str(port), "--backend", backend], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        deadline = time.monotonic() + 120
-        first = "/api/search?" + urllib.parse.urlencode({"q": "ready?", "k": args.k})
-        while True:
-            try:
-                conn.request("GET", first)
-                if conn.getresponse().read() and True:
-                    break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit(f"server did not start: {server.stderr.read().decode()[-500:]}") from None
-                time.sleep(0.02)
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        ready = time.perf_counter() - started
-        total, encode, search, rest = [], [], [], []
+    total, encode, search, rest = [], [], [], []
+    with Server(work / "lib", backend, k=args.k, timeout=120) as server:
         for i in range(args.queries + 10):
             q = f"a photo of a {WORDS[i % len(WORDS)]} and a {WORDS[(i * 7 + 3) % len(WORDS)]} number {i}"
-            url = "/api/search?" + urllib.parse.urlencode({"q": q, "k": args.k})
-            start = time.perf_counter()
-            conn.request("GET", url)
-            response = conn.getresponse()
-            body = json.loads(response.read())
-            took = time.perf_counter() - start
-            assert response.status == 200 and len(body["results"]) == args.k, body
+            took, timing = server.search(q)
             if i < 10:
                 continue  # warm-up
-            timing = dict(part.split(";dur=") for part in response.headers["Server-Timing"].split(", "))
-            enc, sea = float(timing["encode"]) / 1000, float(timing["search"]) / 1000
-            total.append(took * 1000)
-            encode.append(enc * 1000)
-            search.append(sea * 1000)
-            rest.append((took - enc - sea) * 1000)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+            total.append(took)
+            encode.append(timing["encode"])
+            search.append(timing["search"])
+            rest.append(took - timing["encode"] - timing["search"])
     return {"whole request": total, "text encoding": encode, "index search": search, "the rest": rest,
-            "ready": ready}
+            "ready": server.ready}
 
 
 if __name__ == "__main__":
