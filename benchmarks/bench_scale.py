@@ -91,6 +91,7 @@ def fill(folder: Path, model_dir: Path, size: int) -> tuple[float | None, int]:
     if folder.exists() and not (folder / DB_NAME).exists():
         shutil.rmtree(folder)  # left by a run stopped before it stored anything
     if folder.exists():
+        remove_added(folder)  # left by a run that was stopped while it measured
         lib = Library.open(folder)
         with lib.session() as s:
             low, high, count = s.execute(select(func.min(ImageRow.id), func.max(ImageRow.id), func.count())).one()
@@ -140,7 +141,7 @@ def exact_top(queries: np.ndarray, size: int, first_id: int) -> np.ndarray:
 def build_index(lib: Library, kind: str) -> dict:
     """A new base index of ``kind`` (``auto``, ``flat``, ``ivf``) built from scratch and saved; its report."""
     if hasattr(lib, "build_index"):  # the library's own call for this
-        lib.set_index_type(kind)
+        getattr(lib, "set_index_type", lib.keeper.set_kind)(kind)
         with lib.write_lock():
             report = dict(lib.build_index(kind))
     else:  # until then: the upkeep ``clipdex index --index-type KIND`` runs, without a file to reuse
@@ -389,4 +390,7 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
         {"build": child_build, "writer": child_writer, "model": child_model}[sys.argv[2]](*sys.argv[3:])
     else:
-        main()
+        try:
+            main()
+        except KeyboardInterrupt:
+            sys.exit("interrupted: servers and child processes stopped")
