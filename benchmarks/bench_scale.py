@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _serving import Server, peak_rss_mb, percentile  # noqa: E402
 
 from clipdex.ann.synthetic import clip_like_queries, clip_like_vectors  # noqa: E402
-from clipdex.library import DB_NAME, Library, writes  # noqa: E402
+from clipdex.library import Library, writes  # noqa: E402
 from clipdex.library.writes import Picture  # noqa: E402
 
 DIM, SEED, BATCH, K = 512, 0, 5000, 10
@@ -80,29 +80,39 @@ def added_pictures(count: int, start: int) -> list[Picture]:
     return pictures(vectors, start, f"{NEW}{time.time_ns()}/")
 
 
-def fill(folder: Path, model_dir: Path, size: int) -> tuple[float | None, int]:
-    """The library of ``size`` pictures in ``folder`` (kept if it is already there): insert seconds
-    (None if kept) and the id of the first picture (ids are consecutive, in stream order)."""
+def kept(folder: Path, size: int) -> int | None:
+    """The first id of the library of ``size`` pictures a run with ``--keep`` left in ``folder``, if it is one."""
     from sqlalchemy import func, select
 
+    from clipdex.errors import LibraryError
     from clipdex.library.schema import ImageRow
-    from clipdex.models import parse_model_spec
 
-    if folder.exists() and not (folder / DB_NAME).exists():
-        shutil.rmtree(folder)  # left by a run stopped before it stored anything
-    if folder.exists():
+    try:
         remove_added(folder)  # left by a run that was stopped while it measured
         lib = Library.open(folder)
         with lib.session() as s:
             low, high, count = s.execute(select(func.min(ImageRow.id), func.max(ImageRow.id), func.count())).one()
         probe = [0, size // 2, size - 1]
-        _, stored = lib.vectors_of([low + p for p in probe])
-        made = [next(clip_like_vectors(1, DIM, seed=SEED, start=p)) for p in probe]
+        _, stored = lib.vectors_of([(low or 0) + p for p in probe])
         lib.close()
-        if count == size and high - low + 1 == size and len(stored) == 3 and np.allclose(stored, np.concatenate(made)):
+    except LibraryError:
+        return None
+    made = np.concatenate([next(clip_like_vectors(1, DIM, seed=SEED, start=p)) for p in probe])
+    sound = count == size and high - low + 1 == size and len(stored) == 3 and np.allclose(stored, made)
+    return low if sound else None
+
+
+def fill(folder: Path, model_dir: Path, size: int) -> tuple[float | None, int]:
+    """The library of ``size`` pictures in ``folder`` (kept if it is already there): insert seconds
+    (None if kept) and the id of the first picture (ids are consecutive, in stream order)."""
+    from clipdex.models import parse_model_spec
+
+    if folder.exists():
+        first = kept(folder, size)
+        if first is not None:
             say(f"{size:,}: keeping the library in {folder}")
-            return None, low
-        say(f"{size:,}: {folder} holds another library ({count:,} pictures): filling it again")
+            return None, first
+        say(f"{size:,}: {folder} holds no library of {size:,} of these pictures: filling it again")
         shutil.rmtree(folder)
     lib = Library.create(folder)
     with lib.session() as s:
@@ -197,10 +207,6 @@ def child_writer(folder: str, start: str) -> None:
             time.sleep(max(0.0, 2.0 - (time.monotonic() - began)))
 
 
-def start_child(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, __file__, "--child", *args], stdout=subprocess.PIPE, text=True)
-
-
 def run_child(*args: str) -> str:
     """What a child process printed (it is killed if this one is interrupted)."""
     done = subprocess.run([sys.executable, __file__, "--child", *args], stdout=subprocess.PIPE, text=True)
@@ -225,8 +231,7 @@ def measure_reader(folder: Path, size: int, queries: np.ndarray, exact: np.ndarr
     """Search latency and recall in this process, then the reader's catch-up after a 32-picture commit."""
     lib, writer = Library.open(folder), Library.open(folder)
     try:
-        began = time.perf_counter()
-        kind = lib.index().kind
+        began, kind = time.perf_counter(), lib.index().kind
         load_s = time.perf_counter() - began
         for q in queries[:20]:
             lib.index().search(q, K)  # warm-up
@@ -275,7 +280,7 @@ def measure_http(folder: Path, size: int, backend: str, seconds: float) -> dict:
         idle, idle_search = timed_requests(server, seconds)
         before = Library.open(folder)
         generation = before.generation
-        writer = start_child("writer", str(folder), str(size + 2_000_000))
+        writer = subprocess.Popen([sys.executable, __file__, "--child", "writer", str(folder), str(size + 2_000_000)])
         try:
             time.sleep(0.5)
             busy, _ = timed_requests(server, seconds)
