@@ -91,20 +91,26 @@ def _recall(index: faiss.Index, nprobe: int, queries: np.ndarray, exact: np.ndar
 
 
 def tune_nprobe(index: faiss.Index, queries: np.ndarray, exact: np.ndarray, fetch: Fetch) -> tuple[int, float]:
-    """The smallest nprobe reaching :data:`policy.TUNE_TARGET`, and the recall it reached."""
+    """The smallest nprobe reaching :data:`policy.TUNE_TARGET` (doubling, then bisecting between the
+    last two tried), and the recall it reached."""
     nlist, tried = int(index.nlist), {}
-    nprobe = 1
-    while True:
-        tried[nprobe] = _recall(index, nprobe, queries, exact, fetch)
-        if tried[nprobe] >= policy.TUNE_TARGET or nprobe >= nlist:
-            break
-        nprobe = min(nlist, nprobe * 2)
-    if nprobe > 2:  # one step between the last two powers of two
-        middle = (nprobe * 3) // 4
-        tried[middle] = _recall(index, middle, queries, exact, fetch)
-        if tried[middle] >= policy.TUNE_TARGET:
-            nprobe = middle
-    return nprobe, tried[nprobe]
+
+    def passes(nprobe: int) -> bool:
+        if nprobe not in tried:
+            tried[nprobe] = _recall(index, nprobe, queries, exact, fetch)
+        return tried[nprobe] >= policy.TUNE_TARGET
+
+    high = 1
+    while not passes(high) and high < nlist:
+        high = min(nlist, high * 2)
+    low = high // 2  # fails (or is 0)
+    while high - low > max(1, high // 16):  # to within about 6 %
+        middle = (low + high) // 2
+        if passes(middle):
+            high = middle
+        else:
+            low = middle
+    return high, tried[high]
 
 
 def trained_ivf(dim: int, count: int, sample: np.ndarray) -> tuple[faiss.Index, bool]:

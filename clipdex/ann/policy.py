@@ -13,8 +13,10 @@ vectors (512-d, 2 cores); see the README's "Large libraries" section.
   :data:`TRAIN_PER_LIST` vectors a list (FAISS warns below 39). Codes are 8-bit scalar
   quantised (``QT_8bit``, 512 bytes a vector: 1M pictures in ~520 MB), re-scored exactly.
 - **nprobe** is the smallest that reaches :data:`TUNE_TARGET` recall@10 against exact search
-  on :data:`TUNE_QUERIES` held-out queries (a margin over the promised :data:`RECALL_TARGET`,
-  since other queries vary), measured at build time and stored.
+  on :data:`TUNE_QUERIES` held-out queries, measured at build time and stored. The queries
+  (:func:`clipdex.ann.build.tuning_queries`) are made harder than a person's on purpose (a
+  picture pushed away by noise across all 512 dimensions, blends of three unrelated pictures):
+  measured on 1M CLIP-like vectors, where they reach 0.95 text-like queries reach ~0.97.
 - **Retrain** when the library has doubled or halved since training (the coarse quantiser then
   describes a collection that is no longer there, and lists grow past the latency budget).
 - **Compact** (write a new base file, prune the change log) when what changed since the base
@@ -34,7 +36,7 @@ KINDS = (AUTO, FLAT, IVF)
 IVF_FROM = int(os.environ.get("CLIPDEX_IVF_FROM", "40000"))
 TRAIN_PER_LIST = 64
 RECALL_TARGET = 0.95
-TUNE_TARGET = 0.96
+TUNE_TARGET = 0.95
 TUNE_QUERIES = 200
 COMPACT_SHARE = 0.10
 COMPACT_MIN = 2000

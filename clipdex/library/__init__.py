@@ -193,7 +193,10 @@ class Library:
 
     @property
     def generation(self) -> int:
-        return self.parse_generation(self.get_meta("generation", "0"))
+        """The database's generation (read on every search: one plain statement, no ORM session)."""
+        with self.engine.connect() as conn:
+            value = conn.execute(text("SELECT value FROM meta WHERE key = 'generation'")).scalar()
+        return self.parse_generation(value if value is not None else "0")
 
     def parse_generation(self, value: object) -> int:
         """A stored generation as a number (:class:`storage.DamagedLibrary` if it is not one)."""
@@ -258,15 +261,13 @@ class Library:
         return encoder
 
     # -- vectors ----------------------------------------------------------------
-    def _sound_vector(self):  # noqa: ANN202 - a SQL expression
+    def _sound_vector(self, dim: int):  # noqa: ANN202 - a SQL expression
         """The vector column where it is ``dim`` floats, NULL where it is not (SQLite checks the length,
         so a damaged blob is never read into memory)."""
-        dim = self.dim or 0
         sound = and_(func.typeof(ImageRow.vector) == "blob", func.length(ImageRow.vector) == dim * 4)
         return case((sound, ImageRow.vector), else_=None)
 
-    def _vectors(self, rows: list) -> tuple[np.ndarray, np.ndarray]:
-        dim = self.dim or 0
+    def _vectors(self, rows: list, dim: int) -> tuple[np.ndarray, np.ndarray]:
         if not rows:
             return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
         bad = next((r[0] for r in rows if r[1] is None), None)
@@ -282,32 +283,34 @@ class Library:
             vectors[n] = np.frombuffer(r[1], np.float32)
         return ids, vectors
 
-    def vectors_of(self, ids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+    def vectors_of(self, ids: Iterable[int], dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, vectors)`` of the given ids still in the library, by id.
 
         A vector that is not ``dim`` floats (NULL, truncated, another model's, huge) is damage:
-        :class:`storage.DamagedLibrary` naming the picture.
+        :class:`storage.DamagedLibrary` naming the picture. ``dim``: the library's, if the caller
+        knows it (a search re-scoring candidates saves reading it).
         """
+        dim = (self.dim or 0) if dim is None else dim
         wanted = sorted({int(i) for i in ids})
         rows: list = []
         with self.engine.connect() as conn:
             for start in range(0, len(wanted), 500):
-                rows += conn.execute(select(ImageRow.id, self._sound_vector())
+                rows += conn.execute(select(ImageRow.id, self._sound_vector(dim))
                                      .where(ImageRow.id.in_(wanted[start:start + 500]))).all()
         rows.sort(key=lambda r: r[0])
-        return self._vectors(rows)
+        return self._vectors(rows, dim)
 
     def stream_vectors(self, chunk: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every ``(ids, vectors)``, ``chunk`` rows at a time in id order: never the whole library at once."""
-        last = -1
+        last, dim = -1, self.dim or 0
         while True:
             with self.engine.connect() as conn:
-                rows = conn.execute(select(ImageRow.id, self._sound_vector()).where(ImageRow.id > last)
+                rows = conn.execute(select(ImageRow.id, self._sound_vector(dim)).where(ImageRow.id > last)
                                     .order_by(ImageRow.id).limit(chunk)).all()
             if not rows:
                 return
             last = rows[-1][0]
-            yield self._vectors(rows)
+            yield self._vectors(rows, dim)
 
     def sample_vectors(self, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """``count`` vectors drawn at random (all of them if there are fewer), in random order."""

@@ -98,7 +98,7 @@ class IndexKeeper:
         return live
 
     def _with_log(self, base: bases.Base, dim: int) -> LiveIndex | None:
-        live = LiveIndex(dim, base.generation, base, self.lib.vectors_of)
+        live = LiveIndex(dim, base.generation, base, self._fetch(dim))
         delta = changes.read_delta(self.lib, base.generation, limit=1 << 62)
         if delta is None:
             return None
@@ -117,8 +117,11 @@ class IndexKeeper:
                 continue
             generation, expected = self.lib.ids_snapshot()
             if base.generation == generation and bases.ids_checksum(base.ids) == expected:
-                return LiveIndex(dim, generation, base, self.lib.vectors_of)
+                return LiveIndex(dim, generation, base, self._fetch(dim))
         return None
+
+    def _fetch(self, dim: int):  # noqa: ANN202 - a Fetch
+        return lambda ids: self.lib.vectors_of(ids, dim)
 
     # -- building -------------------------------------------------------------------
     def _kind(self, count: int | None = None) -> str:
