@@ -26,9 +26,9 @@ import faiss
 import numpy as np
 
 from clipdex.ann import gpu
-from clipdex.ann.flatfile import read_flat_file
+from clipdex.ann.flatfile import check_flat_file, expected_size
 from clipdex.ann.ivffile import check_ivf_file
-from clipdex.atomicfile import write_atomic, write_atomic_with
+from clipdex.atomicfile import write_atomic_with
 
 FLAT, IVF = "flat", "ivf"
 _SUFFIX = {FLAT: "faiss", IVF: "ivf"}
@@ -120,10 +120,6 @@ class Base:
         target = self.path_in(folder)
         for leftover in folder.glob(".index*.tmp"):  # from a run killed while saving
             leftover.unlink(missing_ok=True)
-        if self.kind == FLAT:
-            data = faiss.serialize_index(self.index)
-            write_atomic(target, data, durable=True)
-            return target, _digest(data)
         write_atomic_with(target, lambda tmp: faiss.write_index(self.index, str(tmp)), durable=True)
         return target, fingerprint(target, self.index.d) or ""
 
@@ -133,23 +129,31 @@ def _found(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return ids[0][keep].astype(np.int64), scores[0][keep]
 
 
-def _digest(data: bytes | np.ndarray) -> str:
-    return hashlib.blake2b(memoryview(data), digest_size=16).hexdigest()
+def _digest(path: Path, size: int) -> str | None:
+    """A hash of the first ``size`` bytes of ``path``, read 8 MB at a time; None if it has fewer."""
+    digest, left = hashlib.blake2b(digest_size=16), size
+    with open(path, "rb") as fh:
+        while left:
+            block = fh.read(min(left, 8 << 20))
+            if not block:
+                return None
+            digest.update(block)
+            left -= len(block)
+    return digest.hexdigest()
 
 
 def fingerprint(path: Path, dim: int) -> str | None:
     """What tells one index file from another with the same ids: a hash of a flat file's bytes, or of
     everything in an IVF file but its lists (centroids, quantiser ranges, list sizes: a file trained
     elsewhere, or holding other lists, differs). None when the file is not a sound one of ours."""
-    if path.suffix == ".faiss":
-        data = read_flat_file(path, dim)
-        return None if data is None else _digest(data)
-    layout = check_ivf_file(path, dim)
-    if layout is None:
+    try:
+        if path.suffix == ".faiss":
+            count = check_flat_file(path, dim)
+            return None if count is None else _digest(path, expected_size(count, dim))
+        layout = check_ivf_file(path, dim)
+        return None if layout is None else _digest(path, layout.lists_offset)
+    except OSError:
         return None
-    with open(path, "rb") as fh:
-        head = fh.read(layout.lists_offset)
-    return _digest(head) if len(head) == layout.lists_offset else None
 
 
 def empty_copy(index: faiss.Index) -> faiss.Index:
@@ -193,17 +197,14 @@ def load(path: Path, dim: int) -> Base | None:
         return None
     generation, kind = int(match[1]), (FLAT if match[2] == "faiss" else IVF)
     try:
-        if kind == FLAT:
-            data = read_flat_file(path, dim)
-            if data is None:
-                return None
-            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-            if index.d != dim or not isinstance(index, faiss.IndexIDMap2):
-                return None
-            return Base(FLAT, generation, index, flat_ids(index), fingerprint=_digest(data))
         mark = fingerprint(path, dim)  # checks the layout first
         if mark is None:
             return None
+        if kind == FLAT:
+            index = faiss.read_index(str(path))
+            if index.d != dim or not isinstance(index, faiss.IndexIDMap2):
+                return None
+            return Base(FLAT, generation, index, flat_ids(index), fingerprint=mark)
         index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
         if index.d != dim or not isinstance(index, faiss.IndexIVFScalarQuantizer):
             return None

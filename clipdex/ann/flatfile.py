@@ -7,10 +7,10 @@ exactly the layout we write, for the library's dimension, and whose size agrees.
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 from pathlib import Path
-
-from clipdex.atomicfile import read_regular
 
 # The layout FAISS writes for an IndexIDMap2(IndexFlatIP(d)) holding n vectors (little-endian):
 # "IxM2" d:i32 n:i64 dummy:i64 dummy:i64 trained:u8 metric:i32 | "IxFI" d n dummy dummy trained metric |
@@ -24,26 +24,33 @@ def expected_size(n: int, dim: int) -> int:
     return _HEADER.size + n * dim * 4 + 8 + n * 8
 
 
-def header_count(data: bytes) -> int:
-    """How many vectors a checked file holds."""
-    return _HEADER.unpack_from(data)[2]
+def check_flat_file(path: Path, dim: int) -> int | None:
+    """How many vectors a flat index file laid out as ours for ``dim`` holds, or None (missing, not a
+    regular file, or a header that disagrees with the file's size: damaged or hostile).
 
-
-def read_flat_file(path: Path, dim: int) -> bytes | None:
-    """The bytes of a flat index file laid out as ours for ``dim``, or None (missing, not a regular file,
-    or a header that disagrees with the file's size: damaged or hostile).
-
-    Read by :func:`clipdex.atomicfile.read_regular`: a FIFO or device placed under the name is
-    refused, not waited on, and nothing larger than the file itself is ever allocated.
+    Only the header and the id count are read (the file may be gigabytes; FAISS reads it once
+    after this). Opened without blocking, so a FIFO or device placed under the name is refused,
+    not waited on.
     """
-    data = read_regular(path, 1 << 62)
-    if data is None or len(data) < _HEADER.size:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
         return None
-    (magic, d, n, _, _, _, metric, inner, inner_d, inner_n, _, _, _, inner_metric,
-     codes) = _HEADER.unpack_from(data)
-    if (magic, inner) != (b"IxM2", b"IxFI") or d != dim or inner_d != dim or metric != _METRIC_IP \
-            or inner_metric != _METRIC_IP or n < 0 or inner_n != n or codes != n * dim:
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size < _HEADER.size:
+            return None
+        head = os.pread(fd, _HEADER.size, 0)
+        (magic, d, n, _, _, _, metric, inner, inner_d, inner_n, _, _, _, inner_metric,
+         codes) = _HEADER.unpack(head)
+        if (magic, inner) != (b"IxM2", b"IxFI") or d != dim or inner_d != dim or metric != _METRIC_IP \
+                or inner_metric != _METRIC_IP or n < 0 or inner_n != n or codes != n * dim:
+            return None
+        if info.st_size != expected_size(n, dim):
+            return None
+        count = os.pread(fd, 8, _HEADER.size + codes * 4)
+        return n if len(count) == 8 and struct.unpack("<Q", count)[0] == n else None
+    except OSError:
         return None
-    if len(data) != expected_size(n, dim) or struct.unpack_from("<Q", data, _HEADER.size + codes * 4)[0] != n:
-        return None
-    return data
+    finally:
+        os.close(fd)
