@@ -13,25 +13,13 @@ import contextlib
 import os
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
 def write_atomic(target: Path, data: bytes | bytearray | memoryview, *, durable: bool = False) -> Path:
     """Replace ``target`` with ``data`` atomically; ``durable`` also fsyncs before the rename."""
-    target = Path(target)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    return target
+    return write_atomic_with(target, lambda tmp: tmp.write_bytes(data), durable=durable)
 
 
 def write_atomic_with(target: Path, write: Callable[[Path], None], *, durable: bool = False) -> Path:
@@ -52,24 +40,36 @@ def write_atomic_with(target: Path, write: Callable[[Path], None], *, durable: b
     return target
 
 
-def read_regular(path: Path, limit: int) -> bytes | None:
-    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes, else None (missing too).
+@contextlib.contextmanager
+def open_regular(path: Path) -> Iterator[tuple[int, os.stat_result] | None]:
+    """``(fd, stat)`` of ``path`` opened for reading if it is a regular file, else None (missing too).
 
-    Opened without blocking, so a FIFO or device planted under the name is refused, not waited on;
-    nothing larger than the file itself (or ``limit``) is ever read.
+    Opened without blocking, so a FIFO or device planted under the name is refused, not waited
+    on; the descriptor is closed on leaving.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError:
-        return None
+        yield None
+        return
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-            return None
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            data = fh.read(info.st_size + 1)
-    except OSError:
-        return None
+        yield (fd, info) if stat.S_ISREG(info.st_mode) else None
     finally:
         os.close(fd)
+
+
+def read_regular(path: Path, limit: int) -> bytes | None:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes, else None (missing too).
+
+    Nothing larger than the file itself (or ``limit``) is ever read; see :func:`open_regular`.
+    """
+    with open_regular(path) as opened:
+        if opened is None or opened[1].st_size > limit:
+            return None
+        try:
+            with os.fdopen(os.dup(opened[0]), "rb") as fh:
+                data = fh.read(opened[1].st_size + 1)
+        except OSError:
+            return None
     return data if len(data) <= limit else None

@@ -8,9 +8,10 @@ exactly the layout we write, for the library's dimension, and whose size agrees.
 from __future__ import annotations
 
 import os
-import stat
 import struct
 from pathlib import Path
+
+from clipdex.atomicfile import open_regular
 
 # The layout FAISS writes for an IndexIDMap2(IndexFlatIP(d)) holding n vectors (little-endian):
 # "IxM2" d:i32 n:i64 dummy:i64 dummy:i64 trained:u8 metric:i32 | "IxFI" d n dummy dummy trained metric |
@@ -32,25 +33,25 @@ def check_flat_file(path: Path, dim: int) -> int | None:
     after this). Opened without blocking, so a FIFO or device placed under the name is refused,
     not waited on.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
+    with open_regular(path) as opened:
+        if opened is None or opened[1].st_size < _HEADER.size:
+            return None
+        try:
+            return _count(opened[0], opened[1].st_size, dim)
+        except OSError:
+            return None
+
+
+def _count(fd: int, size: int, dim: int) -> int | None:
+    """The vector count of the open file ``fd`` of ``size`` bytes if its header and id count agree."""
+    head = os.pread(fd, _HEADER.size, 0)
+    if len(head) < _HEADER.size:
         return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size < _HEADER.size:
-            return None
-        head = os.pread(fd, _HEADER.size, 0)
-        (magic, d, n, _, _, _, metric, inner, inner_d, inner_n, _, _, _, inner_metric,
-         codes) = _HEADER.unpack(head)
-        if (magic, inner) != (b"IxM2", b"IxFI") or d != dim or inner_d != dim or metric != _METRIC_IP \
-                or inner_metric != _METRIC_IP or n < 0 or inner_n != n or codes != n * dim:
-            return None
-        if info.st_size != expected_size(n, dim):
-            return None
-        count = os.pread(fd, 8, _HEADER.size + codes * 4)
-        return n if len(count) == 8 and struct.unpack("<Q", count)[0] == n else None
-    except OSError:
+    (magic, d, n, _, _, _, metric, inner, inner_d, inner_n, _, _, _, inner_metric, codes) = _HEADER.unpack(head)
+    if (magic, inner) != (b"IxM2", b"IxFI") or d != dim or inner_d != dim or metric != _METRIC_IP \
+            or inner_metric != _METRIC_IP or n < 0 or inner_n != n or codes != n * dim:
         return None
-    finally:
-        os.close(fd)
+    if size != expected_size(n, dim):
+        return None
+    count = os.pread(fd, 8, _HEADER.size + codes * 4)
+    return n if len(count) == 8 and struct.unpack("<Q", count)[0] == n else None

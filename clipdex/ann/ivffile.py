@@ -17,12 +17,13 @@ since the mapping keeps the old inode.
 from __future__ import annotations
 
 import os
-import stat
 import struct
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from clipdex.atomicfile import open_regular
 
 # The layout faiss.write_index gives an IndexIVFScalarQuantizer (faiss/impl/index_write.cpp; little-endian,
 # size_t as u64, idx_t as i64). Index header: d:i32 ntotal:i64 dummy:i64 dummy:i64 is_trained:u8 metric:i32.
@@ -137,16 +138,10 @@ def check_ivf_file(path: Path, dim: int) -> IvfLayout | None:
     Opened without blocking, so a FIFO or device planted under the name is refused, not waited on; only
     headers and the list-size table are read, never more than a few MB whatever the file claims.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
+    with open_regular(path) as opened:
+        if opened is None:
             return None
-        return _check(_Reader(fd, info.st_size), dim)
-    except (OSError, _Refused):
-        return None
-    finally:
-        os.close(fd)
+        try:
+            return _check(_Reader(opened[0], opened[1].st_size), dim)
+        except (OSError, _Refused):
+            return None
