@@ -91,9 +91,16 @@ def _vector_changes(conn: Connection) -> None:
     conn.execute(text("INSERT INTO meta (key, value) VALUES ('changes_from', :g)"), {"g": str(generation or 0)})
 
 
+def _tag_rejections(conn: Connection) -> None:
+    """Labels a person took off pictures (``tag_rejections``), which no tagging pass gives back."""
+    conn.execute(text(
+        "CREATE TABLE tag_rejections (image_id INTEGER NOT NULL, label VARCHAR NOT NULL, rejected_at DATETIME NOT NULL, "
+        "PRIMARY KEY (image_id, label), FOREIGN KEY(image_id) REFERENCES images (id) ON DELETE CASCADE)"))
+
+
 #: Version 1 is clipdex 0.1.0's schema (images, skipped, tags, roots, probes, meta).
 #: ``STEPS[i]`` upgrades a database from version ``i + 1`` to ``i + 2``.
-STEPS: list[Step] = [_tag_passes, _staged_vectors, _vector_changes]
+STEPS: list[Step] = [_tag_passes, _staged_vectors, _vector_changes, _tag_rejections]
 
 LATEST = 1 + len(STEPS)
 

@@ -114,6 +114,19 @@ class TagRow(Base):
     image: Mapped[ImageRow] = relationship(back_populates="tags")
 
 
+class TagRejectionRow(Base):
+    """A label a person took off a picture: no tagging pass gives the picture that label again.
+
+    Written by ``clipdex tags remove`` (and the page's remove button); a person adding the
+    label back (``tags add``) lifts it. Dropping a pass leaves it: it is the person's word.
+    """
+
+    __tablename__ = "tag_rejections"
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    label: Mapped[str] = mapped_column(String, primary_key=True)
+    rejected_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class RootRow(Base):
     """A folder (or file) given to ``clipdex index``: pictures are served only from inside these."""
 
