@@ -65,6 +65,11 @@ def explain(reason: EmptyReason, first: dt.date | None, last: dt.date | None) ->
 @click.option("--not", "negative", metavar="TEXT", help="Push results away from this concept.")
 @click.option("-k", "k", default=20, show_default=True, type=click.IntRange(1, 1000),
               help="Number of results, 1-1000 (the web API returns the same ranking in pages of up to 100).")
+@click.option("--only-matches", is_flag=True,
+              help="Every picture that matches the text query (calibrated relevance of at least 0.5), however "
+              "many, and none when nothing does; -k does not apply.")
+@click.option("--sort", type=click.Choice(["score", "date"]), default="score", show_default=True,
+              help="Order by relevance, or by capture date (oldest first, undated pictures last).")
 @click.option("--tag", default=None, help="Only pictures tagged with this label.")
 @click.option("--folder", default=None, type=click.Path(path_type=Path), help="Only pictures under this folder.")
 @click.option("--from", "first", default=None, metavar="YYYY-MM-DD",
@@ -75,22 +80,26 @@ def explain(reason: EmptyReason, first: dt.date | None, last: dt.date | None) ->
 @json_option
 @fail_cleanly
 def search(query: str | None, library: Path | None, model: str | None, image: Path | None, include_self: bool,
-           negative: str | None, k: int, tag: str | None, folder: Path | None, first: str | None, last: str | None,
+           negative: str | None, k: int, only_matches: bool, sort: str, tag: str | None, folder: Path | None,
+           first: str | None, last: str | None,
            backend: str | None, as_json: bool) -> None:
     """Find the pictures that best match QUERY (text), --image, or both.
 
     Filters (--tag, --folder, --from/--to) combine with any search; when nothing is found,
-    the answer says which filter left everything out.
+    the answer says which filter left everything out. Text queries show a calibrated relevance
+    (0..1; 0.5 and above is a match), --json also the raw cosine ("score").
     """
     request_quick_exit()
     from clipdex.errors import UsageError
     from clipdex.library import Library
     from clipdex.library.catalog import ids_at_paths
-    from clipdex.search import build_query, day_range, parse_day, why_empty
+    from clipdex.search import build_query, day_range, find_matches, parse_day, sort_hits, why_empty, with_relevance
     from clipdex.search import search as run_search
 
     if not (query and query.strip()) and image is None:
         raise UsageError("nothing to search for: give a text query, --image PATH, or both")
+    if only_matches and image is not None:
+        raise UsageError("--only-matches needs a text query without --image (relevance is calibrated for text)")
     first_day, last_day = parse_day(first, "--from"), parse_day(last, "--to")
     if first_day and last_day and first_day > last_day:
         raise UsageError(f"--from {first_day} is after --to {last_day}")
@@ -102,18 +111,34 @@ def search(query: str | None, library: Path | None, model: str | None, image: Pa
     if image is not None and not include_self:
         exclude = ids_at_paths(lib, sorted({os.path.abspath(image), os.path.realpath(image)})) or None
     filters = {"tag": tag, "folder": str(folder) if folder else None, "since": since, "until": until}
-    hits = run_search(lib, vector, k, exclude=exclude, **filters)
+    text_only = image is None
+    if only_matches:
+        hits = find_matches(lib, encoder, vector, exclude=exclude, **filters)
+    else:
+        hits = run_search(lib, vector, k, exclude=exclude, **filters)
+        hits = with_relevance(lib, encoder, vector, hits) if text_only else hits
+    hits = sort_hits(hits, sort)
     reasons = [] if hits else why_empty(lib, **filters)
     only_self = not hits and bool(exclude) and bool(run_search(lib, vector, 1, **filters))
+    closest = None
+    if only_matches and not hits and not reasons:  # the filters leave pictures, none of them matches
+        closest = next(iter(with_relevance(lib, encoder, vector, run_search(lib, vector, 1, **filters))), None)
     if as_json:
         why = [{"kind": "only_self"}] if only_self else [r.as_dict() for r in reasons]
+        if closest is not None:
+            why = [{"kind": "no_match", "closest": closest.as_dict()}]
         print_json({"query": query, "image": str(image) if image else None, "not": negative,
                     "results": [h.as_dict() for h in hits], "why_empty": why})
         return
     if only_self:
         click.echo("No results: the only match is the --image picture itself (--include-self keeps it)")
+    elif closest is not None:
+        click.echo(f"No picture matches (the closest, {printable(closest.path)}, has relevance "
+                   f"{closest.relevance:.2f}; a match needs 0.50)")
     elif not hits:
         click.echo("No results: " + "; ".join(explain(r, first_day, last_day) for r in reasons) if reasons
                    else "No results.")
     for h in hits:
-        click.echo(f"{h.score:.4f}  {printable(h.path)}")
+        shown = f"{h.relevance:.2f}" if h.relevance is not None else f"{h.score:.4f}"
+        date = "" if sort != "date" else f"  {h.captured_at:%Y-%m-%d}" if h.captured_at else "  undated   "
+        click.echo(f"{shown}{date}  {printable(h.path)}")

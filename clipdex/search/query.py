@@ -28,12 +28,15 @@ class Hit:
     width: int
     height: int
     captured_at: dt.datetime | None
+    #: Calibrated 0..1 relevance (:mod:`clipdex.search.calibration`); None where not computed (picture queries).
+    relevance: float | None = None
 
     def as_dict(self) -> dict:
         return {
             "id": self.id,
             "path": self.path,
             "score": round(self.score, 6),
+            "relevance": None if self.relevance is None else round(self.relevance, 4),
             "width": self.width,
             "height": self.height,
             "captured_at": self.captured_at.isoformat() if self.captured_at else None,
