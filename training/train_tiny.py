@@ -2,6 +2,11 @@
 
     python training/train_tiny.py --out clipdex/data/tiny-shapes
 
+A second, smaller model for the tests (a library holding two models' vectors)::
+
+    python training/train_tiny.py --out tests/data/tiny-b --seed 7 --embed-dim 32 --width 64 \
+        --text-width 32 --layers 2 --images 6000 --steps 700
+
 Writes ``open_clip_config.json`` and ``open_clip_model.safetensors`` (fp16) in the layout
 of open_clip's hub repositories, so the result loads with ``--model local-dir:DIR``.
 The loss is CLIP's symmetric contrastive loss with soft targets: a caption that names
@@ -96,7 +101,17 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=192)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--embed-dim", type=int, default=CONFIG["model_cfg"]["embed_dim"], help="embedding length")
+    ap.add_argument("--width", type=int, default=CONFIG["model_cfg"]["vision_cfg"]["width"],
+                    help="image tower width (a multiple of 32)")
+    ap.add_argument("--text-width", type=int, default=CONFIG["model_cfg"]["text_cfg"]["width"],
+                    help="text tower width (a multiple of 16; the token table dominates the file size)")
+    ap.add_argument("--layers", type=int, default=CONFIG["model_cfg"]["vision_cfg"]["layers"],
+                    help="image tower layers")
     args = ap.parse_args()
+    CONFIG["model_cfg"]["embed_dim"] = args.embed_dim
+    CONFIG["model_cfg"]["vision_cfg"].update(width=args.width, layers=args.layers)
+    CONFIG["model_cfg"]["text_cfg"].update(width=args.text_width, heads=max(1, args.text_width // 32))
 
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
