@@ -11,6 +11,7 @@ from werkzeug.routing import IntegerConverter
 from clipdex.errors import ClipdexError, DecodeError, UsageError
 from clipdex.library.catalog import picture_tags, tag_counts
 from clipdex.search.filters import day_range, parse_day, why_empty
+from clipdex.search.matches import SORTS, find_matches, sort_hits, with_relevance
 from clipdex.search.query import build_query, search
 from clipdex.web import media
 from clipdex.web.errors import APIError, error_response, message_for
@@ -71,11 +72,40 @@ def filters() -> dict:
     return {"tag": text_arg("tag"), "folder": text_arg("folder"), "since": since, "until": until}
 
 
-def run_search(vector, exclude: set[int] | None = None, timings: dict | None = None) -> Response:
+def flag_arg(name: str) -> bool:
+    """A yes/no parameter: ``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``/absent (else 400)."""
+    raw = (request.values.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise APIError(400, f"{name} must be 1 or 0, got {raw[:40]!r}")
+
+
+def sort_arg() -> str:
+    raw = request.values.get("sort") or "score"
+    if raw not in SORTS:
+        raise APIError(400, f"sort must be one of {', '.join(SORTS)}, got {raw[:40]!r}")
+    return raw
+
+
+def run_search(vector, exclude: set[int] | None = None, timings: dict | None = None, text: bool = False) -> Response:
+    """One page of results; ``text``: the query is text only, so relevance is calibrated and ``matches=1``
+    (every match, paged) is allowed."""
     k = int_arg("k", 20, 1, MAX_K)
     offset = int_arg("offset", 0, 0, MAX_OFFSET)
+    only_matches, sort = flag_arg("matches"), sort_arg()
+    if only_matches and not text:
+        raise APIError(400, "matches=1 needs a text query without a picture (relevance is calibrated for text)")
     started = time.perf_counter()
-    hits = search(state().library(), vector, k + 1, offset=offset, exclude=exclude, **filters())
+    lib = state().library()
+    if only_matches:
+        every = sort_hits(find_matches(lib, state().encoder(), vector, exclude=exclude, **filters()), sort)
+        hits = every[offset:offset + k + 1]
+    else:
+        hits = search(lib, vector, k + 1, offset=offset, exclude=exclude, **filters())
+        hits = with_relevance(lib, state().encoder(), vector, hits) if text else hits
+        hits = sort_hits(hits[:k], sort) + hits[k:]  # the page is sorted; the ranking chose it
     timings = {**(timings or {}), "search": time.perf_counter() - started}
     body = {
         "results": [h.as_dict() for h in hits[:k]],
@@ -83,8 +113,13 @@ def run_search(vector, exclude: set[int] | None = None, timings: dict | None = N
         "offset": offset,
         "has_more": len(hits) > k,
     }
+    if only_matches:
+        body["matches"] = len(every)
     if not hits and offset == 0:  # why nothing: reasons as data, the page words them
-        body["why_empty"] = [r.as_dict() for r in why_empty(state().library(), **filters())]
+        body["why_empty"] = [r.as_dict() for r in why_empty(lib, **filters())]
+        if only_matches and not body["why_empty"]:  # pictures pass the filters, none matches
+            closest = with_relevance(lib, state().encoder(), vector, search(lib, vector, 1, **filters()))
+            body["why_empty"] = [{"kind": "no_match", "closest": closest[0].as_dict() if closest else None}]
     response = jsonify(body)
     response.headers["Server-Timing"] = ", ".join(f"{name};dur={sec * 1000:.2f}" for name, sec in timings.items())
     return response
@@ -112,7 +147,7 @@ def search_text():
         raise APIError(400, "q is required (the text to search for)")
     started = time.perf_counter()
     vector = build_query(state().encoder(), text=q, negative=text_arg("not"))
-    return run_search(vector, timings={"encode": time.perf_counter() - started})
+    return run_search(vector, timings={"encode": time.perf_counter() - started}, text=True)
 
 
 @bp.post("/search")

@@ -103,7 +103,14 @@ function card(hit) {
   where.append(text);
   const score = document.createElement("span");
   score.className = "score";
-  score.textContent = hit.score.toFixed(3);
+  if (hit.relevance === null || hit.relevance === undefined) {
+    score.textContent = hit.score.toFixed(3);
+    score.title = "similarity (cosine)";
+  } else {
+    score.textContent = hit.relevance.toFixed(2);
+    score.title = "relevance: 0.50 and above is a match";
+    if (hit.relevance < 0.5) score.classList.add("weak");
+  }
   button.append(img, score, where);
   button.addEventListener("click", () => openDetail(hit.id));
   li.append(button);
@@ -126,10 +133,18 @@ function clearResults(status) {
   setStatus(status);
 }
 
+/** ``reasonText``, plus the answer "only matches" gives when pictures pass the filters but none matches. */
+function noMatchText(reason) {
+  if (reason.kind !== "no_match") return reasonText(reason);
+  const closest = reason.closest;
+  return closest ? `No picture matches; the closest has relevance ${closest.relevance.toFixed(2)} (a match needs 0.50).`
+    : "No picture matches.";
+}
+
 /** Why nothing came back: the filters in use, what is known about them, a way out. */
 function explainEmpty(body) {
   const active = describeFilters(view.filters);
-  const hints = (body.why_empty || []).map(reasonText).filter(Boolean);
+  const hints = (body.why_empty || []).map(noMatchText).filter(Boolean);
   $("empty-filters").textContent = active.length ? `Filters in use: ${active.join(" · ")}.` : "";
   const list = $("empty-hints");
   list.replaceChildren();
@@ -148,7 +163,7 @@ function render(body, append) {
   for (const hit of body.results) grid.append(card(hit));
   $("more").hidden = !body.has_more;
   const shown = grid.children.length;
-  setStatus(shown ? view.found(shown) : view.none);
+  setStatus(shown ? view.found(shown, body.matches) : view.none);
   if (shown) $("empty").hidden = true;
   else explainEmpty(body);
 }
@@ -169,18 +184,32 @@ async function load(append) {
 
 function pageQuery(filters, extra) {
   const query = new URLSearchParams(filters);
+  if (urlOptions().sort === "date") query.set("sort", "date");
   for (const [key, value] of Object.entries(extra || {})) query.set(key, value);
   query.set("k", PAGE);
   return query;
 }
 
+/** The result options in the URL: only matches (text searches) and the order. */
+function urlOptions() {
+  const params = new URLSearchParams(location.search);
+  return { matches: params.get("matches") === "1", sort: params.get("sort") === "date" ? "date" : "score" };
+}
+
+function showOptions(options) {
+  $("matches").checked = options.matches;
+  $("sort").value = options.sort;
+}
+
 function startText(q, filters) {
-  const query = pageQuery(filters, { q });
+  const { matches, sort } = urlOptions();
+  const query = pageQuery(filters, { q, sort, ...(matches ? { matches: 1 } : {}) });
   view = {
     kind: "text", filters, offset: 0,
     fetch: (offset) => api(`/api/search?${query}&offset=${offset}`),
-    found: (n) => `${plural(n, "result")} for “${q}”`,
-    none: `No results for “${q}”.`,
+    found: (n, total) => (matches ? `${total ?? n} ${(total ?? n) === 1 ? "match" : "matches"} for “${q}”` + (total > n ? `, ${n} shown` : "")
+      : `${plural(n, "result")} for “${q}”`),
+    none: matches ? `Nothing matches “${q}”.` : `No results for “${q}”.`,
   };
   load(false);
 }
@@ -223,6 +252,7 @@ function runFromUrl() {
   const filters = urlFilters();
   $("q").value = params.get("q") || "";
   showFilters(filters);
+  showOptions(urlOptions());
   clearResults("Searching…");
   const similar = params.get("similar"), q = (params.get("q") || "").trim();
   if (similar) startSimilar(similar, filters);
@@ -320,8 +350,24 @@ $("search-form").addEventListener("submit", (event) => {
   const q = $("q").value.trim();
   if (!q) { showError("Type something to search for, or choose a picture."); return; }
   params.set("q", q);
+  setOptions(params);
   navigate(params);
 });
+
+/** The form's result options into ``params`` (only what differs from the defaults). */
+function setOptions(params) {
+  if ($("matches").checked) params.set("matches", "1"); else params.delete("matches");
+  if ($("sort").value === "date") params.set("sort", "date"); else params.delete("sort");
+  return params;
+}
+
+for (const name of ["matches", "sort"]) {
+  $(name).addEventListener("change", () => {
+    const params = setOptions(new URLSearchParams(location.search));
+    if (params.get("q") || params.get("similar")) navigate(params);
+    else history.replaceState(null, "", `?${params}`);
+  });
+}
 for (const name of FILTERS) $(name).addEventListener("change", () => refilter(formFilters()));
 $("clear-filters").addEventListener("click", () => refilter(new URLSearchParams()));
 $("clear-all").addEventListener("click", () => refilter(new URLSearchParams()));
