@@ -112,7 +112,7 @@ def test_full_cli_flow_with_json(tmp_path, library, collection):
 
     found = json.loads(invoke("search", "a red circle", "-k", "3", "--library", str(lib), "--json").stdout)
     assert [r["path"].split("/")[-2:][0] for r in found["results"]] == ["red"] * 3
-    assert set(found["results"][0]) == {"id", "path", "score", "width", "height", "captured_at"}
+    assert set(found["results"][0]) == {"id", "path", "score", "relevance", "width", "height", "captured_at"}
     assert found["why_empty"] == []
 
     text = invoke("search", "a red circle", "-k", "2", "--library", str(lib)).stdout.splitlines()
