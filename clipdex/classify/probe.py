@@ -18,6 +18,7 @@ from clipdex.classify.tagging import DEFAULT_TEMPLATES, apply_classifier, softma
 from clipdex.errors import ModelMismatch, UsageError
 from clipdex.library import Library
 from clipdex.library import tags as stored
+from clipdex.library.held import held_spec
 from clipdex.library.tags import PassSpec, TagStats
 from clipdex.models import Encoder
 
@@ -144,7 +145,7 @@ def load_probe(lib: Library, name: str) -> tuple[list[str], np.ndarray, np.ndarr
         names = [r.name for r in stored.probe_rows(lib)]
         raise UsageError(f"no probe named {name!r} (probes: {', '.join(names) or 'none'})")
     current = lib.get_meta("model_identity")
-    if row.model_identity != current:
+    if row.model_identity != current and held_spec(lib, row.model_identity) is None:  # a held model's vectors do
         raise ModelMismatch(f"probe {name!r} was trained on embeddings of model {row.model_identity}, "
                             f"but this library now uses {current}: train it again")
     classes = json.loads(row.classes)

@@ -130,7 +130,7 @@ def apply_classifier(
 
     def tagger() -> tuple[list[int], list[list[tuple[str, float]]]]:
         subset = allowed_ids(lib, folder=folder)
-        ids, vectors = lib.load_vectors(None if subset is None else subset.tolist())
+        ids, vectors = lib.load_vectors(None if subset is None else subset.tolist(), model=spec.model_identity)
         kept = choose(classify(vectors), list(spec.labels), spec.multi_label, threshold) if len(ids) else []
         return ids.tolist(), kept
 

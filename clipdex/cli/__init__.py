@@ -14,7 +14,7 @@ from typing import IO, Any
 import click
 
 from clipdex import __version__
-from clipdex.cli import classify, common, indexing, info, search, serve, tags
+from clipdex.cli import classify, common, indexing, info, models, search, serve, tags
 
 
 class OneLineUsageError(click.UsageError):
@@ -68,6 +68,7 @@ def main() -> None:
 for command in (indexing.index, search.search, tags.tag, tags.tags, info.info, info.skipped, serve.serve,
                 info.demo, classify.eval_command, classify.probe):
     main.add_command(command)
+main.add_command(models.models)
 
 
 def run() -> None:

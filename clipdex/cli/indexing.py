@@ -46,6 +46,11 @@ def index(paths: tuple[Path, ...], library: Path | None, model: str | None, rebu
           device: str | None, as_json: bool) -> None:
     """Index the pictures under PATHS (folders or files).
 
+    With --model naming another model than the library's, that model's vectors are built beside the
+    current ones, which keep answering searches, and the library switches to it once they are complete
+    (an interrupted run continues where it stopped); the previous model's vectors are kept: see
+    `clipdex models`.
+
     Only new and changed files are encoded; deleted ones are dropped and moved ones keep
     their vector; a file only touched (same bytes, new mtime) keeps its tags. A PATH now holding
     no picture at all keeps what was indexed from it, with a warning (exit 0): see --prune-empty.
@@ -67,7 +72,7 @@ def index(paths: tuple[Path, ...], library: Path | None, model: str | None, rebu
     lib = Library.create(library_path(library, demo_fallback=False))
     indexer = Indexer(lib, model, batch_size=batch_size, workers=workers, timeout=timeout, device=device,
                       backend=backend, progress=interactive, say=say, index_type=index_type)
-    stats = indexer.run([str(p) for p in paths], rebuild=rebuild, prune_empty=prune_empty)
+    stats = indexer.run([str(p) for p in paths], rebuild=rebuild, prune_empty=prune_empty, switch=model is not None)
     if stats.backend_note:
         tell(f"note: {stats.backend_note}")
     for warning in stats.warnings():

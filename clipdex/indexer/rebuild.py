@@ -1,11 +1,12 @@
-"""``index --rebuild``: re-encode every picture of the library, then switch over in one step.
+"""``index --rebuild`` and ``index --model NEW``: encode every picture with a model, then switch over in one step.
 
 Nothing in the library changes until the new model has loaded. The new vectors are
 staged beside the current ones (:mod:`clipdex.library.staging`), so a rebuild that fails
 or is killed half-way leaves a library that searches exactly as before, and running it
 again continues where it stopped. Every picture the library holds is re-encoded, not
 only those under the folders given (their paths are known); the folders given are then
-swept as by any run, for pictures new there.
+swept as by any run, for pictures new there. A switch to a model the library holds
+(``index --model``, ``models use``) encodes only what that model lacks.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from clipdex.decodepool import Decoded, DecodePool
+from clipdex.errors import ModelUnavailable
 from clipdex.indexer.scan import Scan
-from clipdex.library import staging, writes
+from clipdex.library import held, staging, writes
 from clipdex.library.staging import Unusable
 from clipdex.library.writes import KnownRow, Picture
 from clipdex.models import Encoder
@@ -67,18 +69,38 @@ def survey(rows: list[KnownRow], staged: dict[int, Facts], roots: Scan
     return todo, facts, unusable, done
 
 
-def rebuild_library(indexer: Indexer, encoder: Encoder, roots: Scan, stats: IndexStats) -> staging.Swapped:
-    """Re-encode every picture with ``encoder`` and switch the library to it; returns what the switch did."""
+def rebuild_library(indexer: Indexer, encoder: Encoder, roots: Scan, stats: IndexStats,
+                    reuse: bool = False) -> staging.Swapped:
+    """Re-encode every picture with ``encoder`` and switch the library to it; returns what the switch did.
+
+    ``reuse``: a model the library holds (:mod:`clipdex.library.held`) starts from the vectors it
+    kept, and encodes only pictures new or changed since; when there are none, the model is not
+    even loaded. Without it (``--rebuild``) every picture is encoded afresh.
+    """
     lib = indexer.lib
     rows = writes.known_rows(lib, lambda _path: True)
-    pool = DecodePool(indexer.workers, indexer.timeout, decode_fn=indexer.decode_fn).start(len(rows)) if rows else None
+    kept = held.held_spec(lib, encoder.spec.identity) if reuse else None
+    pool = None
     try:
-        indexer.load_model(encoder)  # first: a model that cannot load must cost the library nothing
-        staged = staging.begin(lib, encoder.spec, encoder.dim)
+        if kept is None:
+            indexer.load_model(encoder)  # first: a model that cannot load must cost the library nothing
+        dim = kept[1] if kept is not None else encoder.dim
+        staged = staging.begin(lib, encoder.spec, dim)
+        if kept is not None:
+            held.prefill(lib, encoder.spec.identity)
+            staged = staging.begin(lib, encoder.spec, dim)
         todo, facts, unusable, done = survey(rows, staged, roots)
         staging.stage(lib, [], unusable)
-        indexer.say(f"re-encoding {len(todo)} pictures with model {encoder.spec}"
-                    + (f" ({len(done)} were done by an interrupted rebuild)" if done else "") + " …")
+        if todo:
+            pool = DecodePool(indexer.workers, indexer.timeout, decode_fn=indexer.decode_fn).start(len(todo))
+            indexer.load_model(encoder)
+            if encoder.dim != dim:
+                raise ModelUnavailable(f"model {encoder.spec} now makes vectors of {encoder.dim} numbers, not the "
+                                       f"{dim} this library holds of it: drop it (clipdex models drop) and index again")
+        verb = "encoding" if reuse else "re-encoding"
+        indexer.say(f"{verb} {len(todo)} pictures with model {encoder.spec}"
+                    + (f" ({len(done)} vectors kept from before)" if kept is not None
+                       else f" ({len(done)} were done by an interrupted rebuild)" if done else "") + " …")
         stats.reused += sum(1 for i in done if staged[i] != GONE)
         if todo:
             by_hash = staging.staged_hashes(lib)
@@ -91,12 +113,12 @@ def rebuild_library(indexer: Indexer, encoder: Encoder, roots: Scan, stats: Inde
                 for p in pictures:
                     by_hash.setdefault(p.content_hash, p.image_id)
 
-            indexer.encode_stream(encoder, pool, todo, "re-encoding", by_hash,
+            indexer.encode_stream(encoder, pool, todo, verb, by_hash,
                                   lambda ids: staging.staged_vectors(lib, ids), store, stats)
     finally:
         if pool is not None:
             pool.close()
-    swapped = staging.swap(lib, encoder.spec, encoder.dim)
+    swapped = staging.swap(lib, encoder.spec, dim)
     indexer.say(f"switched the library to model {encoder.spec}")
     stats.rebuilt = True
     stats.indexed += len(swapped.ids)

@@ -126,8 +126,13 @@ class Indexer:
 
     prune_empty = False
 
-    def run(self, paths: list[str], rebuild: bool = False, prune_empty: bool = False) -> IndexStats:
+    def run(self, paths: list[str], rebuild: bool = False, prune_empty: bool = False,
+            switch: bool = False) -> IndexStats:
         """Index ``paths`` (folders or files); returns what was done.
+
+        ``switch``: a requested model other than the library's is not refused but built beside it
+        (reusing what the library holds of it) while the current one answers, then switched to
+        (see :mod:`clipdex.library.held`); ``rebuild`` re-encodes every picture, with any model.
 
         A path holding no picture at all keeps the pictures indexed under it (see
         ``IndexStats.kept_empty``) unless ``prune_empty``: an unmounted drive is not a deletion.
@@ -141,16 +146,16 @@ class Indexer:
         try:
             with self.lib.write_lock():
                 try:
-                    self._run(paths, rebuild, stats)
+                    self._run(paths, rebuild, stats, switch)
                 except BaseException:
                     self.lib.discard_if_unused()
                     raise
         except DiskFull:
-            raise DiskFull(self._disk_full(stats, rebuild)) from None
+            raise DiskFull(self._disk_full(stats, rebuild or switch)) from None
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
-            raise DiskFull(self._disk_full(stats, rebuild)) from None
+            raise DiskFull(self._disk_full(stats, rebuild or switch)) from None
         stats.seconds = time.monotonic() - start
         stats.images_per_second = stats.processed / stats.encode_seconds if stats.encode_seconds else 0.0
         return stats
@@ -163,11 +168,13 @@ class Indexer:
         return (f"the disk holding the library at {self.lib.path} is full: {done}; free some space and run the "
                 "same indexing again to continue from there")
 
-    def _run(self, paths: list[str], rebuild: bool, stats: IndexStats) -> None:
+    def _run(self, paths: list[str], rebuild: bool, stats: IndexStats, switch: bool = False) -> None:
         roots = normalise_roots(paths)
-        encoder = self.lib.encoder_for(self.requested, self.device, switching=rebuild, backend=self.backend,
-                                       bulk=True)
-        if not rebuild:
+        encoder = self.lib.encoder_for(self.requested, self.device, switching=rebuild or switch,
+                                       backend=self.backend, bulk=True)
+        stored = self.lib.model_spec
+        switch = switch and not rebuild and stored is not None and encoder.spec.identity != stored.identity
+        if not rebuild and not switch:
             unfinished = staging.pending(self.lib)
             if unfinished:
                 self.say(f"(an unfinished rebuild with model {unfinished[0]} holds {unfinished[1]} re-encoded "
@@ -176,8 +183,30 @@ class Indexer:
             return
         from clipdex.indexer.rebuild import rebuild_library
 
-        swapped = rebuild_library(self, encoder, Scan(roots), stats)
+        swapped = rebuild_library(self, encoder, Scan(roots), stats, reuse=switch)
         self._update(encoder, roots, stats, fresh=swapped.ids, fresh_skips=set(swapped.skipped))
+
+    def use(self) -> IndexStats:
+        """Switch the library to the model asked for, one it holds (``clipdex models use``): no folder is
+        scanned; pictures that model lacks (indexed while it was not in use) are encoded, nothing else."""
+        from clipdex.indexer.rebuild import rebuild_library
+        from clipdex.library import held
+
+        start = time.monotonic()
+        stats = self.stats = IndexStats()
+        with self.lib.write_lock():
+            encoder = self.lib.encoder_for(self.requested, self.device, switching=True, backend=self.backend,
+                                           bulk=True)
+            entry = held.find(self.lib, encoder.spec.identity)
+            if entry is None or (not entry.active and entry.dim is None):
+                raise UsageError(f"this library holds no vectors of model {encoder.spec}: build them with "
+                                 f"clipdex index PATH --model {encoder.spec}")
+            if not entry.active:
+                rebuild_library(self, encoder, Scan([]), stats, reuse=True)
+                self.maintain_index(final=True)
+        stats.seconds = time.monotonic() - start
+        stats.images_per_second = stats.processed / stats.encode_seconds if stats.encode_seconds else 0.0
+        return stats
 
     def load_model(self, encoder: Encoder) -> None:
         """Load the model, saying so the first time (it can take a while), and which backend runs it."""

@@ -94,13 +94,30 @@ def _vector_changes(conn: Connection) -> None:
 def _tag_rejections(conn: Connection) -> None:
     """Labels a person took off pictures (``tag_rejections``), which no tagging pass gives back."""
     conn.execute(text(
-        "CREATE TABLE tag_rejections (image_id INTEGER NOT NULL, label VARCHAR NOT NULL, rejected_at DATETIME NOT NULL, "
-        "PRIMARY KEY (image_id, label), FOREIGN KEY(image_id) REFERENCES images (id) ON DELETE CASCADE)"))
+        "CREATE TABLE tag_rejections (image_id INTEGER NOT NULL, label VARCHAR NOT NULL, "
+        "rejected_at DATETIME NOT NULL, PRIMARY KEY (image_id, label), "
+        "FOREIGN KEY(image_id) REFERENCES images (id) ON DELETE CASCADE)"))
+
+
+def _held_models(conn: Connection) -> None:
+    """Several models' vectors in one library: ``held_models`` and ``model_vectors`` start empty.
+
+    The active model stays in ``meta`` and its vectors in ``images.vector``: nothing is moved.
+    """
+    conn.execute(text(
+        "CREATE TABLE held_models (identity VARCHAR NOT NULL, spec VARCHAR NOT NULL, dim INTEGER NOT NULL, "
+        "kept_at DATETIME NOT NULL, PRIMARY KEY (identity))"))
+    conn.execute(text(
+        "CREATE TABLE model_vectors (model_identity VARCHAR NOT NULL, image_id INTEGER NOT NULL, "
+        "content_hash VARCHAR(64) NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (model_identity, image_id), "
+        "FOREIGN KEY(model_identity) REFERENCES held_models (identity) ON DELETE CASCADE, "
+        "FOREIGN KEY(image_id) REFERENCES images (id) ON DELETE CASCADE)"))
+    conn.execute(text("CREATE INDEX ix_model_vectors_image ON model_vectors (image_id)"))
 
 
 #: Version 1 is clipdex 0.1.0's schema (images, skipped, tags, roots, probes, meta).
 #: ``STEPS[i]`` upgrades a database from version ``i + 1`` to ``i + 2``.
-STEPS: list[Step] = [_tag_passes, _staged_vectors, _vector_changes, _tag_rejections]
+STEPS: list[Step] = [_tag_passes, _staged_vectors, _vector_changes, _tag_rejections, _held_models]
 
 LATEST = 1 + len(STEPS)
 

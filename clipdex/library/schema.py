@@ -181,3 +181,34 @@ class ChangeRow(Base):
     __tablename__ = "vector_changes"
     generation: Mapped[int] = mapped_column(Integer, primary_key=True)
     image_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+class HeldModelRow(Base):
+    """A model whose vectors the library keeps beside the active one's (``clipdex models``).
+
+    The active model is the one in ``meta.model_spec`` and its vectors are ``images.vector``;
+    every other model the library was built with keeps its vectors in ``model_vectors`` until
+    dropped, so switching back to it needs no re-encoding.
+    """
+
+    __tablename__ = "held_models"
+    identity: Mapped[str] = mapped_column(String, primary_key=True)
+    spec: Mapped[str] = mapped_column(String)
+    dim: Mapped[int] = mapped_column(Integer)
+    kept_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ModelVectorRow(Base):
+    """A held (non-active) model's vector of a picture, for the content it had (``content_hash``).
+
+    A picture whose content has changed since no longer matches its row here: that model
+    must encode it again when it is used (its row is then replaced).
+    """
+
+    __tablename__ = "model_vectors"
+    __table_args__ = (Index("ix_model_vectors_image", "image_id"),)
+    model_identity: Mapped[str] = mapped_column(ForeignKey("held_models.identity", ondelete="CASCADE"),
+                                                primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    vector: Mapped[bytes] = mapped_column(LargeBinary)

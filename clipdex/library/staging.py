@@ -4,7 +4,8 @@ While a rebuild runs, the library keeps its model and vectors and answers search
 before; the new vectors go to ``staged_vectors`` (see :class:`~clipdex.library.schema.StagedRow`),
 one transaction per batch. A rebuild killed half-way leaves the library as it was, and
 the next rebuild with the same model continues from what was staged; staging made for
-another model is discarded. Once every picture has a staged entry, :func:`swap` replaces
+another model is discarded. A switch to a model the library holds (:mod:`clipdex.library.held`)
+starts from the vectors it kept. Once every picture has a staged entry, :func:`swap` replaces
 vectors and facts, removes what is gone, binds the new model and bumps the generation,
 all in one transaction.
 """
@@ -18,6 +19,7 @@ import numpy as np
 from sqlalchemy import DateTime, bindparam, delete, func, select, text
 
 from clipdex.errors import LibraryError
+from clipdex.library import held
 from clipdex.library.schema import ImageRow, Meta, StagedRow, utcnow
 from clipdex.library.writes import Picture, delete_in_chunks
 from clipdex.models import ModelSpec
@@ -102,7 +104,8 @@ def staged_vectors(lib: Library, ids: list[int]) -> dict[int, np.ndarray]:
 def swap(lib: Library, spec: ModelSpec, dim: int) -> Swapped:
     """Replace every picture's vector with its staged one and switch the library to ``spec``, atomically.
 
-    A picture whose content changed loses its tags (they described the old content);
+    The outgoing model's vectors are held (:func:`clipdex.library.held.keep_active`). A picture
+    whose content changed loses its tags (they described the old content);
     pictures staged as unusable are removed, with their reason in the skip list.
     """
     done = Swapped()
@@ -119,6 +122,7 @@ def swap(lib: Library, spec: ModelSpec, dim: int) -> Swapped:
                 done.removed.append(path)
             else:
                 done.skipped[path] = reason
+        held.keep_active(s, lib, spec.identity)  # the outgoing model's vectors stay, for switching back
         s.execute(text(
             "DELETE FROM tags WHERE image_id IN (SELECT st.image_id FROM staged_vectors st JOIN images i "
             "ON i.id = st.image_id WHERE st.vector IS NOT NULL AND st.content_hash != i.content_hash)"))
