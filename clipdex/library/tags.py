@@ -1,9 +1,12 @@
 """Tags, tagging passes and probes in the database: the SQL behind :mod:`clipdex.classify`.
 
 Every tag belongs to a *pass*: one classifier run over the library, identified by its
-key (a zero-shot label set, or a probe's name). Writing a pass replaces only the tags
-that same pass gave the same pictures before, and says what moved: tags added, changed
-(another label, or another probability) and removed. Other passes are never touched.
+key (a name given with ``tag --set NAME``, else the zero-shot label set, or a probe's
+name). Writing a pass replaces only the tags that same pass gave the same pictures
+before, and says what moved: tags added, changed (another label, or another probability)
+and removed. Other passes are never touched, nor are a person's tags (the ``person``
+pass, :mod:`clipdex.library.persontags`); a label a person took off a picture
+(``tag_rejections``) is never given back by a pass.
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from clipdex.errors import ModelMismatch
-from clipdex.library.schema import ImageRow, ProbeRow, TagPassRow, TagRow, utcnow
+from clipdex.errors import ModelMismatch, UsageError
+from clipdex.library.schema import ImageRow, ProbeRow, TagPassRow, TagRejectionRow, TagRow, utcnow
 from clipdex.library.writes import CHUNK, delete_in_chunks
 from clipdex.models import ModelSpec
 
@@ -30,6 +33,10 @@ ZERO_SHOT = "zero-shot"
 #: Key (and name) of the pass the 0.1.0 upgrade made from its zero-shot tags, whose label set was not kept.
 LEGACY_ZERO_SHOT = "zero-shot"
 NAME_LENGTH = 48
+#: Key, name and kind of the pass holding the tags people gave (never written by a classifier).
+PERSON = "person"
+#: Longest pass name or label a person may give.
+MAX_NAME = 100
 SAME = 1e-3  # probabilities closer than this count as unchanged (and keep their stored value): a
 # change a person cannot see in the 3 decimals shown is no change
 
@@ -50,17 +57,26 @@ class PassSpec:
     model_identity: str | None = None
     multi_label: bool = False
     threshold: float | None = None
+    name: str | None = None  # chosen with ``tag --set NAME``: the pass is this name, whatever it runs
+
+    def __post_init__(self) -> None:
+        if self.name is not None:
+            object.__setattr__(self, "name", named(self.name))
 
     @property
     def key(self) -> str:
-        """A probe's pass is its name; a zero-shot pass is its label set, in any order."""
+        """A named pass is its name; a probe's pass is the probe; a zero-shot pass is its label set, in any order."""
+        if self.name is not None:
+            return f"set:{self.name}"
         if self.kind.startswith("probe:"):
             return self.kind
         digest = hashlib.sha256(json.dumps(sorted(self.labels), ensure_ascii=False).encode()).hexdigest()
         return f"{self.kind}:{digest[:16]}"
 
     def default_name(self) -> str:
-        """A readable name: the probe's, or the labels (shortened when long)."""
+        """A readable name: the one chosen, the probe's, or the labels (shortened when long)."""
+        if self.name is not None:
+            return self.name
         if self.kind.startswith("probe:"):
             return self.kind
         name = ", ".join(self.labels)
@@ -89,12 +105,33 @@ class TagStats:
     pass_key: str = ""
     pass_name: str = ""
     dry_run: bool = False
+    held_back: int = 0  # tags not given because a person took that label off that picture
 
     def as_dict(self) -> dict:
         return {"pass": {"key": self.pass_key, "name": self.pass_name}, "dry_run": self.dry_run,
                 "images": self.images, "tags_written": self.tags_written, "added": self.added,
                 "changed": self.changed, "removed": self.removed, "unchanged": self.unchanged,
-                "counts": self.counts, "examples": self.examples}
+                "held_back": self.held_back, "counts": self.counts, "examples": self.examples}
+
+
+def check_name(text: str, what: str = "pass name") -> str:
+    """``text`` stripped, refused when empty, too long or holding control characters."""
+    name = (text or "").strip()
+    if not name:
+        raise UsageError(f"the {what} is empty")
+    if len(name) > MAX_NAME:
+        raise UsageError(f"the {what} is too long ({len(name)} characters, limit {MAX_NAME})")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise UsageError(f"the {what} {name[:40]!r} holds control characters")
+    return name
+
+
+def named(name: str) -> str:
+    """A pass name for ``tag --set``: checked, and never the person's pass."""
+    name = check_name(name)
+    if name == PERSON:
+        raise UsageError(f'"{PERSON}" holds the tags people gave; choose another name for a tagging pass')
+    return name
 
 
 def _tag(label_p: tuple[str, float] | None) -> dict | None:
@@ -127,9 +164,14 @@ def compare(before: dict[str, float], after: list[tuple[str, float]]) -> tuple[l
 
 
 def _find_pass(s: Session, spec: PassSpec) -> TagPassRow | None:
-    """The pass with ``spec``'s key; else the upgraded 0.1.0 zero-shot pass, if ``spec`` covers its labels."""
+    """The pass named ``spec.name``; else the one with ``spec``'s key; else the upgraded 0.1.0 zero-shot pass,
+    if ``spec`` covers its labels."""
+    if spec.name is not None:
+        row = s.scalar(select(TagPassRow).where(TagPassRow.name == spec.name))
+        if row is not None:
+            return row
     row = s.scalar(select(TagPassRow).where(TagPassRow.key == spec.key))
-    if row is None and spec.kind == ZERO_SHOT:
+    if row is None and spec.kind == ZERO_SHOT and spec.name is None:
         legacy = s.scalar(select(TagPassRow).where(TagPassRow.key == LEGACY_ZERO_SHOT))
         if legacy is not None and set(json.loads(legacy.labels)) <= set(spec.labels):
             row = legacy
@@ -148,7 +190,7 @@ def _save_pass(s: Session, row: TagPassRow | None, spec: PassSpec) -> TagPassRow
     """Create the pass, or record this run's settings on it (adopting a 0.1.0 pass gives it the new key)."""
     now = utcnow()
     if row is None or row.key != spec.key:
-        name = _free_name(s, spec.default_name(), row.id if row else None)
+        name = spec.name if spec.name is not None else _free_name(s, spec.default_name(), row.id if row else None)
         row = row or TagPassRow(created_at=now)
         row.key, row.name = spec.key, name
     row.kind, row.labels = spec.kind, json.dumps(list(spec.labels), ensure_ascii=False)
@@ -177,6 +219,7 @@ def write_pass(lib: Library, spec: PassSpec, tagger: Tagger, *, dry_run: bool = 
     with lock, lib.session() as s:
         ids, kept = tagger()
         stats = TagStats(images=len(ids), pass_key=spec.key, dry_run=dry_run)
+        kept, stats.held_back = _without_rejected(s, ids, kept)
         row = _find_pass(s, spec)
         wanted = set(ids)
         before: dict[int, dict[str, float]] = {}
@@ -201,8 +244,8 @@ def write_pass(lib: Library, spec: PassSpec, tagger: Tagger, *, dry_run: bool = 
             for label, _ in tags:
                 stats.counts[label] = stats.counts.get(label, 0) + 1
                 stats.tags_written += 1
-        if row is not None and row.key == spec.key:
-            stats.pass_name = row.name
+        if spec.name is not None or (row is not None and row.key == spec.key):
+            stats.pass_name = spec.name or row.name
         else:
             stats.pass_name = _free_name(s, spec.default_name(), row.id if row else None)
         if not dry_run:
@@ -217,6 +260,20 @@ def write_pass(lib: Library, spec: PassSpec, tagger: Tagger, *, dry_run: bool = 
             s.commit()
     stats.examples = _examples(lib, shown, examples)
     return stats
+
+
+def _without_rejected(s: Session, ids: list[int], kept: list[list[tuple[str, float]]]
+                      ) -> tuple[list[list[tuple[str, float]]], int]:
+    """``kept`` less the labels a person took off those pictures, and how many were held back."""
+    rejected = {(i, label) for i, label in s.execute(select(TagRejectionRow.image_id, TagRejectionRow.label))}
+    if not rejected:
+        return kept, 0
+    out, held = [], 0
+    for image_id, tags in zip(ids, kept):
+        mine = [(label, p) for label, p in tags if (image_id, label) not in rejected]
+        held += len(tags) - len(mine)
+        out.append(mine)
+    return out, held
 
 
 def _examples(lib: Library, shown: dict[tuple[str, bool], list[tuple[int, dict]]], per_kind: int) -> list[dict]:
@@ -244,6 +301,37 @@ def export_rows(lib: Library) -> list[dict]:
         ).all()
     return [{"id": r.id, "path": r.path, "label": r.label, "probability": round(r.probability, 6),
              "source": r.source, "pass": r.name} for r in rows]
+
+
+def pass_rows(lib: Library) -> list[dict]:
+    """Every pass with what it ran and how many tags it holds, by name."""
+    with lib.session() as s:
+        counts = {i: n for i, n in s.execute(select(TagRow.pass_id, func.count()).group_by(TagRow.pass_id))}
+        rows = list(s.scalars(select(TagPassRow).order_by(TagPassRow.name)))
+    return [{"name": r.name, "kind": r.kind, "labels": json.loads(r.labels),
+             "templates": None if r.templates is None else json.loads(r.templates),
+             "model": r.model_identity, "tags": counts.get(r.id, 0),
+             "updated_at": r.updated_at.isoformat()} for r in rows]
+
+
+def drop_pass(lib: Library, name: str) -> int:
+    """Remove pass ``name`` and every tag it gave; returns how many tags went.
+
+    The person's pass is refused (its tags go one by one with ``tags remove``), and so is a
+    name no pass has, with the names there are.
+    """
+    if name == PERSON:
+        raise UsageError(f'"{PERSON}" holds the tags people gave, not a tagging pass: take them off with '
+                         "tags remove")
+    with lib.write_lock(), lib.session() as s:
+        row = s.scalar(select(TagPassRow).where(TagPassRow.name == name))
+        if row is None:
+            known = ", ".join(repr(n) for n in s.scalars(select(TagPassRow.name).order_by(TagPassRow.name)))
+            raise UsageError(f"no tagging pass is named {name[:100]!r} (there are: {known or 'none'})")
+        gone = delete_in_chunks(s, TagRow.pass_id, [row.id])
+        s.delete(row)
+        s.commit()
+    return gone
 
 
 def vectors_by_path(lib: Library, paths: list[str]) -> dict[str, tuple[int, float, bytes]]:

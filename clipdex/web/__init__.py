@@ -44,7 +44,7 @@ def create_app(config: dict | None = None) -> Flask:
     """The application for one library (see the module docstring for ``config``)."""
     from flask import Flask
 
-    from clipdex.web import api, errors, pages, security
+    from clipdex.web import api, errors, pages, security, tagedit
     from clipdex.web.state import WebState
     from clipdex.web.uploads import UploadDecoder
 
@@ -68,6 +68,7 @@ def create_app(config: dict | None = None) -> Flask:
     security.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(tagedit.bp)
     if app.config["WARM_UP"]:
         state.warm_up()
     return app

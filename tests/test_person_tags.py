@@ -1,0 +1,191 @@
+"""Tags a photographer can trust (issue #10): named passes, a person's tags and removals, dropping a pass,
+and the page's add/remove routes guarded against cross-site requests.
+
+Everything runs the real ``clipdex`` commands in-process (or the real Flask app) on a private
+copy of the shared tiny-model library, with real SQLite.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from clipdex.cli import main
+from clipdex.library import Library
+from clipdex.synthetic import COLORS, SHAPES
+from clipdex.web import create_app
+
+SHAPE_LABELS = ",".join(SHAPES)
+COLOUR_LABELS = ",".join(COLORS)
+
+
+@pytest.fixture()
+def lib_dir(tmp_path, library) -> str:
+    dest = tmp_path / "lib"
+    shutil.copytree(library.path, dest)
+    return str(dest)
+
+
+def cli(*args: str, code: int = 0):
+    result = CliRunner().invoke(main, list(args))
+    assert result.exit_code == code, (result.output, result.exception)
+    return result
+
+
+def export(lib_dir: str) -> list[dict]:
+    return json.loads(cli("tags", "export", "--format", "json", "--library", lib_dir).stdout)
+
+
+def tags_of(rows: list[dict], path: str) -> set[tuple[str, str]]:
+    return {(r["label"], r["pass"]) for r in rows if r["path"] == path}
+
+
+def test_a_named_pass_is_replaced_whatever_labels_it_runs(lib_dir):
+    out = cli("tag", "--set", "kind", "--labels", SHAPE_LABELS, "--library", lib_dir).stdout.splitlines()[0]
+    assert out == 'tagged 120 pictures (pass "kind"): 120 tags; 120 added, 0 changed, 0 removed, 0 unchanged'
+    cli("tag", "--labels", COLOUR_LABELS, "--library", lib_dir)  # an unnamed pass beside it
+    colours = sorted((r["id"], r["label"]) for r in export(lib_dir) if r["pass"] != "kind")
+    again = json.loads(cli("tag", "--set", "kind", "--labels", COLOUR_LABELS, "--template", "a {} thing",
+                           "--library", lib_dir, "--json").stdout)
+    assert again["pass"]["name"] == "kind" and again["changed"] == 120 and again["added"] == again["removed"] == 0
+    rows = export(lib_dir)
+    assert {r["label"] for r in rows if r["pass"] == "kind"} <= set(COLORS)
+    assert sum(r["pass"] == "kind" for r in rows) == 120
+    assert sorted((r["id"], r["label"]) for r in rows if r["pass"] != "kind") == colours  # untouched
+    sets = {s["name"]: s for s in json.loads(cli("tags", "sets", "--library", lib_dir, "--json").stdout)}
+    kind = sets["kind"]
+    assert kind["labels"] == list(COLORS) and kind["templates"] == ["a {} thing"] and kind["tags"] == 120
+    assert kind["model"] == Library.open(lib_dir).get_meta("model_identity")
+    assert "kind  [zero-shot, 120 tags]  labels: red, green" in cli("tags", "sets", "--library", lib_dir).stdout
+
+
+def test_person_tags_survive_passes_and_removals_stick(lib_dir, collection):
+    cli("tag", "--set", "kind", "--labels", SHAPE_LABELS, "--library", lib_dir)
+    rows = export(lib_dir)
+    picture = rows[0]["path"]
+    given = rows[0]["label"]  # what the pass gave this picture
+    other = str(Path(rows[1]["path"]))
+
+    added = cli("tags", "add", picture, other, "keeper", "--library", lib_dir).stdout.strip()
+    assert added == 'tagged 2 pictures "keeper" (0 had it already)'
+    removed = cli("tags", "remove", picture, given, "--library", lib_dir).stdout.strip()
+    assert removed == f'took "{given}" off 1 picture (1 from kind); no tagging pass gives it back to these 1 picture'
+    assert tags_of(export(lib_dir), picture) == {("keeper", "person")}
+
+    rerun = json.loads(cli("tag", "--set", "kind", "--labels", SHAPE_LABELS, "--library", lib_dir, "--json").stdout)
+    assert rerun["held_back"] == 1 and rerun["added"] == 0 and rerun["tags_written"] == 119
+    dry = cli("tag", "--set", "kind", "--labels", SHAPE_LABELS, "--dry-run", "--library", lib_dir).stdout
+    assert "0 added, 0 changed, 0 removed, 119 unchanged; 1 held back (labels a person took off)" in dry
+    after = export(lib_dir)
+    assert tags_of(after, picture) == {("keeper", "person")}  # the removal stuck, the person's tag stayed
+    assert ("keeper", "person") in tags_of(after, other)
+    person = [r for r in after if r["source"] == "person"]
+    assert len(person) == 2 and all(r["probability"] == 1.0 for r in person)
+
+    # adding the label back lifts the refusal; the pass may give it again
+    back = json.loads(cli("tags", "add", picture, given, "--library", lib_dir, "--json").stdout)
+    assert back == {"action": "add", "label": given, "pictures": 1, "changed": 1, "tags_removed": {}, "rejections": 1}
+    cli("tag", "--set", "kind", "--labels", SHAPE_LABELS, "--library", lib_dir)
+    assert tags_of(export(lib_dir), picture) == {("keeper", "person"), (given, "person"), (given, "kind")}
+
+
+def test_a_folder_names_every_picture_under_it(lib_dir, collection):
+    red = next(iter(collection)).parent.parent / "red"
+    edit = json.loads(cli("tags", "add", str(red), "warm", "--library", lib_dir, "--json").stdout)
+    assert edit["pictures"] == edit["changed"] == 20
+    again = cli("tags", "add", str(red), "warm", "--library", lib_dir).stdout.strip()
+    assert again == 'tagged 0 pictures "warm" (20 had it already)'
+    assert {r["path"] for r in export(lib_dir) if r["label"] == "warm"} == \
+        {str(p) for p in collection if p.parent.name == "red"}
+
+
+def test_drop_set_removes_a_pass_whole_and_nothing_else(lib_dir):
+    cli("tag", "--set", "kind", "--labels", SHAPE_LABELS, "--library", lib_dir)
+    cli("tag", "--set", "colour", "--labels", COLOUR_LABELS, "--library", lib_dir)
+    picture = export(lib_dir)[0]["path"]
+    cli("tags", "add", picture, "keeper", "--library", lib_dir)
+    out = cli("tags", "drop-set", "kind", "--library", lib_dir).stdout.strip()
+    assert out == 'dropped pass "kind": 120 tags removed'
+    rows = export(lib_dir)
+    assert {r["pass"] for r in rows} == {"colour", "person"} and len(rows) == 121
+    assert "kind" not in {s["name"] for s in json.loads(cli("tags", "sets", "--library", lib_dir, "--json").stdout)}
+
+
+def test_clear_one_line_errors(lib_dir, tmp_path):
+    cli("tag", "--set", "kind", "--labels", SHAPE_LABELS, "--library", lib_dir)
+    unknown = cli("tags", "drop-set", "nope", "--library", lib_dir, code=2)
+    assert unknown.stderr.strip() == "Error: no tagging pass is named 'nope' (there are: 'kind')"
+    person = cli("tags", "drop-set", "person", "--library", lib_dir, code=2)
+    assert person.stderr.startswith("Error: ") and "tags remove" in person.stderr
+    missing = cli("tags", "add", str(tmp_path / "nowhere.jpg"), "x", "--library", lib_dir, code=2)
+    assert missing.stderr.strip() == f"Error: {tmp_path / 'nowhere.jpg'} is not in the library (no indexed picture " \
+                                     "there, nor under it)"
+    reserved = cli("tag", "--set", "person", "--labels", SHAPE_LABELS, "--library", lib_dir, code=2)
+    assert "choose another name" in reserved.stderr and len(reserved.stderr.strip().splitlines()) == 1
+    picture = export(lib_dir)[0]["path"]
+    empty = cli("tags", "add", picture, "  ", "--library", lib_dir, code=2)
+    assert empty.stderr.strip() == "Error: the label is empty"
+    assert len(export(lib_dir)) == 120  # nothing was written by any of them
+
+
+# -- the page's routes -------------------------------------------------------------------------------------------
+@pytest.fixture()
+def client(lib_dir):
+    cli("tag", "--set", "kind", "--labels", SHAPE_LABELS, "--library", lib_dir)
+    app = create_app({"LIBRARY": lib_dir, "TESTING": True, "WARM_UP": False})
+    return app.test_client()
+
+
+PAGE = {"X-Clipdex": "1", "Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"}
+
+
+def test_the_page_adds_and_removes_a_tag(client, lib_dir):
+    first = client.get("/api/images/1/tags").get_json()["tags"]
+    assert [t["pass"] for t in first] == ["kind"]
+    given = first[0]["label"]
+    r = client.post("/api/images/1/tags", json={"label": "beach"}, headers=PAGE)
+    assert r.status_code == 200
+    assert r.get_json()["tags"][0] == {"label": "beach", "probability": 1.0, "source": "person", "pass": "person"}
+    r = client.delete("/api/images/1/tags", json={"label": given}, headers=PAGE)
+    assert r.status_code == 200 and [t["label"] for t in r.get_json()["tags"]] == ["beach"]
+    assert r.get_json()["edit"]["tags_removed"] == {"kind": 1}
+    assert [t["label"] for t in client.get("/api/images/1").get_json()["tags"]] == ["beach"]  # the detail view's
+    cli("tag", "--set", "kind", "--labels", SHAPE_LABELS, "--library", lib_dir)  # the removal sticks
+    assert [t["label"] for t in client.get("/api/images/1/tags").get_json()["tags"]] == ["beach"]
+
+
+def test_page_errors_take_the_one_json_shape(client):
+    r = client.post("/api/images/999999/tags", json={"label": "x"}, headers=PAGE)
+    assert (r.status_code, r.get_json()) == (404, {"status": 404, "message": "no picture with id 999999"})
+    r = client.post("/api/images/1/tags", json={"label": ""}, headers=PAGE)
+    assert (r.status_code, r.get_json()) == (400, {"status": 400, "message": "the label is empty"})
+    r = client.post("/api/images/1/tags", json={"tag": "x"}, headers=PAGE)
+    assert r.status_code == 400 and set(r.get_json()) == {"status", "message"}
+
+
+@pytest.mark.parametrize("headers, body, status", [
+    # a page elsewhere, in a current browser: refused by clipdex.web.security (Sec-Fetch-Site, Origin)
+    ({"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site", "X-Clipdex": "1"}, "json", 403),
+    ({"Origin": "http://evil.example"}, "form", 403),
+    ({"Sec-Fetch-Site": "same-site"}, "form", 403),
+    # an HTML form posted by a browser that sends neither header: no X-Clipdex, not JSON
+    ({}, "form", 403),
+    ({"Content-Type": "text/plain"}, "text", 403),
+    # the header alone does not make a form a JSON request
+    ({"X-Clipdex": "1"}, "form", 415),
+])
+def test_forged_cross_site_writes_are_refused(client, headers, body, status):
+    before = client.get("/api/images/1/tags").get_json()["tags"]
+    for method in ("POST", "DELETE"):
+        if body == "json":
+            r = client.open("/api/images/1/tags", method=method, json={"label": "pwned"}, headers=headers)
+        elif body == "form":
+            r = client.open("/api/images/1/tags", method=method, data={"label": before[0]["label"]}, headers=headers)
+        else:
+            r = client.open("/api/images/1/tags", method=method, data='{"label": "pwned"}', headers=headers)
+        assert r.status_code == status and set(r.get_json()) == {"status", "message"}
+    assert client.get("/api/images/1/tags").get_json()["tags"] == before
