@@ -160,9 +160,9 @@ def list_probes(lib: Library) -> list[dict]:
 
 
 def tag_with_probe(lib: Library, name: str, *, multi_label: bool = False, threshold: float = 0.5,
-                   folder: str | None = None, dry_run: bool = False) -> TagStats:
-    """Tag the library (or a folder of it) with a stored probe, as the pass ``probe:NAME``."""
+                   folder: str | None = None, dry_run: bool = False, set_name: str | None = None) -> TagStats:
+    """Tag the library (or a folder of it) with a stored probe, as the pass ``probe:NAME`` (or ``set_name``)."""
     classes, w, b, model = load_probe(lib, name)
     spec = PassSpec(f"probe:{name}", tuple(classes), model_identity=model, multi_label=multi_label,
-                    threshold=threshold if multi_label else None)
+                    threshold=threshold if multi_label else None, name=set_name)
     return apply_classifier(lib, lambda vectors: predict(vectors, w, b), spec, folder=folder, dry_run=dry_run)

@@ -147,10 +147,12 @@ def tag_library(
     threshold: float = 0.5,
     folder: str | None = None,
     dry_run: bool = False,
+    set_name: str | None = None,
 ) -> TagStats:
     """Tag every picture (or those under ``folder``) with zero-shot probabilities, as this label set's pass.
 
     A label may be written ``LABEL=PROMPT``: the tag is LABEL, the text encoded is PROMPT.
+    With ``set_name`` the pass is the one of that name, whatever labels it ran before.
     """
     prompts = label_prompts(labels)
     if len(prompts) < 2:
@@ -158,7 +160,7 @@ def tag_library(
     templates = check_templates(templates)
     names = list(prompts)
     spec = PassSpec(ZERO_SHOT, tuple(names), prompts, tuple(templates), encoder.spec.identity, multi_label,
-                    threshold if multi_label else None)
+                    threshold if multi_label else None, name=set_name)
     label_vecs = label_vectors(encoder, [prompts[n] for n in names], templates)
     scale = encoder.logit_scale
     return apply_classifier(lib, lambda vectors: softmax(scale * vectors @ label_vecs.T), spec, folder=folder,
