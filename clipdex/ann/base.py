@@ -110,6 +110,21 @@ class Base:
             params.sel = selector
         return _found(*self.index.search(q, k, params=params))
 
+    def range_search(self, queries: np.ndarray, threshold: float, selector: faiss.IDSelector | None = None,
+                     nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every vector scoring above ``threshold`` with each query, FAISS style: ``(lims, ids, scores)``,
+        query ``i``'s hits at ``lims[i]:lims[i + 1]``. An IVF's scores are approximate (8-bit codes) and it
+        visits ``nprobe`` lists (default: the tuned one) around each query."""
+        q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.index.d)
+        if self.kind == FLAT:
+            params = faiss.SearchParameters(sel=selector) if selector is not None else None
+        else:
+            params = faiss.SearchParametersIVF(nprobe=max(1, min(self.nlist, nprobe or self.nprobe)))
+            if selector is not None:
+                params.sel = selector
+        lims, scores, ids = self.index.range_search(q, float(threshold), params=params)
+        return lims.astype(np.int64), ids.astype(np.int64), scores
+
     # -- files --------------------------------------------------------------------------
     def path_in(self, folder: Path) -> Path:
         return folder / f"index.{self.generation}.{_SUFFIX[self.kind]}"

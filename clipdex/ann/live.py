@@ -19,6 +19,9 @@ from clipdex.ann.base import IVF, Base
 
 #: Vectors by id, exactly as stored: what approximate candidates are re-scored with.
 Fetch = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+#: How far below a range search's threshold an IVF base is searched: its 8-bit codes misjudge a cosine
+#: by less than this, so no pair above the threshold is lost to quantisation (they are re-scored exactly).
+_IVF_MARGIN = 0.02
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,48 @@ class LiveIndex:
         candidates, _ = base.search(q, max(2 * k, k + 32), selector, fraction)
         ids, vectors = self.fetch(candidates)  # a picture removed meanwhile is simply not returned
         return ids, vectors @ q
+
+    def range_search(self, queries: np.ndarray, threshold: float, limit: int | None = None,
+                     nprobe: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """For each unit query, ``(ids, scores)`` of every picture whose exact cosine is at least ``threshold``,
+        best first (at most ``limit``): the base (its hidden ids left out) and the overlay.
+
+        An IVF base is searched a little below ``threshold`` (its 8-bit scores are approximate) and
+        its candidates re-scored with the stored vectors; ``nprobe``: lists visited (default: tuned).
+        """
+        q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        found: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(len(q))]
+        if self.over_vectors is not None and len(self.over_ids):
+            rows, cols = np.nonzero(q @ self.over_vectors.T >= threshold)
+            scores = np.einsum("ij,ij->i", q[rows], self.over_vectors[cols])
+            for i in np.unique(rows):
+                at = rows == i
+                found[i].append((self.over_ids[cols[at]], scores[at]))
+        if self.base is not None and self.base.count:
+            selector, _ = self._selector(None, [])
+            approximate = self.base.kind == IVF
+            lims, ids, scores = self.base.range_search(q, threshold - (_IVF_MARGIN if approximate else 0.0),
+                                                       selector, nprobe)
+            if approximate and len(ids):
+                known, vectors = self.fetch(np.unique(ids))  # a picture removed meanwhile is not returned
+                at = np.minimum(np.searchsorted(known, ids), max(0, len(known) - 1))
+                present = known[at] == ids if len(known) else np.zeros(len(ids), bool)
+                rows = np.repeat(np.arange(len(q)), np.diff(lims))
+                exact = np.full(len(ids), -2.0, np.float32)
+                exact[present] = np.einsum("ij,ij->i", q[rows[present]], vectors[at[present]])
+                scores = exact
+            for i in range(len(q)):
+                part = slice(lims[i], lims[i + 1])
+                keep = scores[part] >= threshold
+                if keep.any():
+                    found[i].append((ids[part][keep], scores[part][keep]))
+        out = []
+        for parts in found:
+            ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+            scores = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.float32)
+            order = np.lexsort((ids, -scores))[:limit]
+            out.append((ids[order], scores[order].astype(np.float32)))
+        return out
 
     def _selector(self, allowed: np.ndarray | None, keep: list) -> tuple[faiss.IDSelector | None, float]:
         """The FAISS selector for the base (hidden ids out, only ``allowed`` in) and the share it lets through."""
