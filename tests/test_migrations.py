@@ -131,7 +131,7 @@ def test_an_upgraded_database_has_the_schema_of_a_new_one(v1_db, tmp_path):
                 sorted((x["name"], tuple(x["column_names"]), bool(x["unique"])) for x in i.get_indexes(table)),
                 sorted(tuple(u["column_names"]) for u in i.get_unique_constraints(table)))
 
-    for table in ("tags", "tag_passes", "vector_changes"):
+    for table in ("tags", "tag_passes", "vector_changes", "held_models", "model_vectors"):
         assert shape(old, table) == shape(new, table), table
 
 
@@ -171,3 +171,28 @@ def test_a_library_from_before_the_change_log_keeps_its_index_file_and_follows_b
     ids, vectors = writer.load_vectors()
     assert after.search(vectors[-1], 1)[0][0] == int(ids[-1])
 
+
+
+TINY_B = f"local-dir:{Path(__file__).parent / 'data' / 'tiny-b'}"
+
+
+def test_a_v1_library_upgraded_in_place_takes_a_second_model_and_switches_back_without_reencoding(v1_library):
+    """Schema 6 (several models' vectors): a 0.1.0 library upgrades holding its one model, then ``index --model``
+    builds tiny-b's vectors beside tiny's, and ``models use tiny`` brings back the very vectors 0.1.0 wrote."""
+    from clipdex.library.held import listing
+
+    lib_dir, pics = v1_library
+    with sqlite3.connect(lib_dir / "clipdex.db") as conn:
+        before = dict(conn.execute("SELECT id, vector FROM images").fetchall())
+    lib = Library.open(lib_dir)
+    assert [(e.model, e.pictures, e.active, e.complete) for e in listing(lib)] == [("tiny", 24, True, True)]
+
+    stats = Indexer(lib, TINY_B, workers=1, progress=False).run([str(pics)], switch=True)
+    assert (stats.encoded, stats.rebuilt, lib.dim) == (24, True, 32)
+    assert [(e.model, e.pictures, e.active) for e in listing(lib)] == [
+        (str(lib.model_spec), 24, True), ("tiny", 24, False)]
+
+    back = Indexer(lib, "tiny", workers=1, progress=False).use()
+    assert (back.encoded, back.reused, str(lib.model_spec), lib.dim) == (0, 24, "tiny", 64)
+    ids, vectors = lib.load_vectors()
+    assert {int(i): v.tobytes() for i, v in zip(ids, vectors)} == before

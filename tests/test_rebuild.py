@@ -115,6 +115,10 @@ def test_a_rebuild_covers_the_whole_library_and_reports_what_is_gone(tmp_path, e
     fresh = Library.open(lib.path)
     assert fresh.info()["images"] == 45 and fresh.model_spec.identity == other_model
     assert sum(1 for p in fresh.load_vectors()[0]) == fresh.index().ntotal == 45
+    from clipdex.library.held import listing  # tiny's vectors are kept, less those of the pictures removed
+
+    assert [(e.model, e.pictures, e.total, e.active) for e in listing(fresh)] == [
+        (other_model, 45, 45, True), ("tiny", 45, 45, False)]
 
 
 def test_staging_made_for_another_model_is_discarded(copied, collection, other_model, encoder):
