@@ -205,3 +205,45 @@ def test_api_refuses_matches_without_text_and_bad_values(client, world):
     assert client.get("/api/search?q=a+star&sort=name").status_code == 400
     plain = client.get("/api/search?q=a+star&k=3").get_json()
     assert all(0 <= r["relevance"] <= 1 for r in plain["results"]) and "matches" not in plain
+
+
+@pytest.fixture(scope="module")
+def served(world):
+    import threading
+
+    import waitress
+
+    srv = waitress.create_server(create_app({"LIBRARY": world.lib.path}), host="127.0.0.1", port=0, threads=2)
+    threading.Thread(target=srv.run, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.effective_port}"
+    srv.close()
+
+
+def test_the_page_toggle_shows_only_matches_with_relevance_and_sorts_by_date(browser, served, client, world):
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 1200, "height": 800})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+    page.goto(served + "/?q=a+star")
+    expect(page.locator("#status")).to_contain_text("results for")
+    page.check("#matches")
+    stars = showing(world, lambda s: s.shape == "star")
+    expect(page.locator("#status")).to_have_text(f"{len(stars)} matches for “a star”")
+    assert "matches=1" in page.url
+    assert {t.replace(served, "") for t in page.locator("#grid .card").evaluate_all("cs => cs.map(c => c.title)")} \
+        == stars
+    assert all(float(s) >= MATCH for s in page.locator("#grid .card .score").all_text_contents())
+    page.select_option("#sort", "date")
+    expect(page).to_have_url(f"{served}/?q=a+star&matches=1&sort=date")
+    by_date = client.get("/api/search?q=a+star&matches=1&sort=date&k=100").get_json()["results"]
+    expect(page.locator("#grid .card")).to_have_count(len(by_date))
+    assert page.locator("#grid .card").evaluate_all("cs => cs.map(c => c.title)") == [r["path"] for r in by_date]
+    absent = world.absent[2]
+    page.fill("#q", f"a {absent.color} {absent.shape}")
+    page.keyboard.press("Enter")
+    expect(page.locator("#status")).to_have_text(f"Nothing matches “a {absent.color} {absent.shape}”.")
+    expect(page.locator("#empty-hints")).to_contain_text("No picture matches; the closest has relevance")
+    assert page.locator("#grid .card").count() == 0 and errors == []
+    context.close()

@@ -363,7 +363,10 @@ function setOptions(params) {
 
 for (const name of ["matches", "sort"]) {
   $(name).addEventListener("change", () => {
-    const params = setOptions(new URLSearchParams(location.search));
+    const q = $("q").value.trim(); // what is typed runs, as the Search button would run it
+    const params = q ? formFilters() : new URLSearchParams(location.search);
+    if (q) params.set("q", q);
+    setOptions(params);
     if (params.get("q") || params.get("similar")) navigate(params);
     else history.replaceState(null, "", `?${params}`);
   });
