@@ -189,3 +189,44 @@ def test_forged_cross_site_writes_are_refused(client, headers, body, status):
             r = client.open("/api/images/1/tags", method=method, data='{"label": "pwned"}', headers=headers)
         assert r.status_code == status and set(r.get_json()) == {"status", "message"}
     assert client.get("/api/images/1/tags").get_json()["tags"] == before
+
+
+def test_in_a_browser_a_tag_is_added_and_removed_in_the_detail_view(browser, lib_dir):
+    """Debian's chromium against the real app on loopback: tagedit.js lists, adds and removes tags."""
+    import threading
+
+    import waitress
+    from playwright.sync_api import expect
+
+    cli("tag", "--set", "kind", "--labels", SHAPE_LABELS, "--library", lib_dir)
+    srv = waitress.create_server(create_app({"LIBRARY": lib_dir}), host="127.0.0.1", port=0, threads=4)
+    threading.Thread(target=srv.run, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.effective_port}"
+    context = browser.new_context()
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+    try:
+        page.goto(url + "/?q=a+red+circle")
+        page.locator("#grid .card").first.click()
+        expect(page.locator("#detail")).to_be_visible()
+        tags = page.locator("#detail-tags li")
+        expect(tags.first.locator("button.tag-remove")).to_be_visible()  # the list is tagedit.js's own
+        given = tags.first.get_attribute("data-label")
+        assert given in SHAPES and "kind" in tags.first.get_attribute("title")
+        page.fill("#tag-add-label", "beach")
+        page.keyboard.press("Enter")
+        expect(page.locator('#detail-tags li[data-label="beach"]')).to_be_visible()
+        expect(page.locator("#tag-add-label")).to_have_value("")
+        page.get_by_role("button", name=f"Remove tag {given}").click()
+        expect(page.locator(f'#detail-tags li[data-label="{given}"]')).to_have_count(0)
+        expect(page.locator("#tag-edit-error")).to_be_hidden()
+        path = page.locator("#detail-path").text_content()
+        rows = [r for r in export(lib_dir) if r["path"] == path]
+        assert [(r["label"], r["source"]) for r in rows] == [("beach", "person")]
+        page.fill("#tag-add-label", "x" * 100 + "y")  # the field stops at 100 characters: the server's limit
+        assert len(page.locator("#tag-add-label").input_value()) == 100
+        assert not errors, errors
+    finally:
+        context.close()
+        srv.close()
