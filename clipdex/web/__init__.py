@@ -44,7 +44,7 @@ def create_app(config: dict | None = None) -> Flask:
     """The application for one library (see the module docstring for ``config``)."""
     from flask import Flask
 
-    from clipdex.web import api, errors, pages, security, tagedit
+    from clipdex.web import api, duplicates, errors, pages, security, tagedit
     from clipdex.web.state import WebState
     from clipdex.web.uploads import UploadDecoder
 
@@ -69,6 +69,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(tagedit.bp)
+    app.register_blueprint(duplicates.bp)
     if app.config["WARM_UP"]:
         state.warm_up()
     return app
