@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from clipdex.indexer import Indexer
 from clipdex.library import Library
 from clipdex.models import Encoder
 from clipdex.search import build_query
@@ -129,7 +128,10 @@ def test_probes_and_tags_stay_usable_with_their_model_and_a_held_model_completes
     by_tiny = _tags(lib_dir, "probe:colours")
     assert len(by_tiny) == 24 and all(Path(p).parent.name == label for p, label in by_tiny.items())
 
-    Indexer(Library.open(lib_dir), TINY_B, workers=1, progress=False).run([str(pics)], switch=True)
+    out = invoke("index", str(pics), "--library", str(lib_dir), "--model", TINY_B, "--workers", "1")
+    assert out.exit_code == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == (f"now using {Encoder(TINY_B).spec} (24 pictures encoded, 0 vectors reused); "
+                                           "the previous model's vectors are kept: see clipdex models")
     assert web.encoder().spec.identity == Encoder(TINY_B).spec.identity  # a server follows the switch
     out = invoke("tag", "--probe", "colours", "--library", str(lib_dir), "--json")  # tiny's probe, tiny's vectors
     assert out.exit_code == 0, out.stderr
