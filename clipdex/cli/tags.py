@@ -168,8 +168,7 @@ def _person_edit(library: Path | None, paths: tuple[str, ...], label: str, actio
         return
     passes = ", ".join(f"{n} from {printable(name)}" for name, n in sorted(edit.tags_removed.items()))
     click.echo(f'took "{shown}" off {plural(edit.changed, "picture", "pictures")}'
-               f"{f' ({passes})' if passes else ''}; no tagging pass gives it back to these "
-               f"{plural(edit.pictures, 'picture', 'pictures')}")
+               f"{f' ({passes})' if passes else ''}; tagging passes will not give it back")
 
 
 @tags.command("add")
@@ -228,6 +227,8 @@ def tags_sets(library: Path | None, as_json: bool) -> None:
         line = f"{printable(r['name'])}  [{r['kind']}, {plural(r['tags'], 'tag', 'tags')}]"
         if r["labels"]:
             line += "  labels: " + printable(", ".join(r["labels"]))
+        if r["templates"]:
+            line += "  templates: " + printable(" | ".join(r["templates"]))
         if r["model"]:
             line += f"  model: {r['model']}"
         click.echo(line)

@@ -326,7 +326,8 @@ def drop_pass(lib: Library, name: str) -> int:
     with lib.write_lock(), lib.session() as s:
         row = s.scalar(select(TagPassRow).where(TagPassRow.name == name))
         if row is None:
-            known = ", ".join(repr(n) for n in s.scalars(select(TagPassRow.name).order_by(TagPassRow.name)))
+            known = ", ".join(repr(n) for n in s.scalars(select(TagPassRow.name).where(TagPassRow.key != PERSON)
+                                                         .order_by(TagPassRow.name)))
             raise UsageError(f"no tagging pass is named {name[:100]!r} (there are: {known or 'none'})")
         gone = delete_in_chunks(s, TagRow.pass_id, [row.id])
         s.delete(row)
