@@ -179,6 +179,8 @@ def test_probe_from_another_model_is_refused(tmp_path):
     shutil.copytree(tiny_model_dir(), other)
     assert run_cli("index", str(pics), "--library", str(lib), "--rebuild", "--model", f"local-dir:{other}"
                    ).returncode == 0
+    # the library still holds tiny's vectors, which the probe would read (tests/test_model_switch.py): drop them
+    assert run_cli("models", "drop", "tiny", "--library", str(lib)).returncode == 0
     out = run_cli("tag", "--probe", "codes", "--library", str(lib))
     assert out.returncode == 2
     assert out.stderr == ("Error: probe 'codes' was trained on embeddings of model clipdex:tiny-shapes, but this "
