@@ -225,7 +225,8 @@ def export_sidecars(lib: Library, into: str | Path | None = None, naming: str = 
     """Write every tagged picture's sidecar: next to it, or under ``into`` in the pictures' own layout.
 
     Pictures without tags get no new sidecar, but an existing one loses what clipdex put
-    there before. Originals are never written; files named like a picture are refused.
+    there before. Pictures sharing a sidecar (``stem`` naming: a raw file and its JPEG) put
+    all their tags in it. Originals are never written; files named like a picture are refused.
     """
     sidecar_name("x", naming)
     by_path: dict[str, list[dict]] = {}
@@ -236,12 +237,14 @@ def export_sidecars(lib: Library, into: str | Path | None = None, naming: str = 
     pictures = set(every)
     report = SidecarReport(pictures=len(every))
     base = layout_base(lib, every) if into is not None else None
+    targets: dict[Path, list[dict]] = {}  # with stem naming, photo.cr2 and photo.jpg share photo.xmp: both tags
     for path in every:
-        tags = by_path.get(path, [])
         if into is None:
             target = Path(sidecar_name(path, naming))
         else:
             target = Path(into) / sidecar_name(os.path.relpath(path, base), naming)
+        targets.setdefault(target, []).extend(by_path.get(path, []))
+    for target, tags in targets.items():
         if str(target) in pictures or os.path.abspath(target) in pictures:
             report.skipped.append({"path": str(target), "reason": "a picture of the library has this name"})
             continue

@@ -186,3 +186,22 @@ def test_export_option_errors_are_one_line(own, tmp_path):
     assert r.stderr.startswith("Error: --output is for csv and json") and len(r.stderr.splitlines()) == 1
     r = cli("tags", "export", "--format", "csv", "--into", str(tmp_path / "d"), "--library", lib_dir, code=2)
     assert r.stderr.strip() == "Error: --into and --json are for --format xmp"
+
+
+def test_a_raw_and_its_jpeg_share_one_stem_sidecar_with_both_pictures_tags(own, tmp_path):
+    from clipdex.synthetic import Sample, draw
+
+    lib_dir, _ = own
+    pair = tmp_path / "pair"
+    pair.mkdir()
+    draw(Sample("red", "star")).save(pair / "IMG_1.jpg", "JPEG")
+    draw(Sample("blue", "star")).save(pair / "IMG_1.png", "PNG")
+    Indexer(Library.open(lib_dir), TINY_MODEL, workers=1, progress=False).run([str(pair)])
+    cli("tags", "add", str(pair / "IMG_1.jpg"), "from-the-jpeg", "--library", lib_dir)
+    cli("tags", "add", str(pair / "IMG_1.png"), "from-the-png", "--library", lib_dir)
+    report = json.loads(cli("tags", "export", "--format", "xmp", "--naming", "stem", "--library", lib_dir,
+                            "--json").stdout)
+    assert report["pictures"] == 26 and report["created"] == 25  # 24 + the pair's one
+    got = exif(pair / "IMG_1.xmp")[0]
+    assert {"from-the-jpeg", "from-the-png"} <= set(as_list(got["XMP-dc:Subject"]))
+    assert sorted(p.name for p in pair.iterdir()) == ["IMG_1.jpg", "IMG_1.png", "IMG_1.xmp"]
