@@ -64,6 +64,18 @@ def test_a_named_pass_is_replaced_whatever_labels_it_runs(lib_dir):
            "model: " in cli("tags", "sets", "--library", lib_dir).stdout
 
 
+def test_a_probe_runs_as_a_named_pass_too(lib_dir, collection):
+    root = next(iter(collection)).parent.parent  # one folder per colour: the probe's classes
+    cli("probe", "train", str(root), "--name", "colours", "--library", lib_dir)
+    first = json.loads(cli("tag", "--probe", "colours", "--set", "mine", "--library", lib_dir, "--json").stdout)
+    assert first["pass"]["name"] == "mine" and first["added"] == 120
+    sets = {s["name"]: s for s in json.loads(cli("tags", "sets", "--library", lib_dir, "--json").stdout)}
+    assert sets["mine"]["kind"] == "probe:colours" and sorted(sets["mine"]["labels"]) == sorted(COLORS)
+    cli("tag", "--set", "mine", "--labels", SHAPE_LABELS, "--library", lib_dir)  # words now, same pass
+    rows = export(lib_dir)
+    assert {r["pass"] for r in rows} == {"mine"} and {r["label"] for r in rows} <= set(SHAPES) and len(rows) == 120
+
+
 def test_person_tags_survive_passes_and_removals_stick(lib_dir, collection):
     cli("tag", "--set", "kind", "--labels", SHAPE_LABELS, "--library", lib_dir)
     rows = export(lib_dir)
