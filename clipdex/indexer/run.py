@@ -143,6 +143,7 @@ class Indexer:
         start = time.monotonic()
         stats = self.stats = IndexStats()
         self.prune_empty = prune_empty
+        self._staging = False  # set once the run encodes into the staging table (a rebuild, a model switch)
         try:
             with self.lib.write_lock():
                 try:
@@ -151,11 +152,11 @@ class Indexer:
                     self.lib.discard_if_unused()
                     raise
         except DiskFull:
-            raise DiskFull(self._disk_full(stats, rebuild or switch)) from None
+            raise DiskFull(self._disk_full(stats, self._staging)) from None
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
-            raise DiskFull(self._disk_full(stats, rebuild or switch)) from None
+            raise DiskFull(self._disk_full(stats, self._staging)) from None
         stats.seconds = time.monotonic() - start
         stats.images_per_second = stats.processed / stats.encode_seconds if stats.encode_seconds else 0.0
         return stats
@@ -183,6 +184,7 @@ class Indexer:
             return
         from clipdex.indexer.rebuild import rebuild_library
 
+        self._staging = True
         swapped = rebuild_library(self, encoder, Scan(roots), stats, reuse=switch)
         self._update(encoder, roots, stats, fresh=swapped.ids, fresh_skips=set(swapped.skipped))
 
