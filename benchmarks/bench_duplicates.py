@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from clipdex.ann.synthetic import clip_like_vectors
-from clipdex.duplicates import DEFAULT_THRESHOLD, find_duplicates
+from clipdex.duplicates import DEFAULT_THRESHOLD, TINY_THRESHOLD, find_duplicates
 from clipdex.duplicates.generated import write_collection
 from clipdex.duplicates.pixels import MAX_DIFFERENCE, difference, signature_of_file
 from clipdex.indexer import Indexer
@@ -118,7 +118,8 @@ def main() -> None:
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-quality", action="store_true")
     args = parser.parse_args()
-    print(f"default threshold: cosine {DEFAULT_THRESHOLD}, pixel difference {MAX_DIFFERENCE}")
+    print(f"default thresholds: cosine {DEFAULT_THRESHOLD} (CLIP models), {TINY_THRESHOLD} (tiny model); "
+          f"pixel difference {MAX_DIFFERENCE}")
     if not args.skip_quality:
         with tempfile.TemporaryDirectory() as tmp:
             q = quality(args.subjects, Path(tmp))
