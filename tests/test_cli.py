@@ -141,8 +141,9 @@ def test_query_with_another_model_is_refused(tmp_path, library):
     out = invoke("search", "a cat", "--library", str(library.path), "--model", f"local-dir:{other}")
     assert out.exit_code == 2
     assert out.stderr == (f"Error: library {library.path} was built with model tiny, not local-dir:{other}: their "
-                          f"vectors cannot be compared (omit --model, or re-encode everything with: clipdex index "
-                          f"PATH --rebuild --model local-dir:{other})\n")
+                          f"vectors cannot be compared (omit --model, or switch the library to it, the current "
+                          f"model answering meanwhile: clipdex index PATH --model local-dir:{other}; clipdex models "
+                          f"lists what it holds)\n")
 
 
 @pytest.mark.parametrize("args,message", [
@@ -155,7 +156,7 @@ def test_query_with_another_model_is_refused(tmp_path, library):
     (["tag", "--labels", "cat"], "Error: need at least two distinct labels to choose between, got 1\n"),
     (["tag"], "Error: give exactly one of --labels, --labels-file or --probe\n"),
     (["tags", "export", "--format", "xml"],
-     "Error: Invalid value for '--format': 'xml' is not one of 'csv', 'json'. (see: clipdex tags export --help)\n"),
+     "Error: Invalid value for '--format': 'xml' is not one of 'csv', 'json', 'xmp'. (see: clipdex tags export --help)\n"),
 ])
 def test_usage_errors(library, tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)

@@ -43,7 +43,8 @@ def cli_hint(exc: ClipdexError) -> str:
             return f" (run: clipdex index PATH --library {exc.path})"
         return f" (create one with: clipdex index PATH --library {exc.path})"
     if isinstance(exc, ModelMismatch) and exc.requested:
-        return f" (omit --model, or re-encode everything with: clipdex index PATH --rebuild --model {exc.requested})"
+        return (f" (omit --model, or switch the library to it, the current model answering meanwhile: "
+                f"clipdex index PATH --model {exc.requested}; clipdex models lists what it holds)")
     if isinstance(exc, ModelUnavailable) and exc.fetch_failed:
         return ("; download it on a connected machine and point --model local-dir:DIR at a folder "
                 "holding open_clip_config.json and the weights")

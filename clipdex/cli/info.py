@@ -44,10 +44,13 @@ def _rows(facts: dict) -> list[tuple[str, str]]:
         ("index", _index_line(facts)),
         ("size on disk", f"{facts['size_bytes'] / 1e6:.1f} MB"),
         ("probes", ", ".join(facts["probes"]) or "none"),
+        ("other models", ", ".join(f"{m['model']} ({m['pictures']} of {m['total']} pictures"
+                                   f"{', building' if m['building'] else ''})" for m in facts["held_models"])
+         or "none  (clipdex models)"),
     ]
     shown = {"library", "demo", "images", "skipped", "tagged_images", "tag_labels", "model", "embedding_dim",
              "index_type", "index_setting", "index_nlist", "index_nprobe", "index_recall_at_10", "index_trained_on",
-             "index_generation", "generation", "size_bytes", "probes"}
+             "index_generation", "generation", "size_bytes", "probes", "held_models"}
     return rows + [(key.replace("_", " "), str(value)) for key, value in facts.items() if key not in shown]
 
 
@@ -59,10 +62,11 @@ def info(library: Path | None, as_json: bool) -> None:
     """Show the library's folder, counts, model, index and size on disk."""
     from clipdex.classify.probe import list_probes
     from clipdex.demo import DEMO_META
-    from clipdex.library import Library
+    from clipdex.library import Library, held
 
     lib = Library.open(library_path(library))
-    facts = {**lib.info(), "demo": lib.get_meta(DEMO_META) == "1", "probes": [p["name"] for p in list_probes(lib)]}
+    facts = {**lib.info(), "demo": lib.get_meta(DEMO_META) == "1", "probes": [p["name"] for p in list_probes(lib)],
+             "held_models": [m.as_dict() for m in held.listing(lib) if not m.active]}
     if as_json:
         print_json(facts)
         return
