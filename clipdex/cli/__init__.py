@@ -14,7 +14,7 @@ from typing import IO, Any
 import click
 
 from clipdex import __version__
-from clipdex.cli import classify, common, duplicates, indexing, info, models, search, serve, tags
+from clipdex.cli import classify, common, duplicates, indexing, info, models, search, serve, tags, watch
 
 
 class OneLineUsageError(click.UsageError):
@@ -70,6 +70,7 @@ for command in (indexing.index, search.search, tags.tag, tags.tags, info.info, i
     main.add_command(command)
 main.add_command(models.models)
 main.add_command(duplicates.duplicates)
+main.add_command(watch.watch)
 
 
 def run() -> None:

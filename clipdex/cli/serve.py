@@ -89,10 +89,13 @@ def _url(host: str, server) -> str:  # noqa: ANN001 - a waitress server
               help="Also answer requests addressed to NAME (a name this machine is reached by, e.g. through "
                    "a proxy). Others are refused, which stops web pages elsewhere from reaching the server "
                    "through DNS rebinding. Repeatable.")
+@click.option("--watch", "follow", is_flag=True,
+              help="Keep the library current while serving: a `clipdex watch` process follows every folder the "
+              "library was indexed from (its lines show here); searches see what it indexes as it commits.")
 @backend_option
 @fail_cleanly
 def serve(library: Path | None, host: str, port: int, threads: int, allowed_hosts: tuple[str, ...],
-          backend: str | None) -> None:
+          follow: bool, backend: str | None) -> None:
     """Search the library in a browser, with a JSON API under /api (waitress WSGI server).
 
     The server starts even without a library (or with a damaged one): the page and the API
@@ -125,7 +128,19 @@ def serve(library: Path | None, host: str, port: int, threads: int, allowed_host
     if problem is None:
         threading.Thread(target=state.warm_up_image, name="clipdex-image-tower", daemon=True).start()
     click.echo(f"clipdex: serving {path} on {_url(host, server)}  (Ctrl-C stops)")
+    watcher, interrupted = None, False
+    if follow:
+        from clipdex.indexer.watch import start_watch_process
+
+        watcher = start_watch_process(path, backend)
     try:
         server.run()
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
         app.extensions["clipdex_uploads"].close()
+        if watcher is not None:
+            from clipdex.indexer.watch import stop_watch_process
+
+            stop_watch_process(watcher, grace=10.0 if interrupted else 0.0)  # Ctrl-C reached it too

@@ -1,0 +1,336 @@
+"""``clipdex watch``: a real watchdog observer on real folders, real passes of the indexer into a real library.
+
+The watcher runs in a thread with short settle times; tests wait for conditions (a pass, a
+row) with a deadline, never for a fixed time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from clipdex.indexer import Indexer
+from clipdex.indexer.watch import PassReport, Watcher
+from clipdex.library import Library, writes
+from clipdex.models import TINY_MODEL
+from clipdex.synthetic import write_collection
+from tests.terminal import Terminal, processes_in_group
+
+DEADLINE = 60.0
+
+
+def wait_until(condition: Callable[[], object], what: str, deadline: float = DEADLINE) -> object:
+    end = time.monotonic() + deadline
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+class Running:
+    """A :class:`Watcher` in a thread, and what it said."""
+
+    def __init__(self, watcher: Watcher):
+        self.watcher = watcher
+        self.events: list[tuple[str, dict]] = []
+        watcher.notify = lambda kind, details: self.events.append((kind, details))
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.watcher.run(self.stop)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test
+            self.errors.append(exc)
+
+    @property
+    def reports(self) -> list[PassReport]:
+        return self.watcher.reports
+
+    def next_pass(self, after: int) -> PassReport:
+        """The first pass after the ``after`` passes seen so far (waits for it)."""
+        wait_until(lambda: len(self.reports) > after or self.errors, "a pass")
+        assert not self.errors, self.errors
+        return self.reports[after]
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _ in self.events]
+
+
+@contextmanager
+def watching(lib: Library, roots: list[Path] | None, **options: object) -> Iterator[Running]:
+    options = {"quiet": 0.3, "recheck": 0.2, "retry": 0.2, "workers": 1, **options}
+    run = Running(Watcher(lib, [str(r) for r in roots] if roots is not None else None, TINY_MODEL, **options))
+    run.thread.start()
+    try:
+        run.next_pass(0)  # the catch-up sweep
+        yield run
+    finally:
+        run.stop.set()
+        run.thread.join(timeout=30)
+        assert not run.thread.is_alive()
+    assert not run.errors, run.errors
+    assert run.kinds()[-1] == "stopped"
+
+
+def rows(lib: Library) -> dict[str, writes.KnownRow]:
+    return {r.path: r for r in writes.known_rows(lib, lambda _p: True)}
+
+
+@pytest.fixture()
+def pics(tmp_path) -> Path:
+    write_collection(tmp_path / "pics", per_class=1, seed=11, samples=None)
+    return tmp_path / "pics"
+
+
+@pytest.fixture()
+def spare(tmp_path) -> Path:
+    """Pictures outside the watched folder, to copy in."""
+    write_collection(tmp_path / "spare", per_class=1, seed=12)
+    return tmp_path / "spare"
+
+
+def test_new_changed_moved_and_deleted_pictures_follow_the_folder(tmp_path, pics, spare):
+    lib = Library.create(tmp_path / "lib")
+    with watching(lib, [pics]) as run:
+        first = run.reports[0]
+        assert first.stats.indexed == len(rows(lib)) == 24 and first.changes == 0
+
+        new = pics / "red" / "new.jpg"
+        shutil.copy(spare / "blue" / "circle-000.jpg", new)
+        report = run.next_pass(1)
+        assert report.stats.indexed == 1 and report.changes >= 1
+        assert str(new) in rows(lib)
+        assert str(new) in {lib_path for lib_path in rows(lib)} and lib.index().ids().size == 25  # searchable
+
+        old = rows(lib)[str(new)]
+        shutil.copy(spare / "green" / "square-000.jpg", new)  # the same file, other content
+        report = run.next_pass(2)
+        assert report.stats.indexed == 1 and report.stats.encoded == 1
+        changed = rows(lib)[str(new)]
+        assert changed.id == old.id and changed.content_hash != old.content_hash
+
+        moved = pics / "blue" / "moved.jpg"
+        os.rename(new, moved)
+        report = run.next_pass(3)
+        assert (report.stats.moved, report.stats.encoded, report.stats.removed) == (1, 0, 0)
+        assert rows(lib)[str(moved)].id == old.id and str(new) not in rows(lib)
+
+        moved.unlink()
+        report = run.next_pass(4)
+        assert report.stats.removed + report.forgotten == 1
+        assert str(moved) not in rows(lib) and len(rows(lib)) == 24 and lib.index().ids().size == 24
+
+
+def test_a_renamed_folder_is_moves_and_nothing_is_encoded(tmp_path, pics):
+    lib = Library.create(tmp_path / "lib")
+    with watching(lib, [pics]) as run:
+        before = {p: r.id for p, r in rows(lib).items() if "/red/" in p}
+        assert len(before) == 4
+        os.rename(pics / "red", pics / "rouge")
+        report = run.next_pass(1)
+        assert (report.stats.moved, report.stats.encoded, report.stats.removed, report.forgotten) == (4, 0, 0, 0)
+        after = {p: r.id for p, r in rows(lib).items() if "/rouge/" in p}
+        assert sorted(after.values()) == sorted(before.values())
+        assert {p.replace("/rouge/", "/red/") for p in after} == set(before)
+
+
+def test_a_copy_of_many_files_becomes_few_passes(tmp_path, pics):
+    lib = Library.create(tmp_path / "lib")
+    many = tmp_path / "many"
+    write_collection(many, per_class=5, seed=13)  # 120 pictures
+    with watching(lib, [pics], quiet=0.5) as run:
+        shutil.copytree(many, pics / "many")
+        wait_until(lambda: sum(r.stats.indexed for r in run.reports[1:]) >= 120, "the whole copy indexed")
+        passes = run.reports[1:]
+        assert len(rows(lib)) == 24 + 120
+        assert 1 <= len(passes) <= 3, [r.summary() for r in passes]
+        assert sum(r.stats.indexed for r in passes) == 120 and sum(r.stats.skipped for r in passes) == 0
+
+
+def test_a_file_still_being_written_waits_until_it_is_complete(tmp_path, pics, spare):
+    lib = Library.create(tmp_path / "lib")
+    data = (spare / "red" / "star-000.jpg").read_bytes()
+    target = pics / "red" / "slow.jpg"
+    with watching(lib, [pics], quiet=0.4) as run:
+        with open(target, "wb") as fh:  # written in pieces, each sooner than the settle time after the last
+            for start in range(0, len(data), len(data) // 8):
+                fh.write(data[start:start + len(data) // 8])
+                fh.flush()
+                os.fsync(fh.fileno())
+                time.sleep(0.1)  # a writer's own pace, not a wait for the watcher
+                assert len(run.reports) == 1, "a pass ran while the file was being written"
+        report = run.next_pass(1)
+        assert report.stats.indexed == 1 and report.stats.skipped == 0
+        row = rows(lib)[str(target)]
+        assert row.size == len(data) and not lib.skipped()
+
+
+def test_a_folder_that_goes_away_keeps_its_pictures_and_is_swept_when_back(tmp_path, pics):
+    lib = Library.create(tmp_path / "lib")
+    away = tmp_path / "unmounted"
+    with watching(lib, [pics]) as run:
+        ids = sorted(r.id for r in rows(lib).values())
+        os.rename(pics, away)  # what an unmounted drive looks like from its mount point's parent
+        wait_until(lambda: "offline" in run.kinds(), "the folder reported gone")
+        assert sorted(r.id for r in rows(lib).values()) == ids
+        details = dict(run.events)["offline"]
+        assert details["root"] == str(pics) and details["kept"] == 24
+
+        (away / "red" / "circle-000.jpg").unlink()  # changed while away: seen once it is back
+        os.rename(away, pics)
+        report = run.next_pass(1)
+        assert "back" in run.kinds() and report.roots == [str(pics)]
+        assert (report.stats.unchanged, report.stats.removed, report.stats.encoded) == (23, 1, 0)
+
+        # an empty folder in its place (the bare mount point): nothing is deleted either
+        os.rename(pics, away)
+        pics.mkdir()
+        report = run.next_pass(2)
+        assert report.stats.removed == 0 and report.stats.kept_empty == {str(pics): 23}
+        assert len(rows(lib)) == 23
+
+
+def test_deleting_the_last_picture_of_a_folder_removes_it(tmp_path, pics, spare):
+    """The indexer alone keeps pictures of a folder now empty (it may be a mount point); a deletion seen is one."""
+    lib = Library.create(tmp_path / "lib")
+    (pics / "solo").mkdir()
+    shutil.copy(spare / "red" / "star-000.jpg", pics / "solo" / "only.jpg")
+    with watching(lib, [pics]) as run:
+        assert str(pics / "solo" / "only.jpg") in rows(lib)
+        (pics / "solo" / "only.jpg").unlink()
+        report = run.next_pass(1)
+        assert report.forgotten == 1 and str(pics / "solo" / "only.jpg") not in rows(lib)
+        shutil.rmtree(pics / "green")  # a folder deleted whole
+        report = run.next_pass(2)
+        assert report.stats.removed + report.forgotten == 4
+        assert not [p for p in rows(lib) if "/green/" in p]
+
+
+def test_skip_reasons_are_those_of_index(tmp_path, pics):
+    lib = Library.create(tmp_path / "lib")
+    with watching(lib, [pics]) as run:
+        (pics / "broken.jpg").write_bytes(b"\xff\xd8\xff not a picture")
+        report = run.next_pass(1)
+        assert report.stats.skipped == 1 and report.stats.indexed == 0
+        reference = Library.create(tmp_path / "ref")
+        Indexer(reference, TINY_MODEL, workers=1).run([str(pics)])
+        assert lib.skipped() == reference.skipped() and len(lib.skipped()) == 1
+
+
+def test_polling_where_inotify_is_not_wanted(tmp_path, pics, spare):
+    lib = Library.create(tmp_path / "lib")
+    with watching(lib, [pics], poll=True, poll_interval=0.2) as run:
+        assert dict(run.events)["watching"]["method"] == "polling"
+        shutil.copy(spare / "red" / "star-000.jpg", pics / "polled.jpg")
+        report = run.next_pass(1)
+        assert report.stats.indexed == 1 and str(pics / "polled.jpg") in rows(lib)
+
+
+def test_without_paths_it_follows_the_library_folders(tmp_path, pics, spare):
+    lib = Library.create(tmp_path / "lib")
+    Indexer(lib, TINY_MODEL, workers=1).run([str(pics)])
+    later = tmp_path / "later"
+    later.mkdir()
+    with watching(lib, None) as run:
+        assert run.reports[0].stats.unchanged == 24
+        Indexer(lib, TINY_MODEL, workers=1).run([str(later)])  # another folder indexed while it watches
+        wait_until(lambda: str(later) in run.watcher._watches, "the new folder followed")
+        shutil.copy(spare / "red" / "star-000.jpg", later / "x.jpg")
+        wait_until(lambda: str(later / "x.jpg") in rows(lib), "the picture in the new folder")
+
+
+def test_a_busy_library_is_retried(tmp_path, pics, spare):
+    lib = Library.create(tmp_path / "lib")
+    with watching(lib, [pics]) as run:
+        with lib.write_lock():  # as `clipdex index` would hold it
+            shutil.copy(spare / "red" / "star-000.jpg", pics / "later.jpg")
+            wait_until(lambda: "error" in run.kinds(), "the busy library reported")
+            assert "another clipdex process is writing" in dict(run.events)["error"]["message"]
+        report = run.next_pass(1)
+        assert report.stats.indexed == 1
+
+
+@pytest.mark.slow  # a real process run end to end
+def test_the_command_prints_json_lines_and_ctrl_c_stops_everything(tmp_path, pics):
+    lib = tmp_path / "lib"
+    many = tmp_path / "many"
+    write_collection(many, per_class=20, seed=14)  # 480 pictures: a pass still running when Ctrl-C comes
+    run = Terminal("watch", str(pics), "--library", str(lib), "--model", "tiny", "--workers", "2",
+                   "--batch-size", "4", "--backend", "torch", "--settle", "0.2", "--json")
+    lines: list[dict] = []
+    pending = [""]
+    os.set_blocking(run.proc.stdout.fileno(), False)
+
+    def events() -> list[str]:  # the JSON lines printed so far
+        try:
+            pending[0] += os.read(run.proc.stdout.fileno(), 65536).decode()
+        except BlockingIOError:
+            pass
+        *complete, pending[0] = pending[0].split("\n")
+        lines.extend(json.loads(line) for line in complete if line.strip())
+        return [line["event"] for line in lines]
+
+    wait_until(lambda: "pass" in events(), "the catch-up pass", deadline=120)
+    first = next(line for line in lines if line["event"] == "pass")
+    assert first["indexed"] == 24 and first["roots"] == [str(pics)]
+    shutil.copytree(many, pics / "many")
+    run.wait_for(r"480 new")  # the pass has started (its lines show on a terminal)
+    os.killpg(run.group, signal.SIGINT)  # what Ctrl-C does: SIGINT to the whole foreground group
+    os.set_blocking(run.proc.stdout.fileno(), True)
+    code, out, shown = run.finish()
+    lines.extend(json.loads(line) for line in (pending[0] + out).splitlines() if line.strip())
+    assert code == 0, shown
+    assert "Traceback" not in shown
+    assert lines[-1]["event"] == "stopped"
+    assert processes_in_group(run.group) == []
+    kept = Library.open(lib)
+    ids, _ = kept.load_vectors()
+    assert 24 <= len(ids) <= 24 + 480 and sorted(kept.index().ids().tolist()) == ids.tolist()
+
+
+@pytest.mark.slow  # a real server and its watcher, end to end
+def test_serve_watch_follows_the_library_folders_and_stops_with_the_server(tmp_path, pics, spare):
+    lib = tmp_path / "lib"
+    Indexer(Library.create(lib), TINY_MODEL, workers=1).run([str(pics)])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "clipdex", "serve", "--library", str(lib), "--port", str(port),
+                             "--watch"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        def found(path: Path) -> bool:
+            query = urllib.parse.urlencode({"q": "a picture", "k": 100, "folder": str(path.parent)})
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/search?{query}", timeout=30) as answer:
+                    return str(path) in {hit["path"] for hit in json.load(answer)["results"]}
+            except OSError:
+                return False
+
+        wait_until(lambda: found(pics / "red" / "circle-000.jpg"), "the server answering", deadline=120)
+        target = pics / "red" / "served.jpg"
+        shutil.copy(spare / "blue" / "star-000.jpg", target)
+        wait_until(lambda: found(target), "the new picture searchable through the server", deadline=60)
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert "watching " + str(pics) in out and "stopped watching" in out and "Traceback" not in out, out
+    wait_until(lambda: processes_in_group(proc.pid) == [], "the watcher's processes gone", deadline=10)
