@@ -111,12 +111,12 @@ def test_new_changed_moved_and_deleted_pictures_follow_the_folder(tmp_path, pics
     lib = Library.create(tmp_path / "lib")
     with watching(lib, [pics]) as run:
         first = run.reports[0]
-        assert first.stats.indexed == len(rows(lib)) == 24 and first.changes == 0
+        assert first.stats.indexed == len(rows(lib)) == 24 and first.events == 0
 
         new = pics / "red" / "new.jpg"
         shutil.copy(spare / "blue" / "circle-000.jpg", new)
         report = run.next_pass(1)
-        assert report.stats.indexed == 1 and report.changes >= 1
+        assert report.stats.indexed == 1 and report.events >= 1
         assert str(new) in rows(lib)
         assert str(new) in {lib_path for lib_path in rows(lib)} and lib.index().ids().size == 25  # searchable
 

@@ -57,19 +57,19 @@ class PassReport:
     """One pass: the folders swept, the file events it answers, what the indexer did."""
 
     roots: list[str]
-    changes: int
+    events: int
     stats: IndexStats
     forgotten: int = 0  # pictures removed because their deletion was seen (beyond what the sweep removed)
     waited: float = 0.0  # seconds from the first event of the batch to the start of the pass
 
     def as_dict(self) -> dict:
-        return {"roots": self.roots, "changes": self.changes, "forgotten": self.forgotten,
+        return {"roots": self.roots, "events": self.events, "forgotten": self.forgotten,
                 "waited": round(self.waited, 3), **self.stats.as_dict()}
 
     def summary(self) -> str:
         s = self.stats
         removed = s.removed + self.forgotten
-        what = f"{self.changes} changes in" if self.changes else "swept"
+        what = f"{self.events} file events in" if self.events else "swept"
         return (f"{what} {', '.join(self.roots)}: indexed {s.indexed} (encoded {s.encoded}) · "
                 f"moved {s.moved} · removed {removed} · skipped {s.skipped} · unchanged {s.unchanged} "
                 f"({s.seconds:.1f}s)")
@@ -82,7 +82,7 @@ class _Batch:
     roots: set[str] = field(default_factory=set)    # watched folders to sweep
     files: set[str] = field(default_factory=set)    # files created or written: each must be still
     gone: set[str] = field(default_factory=set)     # paths seen deleted or moved away
-    changes: int = 0
+    events: int = 0
     first: float = 0.0
     last: float = 0.0
 
@@ -177,7 +177,7 @@ class Watcher:
                     b.gone.add(src)
                 if not event.is_directory and kind != EVENT_TYPE_DELETED:
                     b.files.add(dest or src)
-            b.changes += 1
+            b.events += 1
             b.first = b.first or now
             b.last = now
 
@@ -287,7 +287,7 @@ class Watcher:
             b.roots |= batch.roots
             b.files |= batch.files
             b.gone |= batch.gone
-            b.changes += batch.changes
+            b.events += batch.events
             b.first = min(b.first or batch.first, batch.first)
             b.last = max(b.last, batch.last)
 
@@ -310,7 +310,7 @@ class Watcher:
                 raise
             self._indexer = None  # the library switched models: follow it
             stats = self.indexer().run(roots)
-        report = PassReport(roots, batch.changes, stats, waited=now - batch.first if batch.first else 0.0)
+        report = PassReport(roots, batch.events, stats, waited=now - batch.first if batch.first else 0.0)
         report.forgotten = self._forget(batch.gone, roots)
         return report
 
