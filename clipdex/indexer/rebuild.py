@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clipdex.decodepool import Decoded, DecodePool
+from clipdex.decodepool import Decoded
 from clipdex.errors import ModelUnavailable
 from clipdex.indexer.scan import Scan
 from clipdex.library import held, staging, writes
@@ -92,7 +92,7 @@ def rebuild_library(indexer: Indexer, encoder: Encoder, roots: Scan, stats: Inde
         todo, facts, unusable, done = survey(rows, staged, roots)
         staging.stage(lib, [], unusable)
         if todo:
-            pool = DecodePool(indexer.workers, indexer.timeout, decode_fn=indexer.decode_fn).start(len(todo))
+            pool = indexer.decode_pool(encoder, len(todo))
             indexer.load_model(encoder)
             if encoder.dim != dim:
                 raise ModelUnavailable(f"model {encoder.spec} now makes vectors of {encoder.dim} numbers, not the "

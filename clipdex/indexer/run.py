@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +29,9 @@ from clipdex.library import Library, staging, writes
 from clipdex.library.storage import DiskFull
 from clipdex.library.writes import Failure, Picture
 from clipdex.models import Encoder
+
+if TYPE_CHECKING:  # pragma: no cover
+    from clipdex.indexer.distributed import RayOptions, RaySource
 
 #: Stores one decoded batch: ``(decoded, vector)`` pairs and the failures.
 StoreFn = Callable[[list[tuple[Decoded, np.ndarray]], list[Decoded]], None]
@@ -92,6 +96,8 @@ class Indexer:
     when stderr is a terminal). ``gpu_jpeg``: decode JPEGs with torchvision where the model
     runs (see :mod:`clipdex.indexer.gpu`); None (the default) does when
     :attr:`Encoder.gpu_jpeg` says it can, True forces it (a PyTorch model on the CPU too).
+    ``ray``: files are decoded and encoded on a Ray cluster (:mod:`clipdex.indexer.distributed`);
+    scanning, planning and storing stay here, the same as without it.
     """
 
     def __init__(
@@ -109,6 +115,7 @@ class Indexer:
         say: Callable[[str], None] | None = None,
         gpu_jpeg: bool | None = None,
         index_type: str | None = None,
+        ray: RayOptions | None = None,
     ):
         self.lib = library
         self.requested = model
@@ -120,6 +127,7 @@ class Indexer:
         self.decode_fn = decode_fn
         self.gpu_jpeg = gpu_jpeg
         self.index_type = index_type  # auto, flat or ivf: recorded in the library by the run
+        self.ray = ray  # decode and encode on a Ray cluster (see clipdex.indexer.distributed) instead of here
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.say = say or (lambda _line: None)
         self._announced: Encoder | None = None
@@ -240,7 +248,7 @@ class Indexer:
         stats.kept_empty = plan.kept_empty
         pool = None
         if plan.todo:  # workers start while the model loads
-            pool = DecodePool(self.workers, self.timeout, decode_fn=self.decode_fn).start(len(plan.todo))
+            pool = self.decode_pool(encoder, len(plan.todo))
         try:
             if plan.todo or self.lib.dim is None:
                 self.load_model(encoder)
@@ -272,8 +280,19 @@ class Indexer:
                 self.say(f"built an IVF index of {report.count:,} pictures ({report.nlist} lists, nprobe "
                          f"{report.nprobe}, measured recall@10 {report.recall_at_10:.3f}) in {report.seconds:.1f}s")
 
+    def decode_pool(self, encoder: Encoder, count: int) -> DecodePool | RaySource:
+        """Where files are decoded and encoded: local worker processes, started now (they start while the
+        model loads), or a Ray cluster (``ray``), connected to now."""
+        if self.ray is None:
+            return DecodePool(self.workers, self.timeout, decode_fn=self.decode_fn).start(count)
+        from clipdex.indexer.distributed import RaySource
+
+        return RaySource(self.ray, encoder, self.decode_fn, self.batch_size, self.say).start()
+
     def decodes_jpegs_on_device(self, encoder: Encoder) -> bool:
         """Whether this run hands JPEGs to ``encoder`` as bytes (the model is loaded)."""
+        if self.ray is not None:  # the cluster's CPU tasks decode every file
+            return False
         takes_bytes = "jpeg_bytes" in inspect.signature(self.decode_fn).parameters
         if self.gpu_jpeg is None:
             return takes_bytes and encoder.gpu_jpeg
@@ -282,7 +301,8 @@ class Indexer:
                              "jpeg_bytes")
         return self.gpu_jpeg
 
-    def _index_files(self, encoder: Encoder, pool: DecodePool, plan: Plan, found: Scan, stats: IndexStats) -> None:
+    def _index_files(self, encoder: Encoder, pool: DecodePool | RaySource, plan: Plan, found: Scan,
+                     stats: IndexStats) -> None:
         by_hash = writes.content_hashes(self.lib)  # identical content already encoded (a copy) keeps its vector
         hash_of = {image_id: h for h, image_id in by_hash.items()}
 
@@ -316,7 +336,7 @@ class Indexer:
     def encode_stream(
         self,
         encoder: Encoder,
-        pool: DecodePool,
+        pool: DecodePool | RaySource,
         paths: list[str],
         desc: str,
         by_hash: dict[str, int],
@@ -341,6 +361,7 @@ class Indexer:
         if on_device and encoder.gpu_jpeg:
             self.say("decoding JPEGs on the GPU (nvJPEG)")
         redecode = cpu_redecoder(self.decode_fn, self.timeout, size, mode)
+        encode = getattr(pool, "encode_batch", None) or (lambda todo: encode_batch(encoder, todo, redecode))
         batches = pool.run(paths, size, mode, chunk=self.batch_size, jpeg_bytes=on_device)
         try:
             for items in batches:
@@ -357,7 +378,7 @@ class Indexer:
                 to_encode = [d for d in ok if d.path not in vectors]
                 # JPEG bytes are decoded where the model runs; one that fails there is decoded
                 # again on the CPU, and lands in ``failed`` with that decoder's reason if it fails.
-                encoded, failed = encode_batch(encoder, to_encode, redecode) if to_encode else ([], [])
+                encoded, failed = encode(to_encode) if to_encode else ([], [])
                 now = {d.path: d for d, _ in encoded}
                 vectors.update({d.path: v for d, v in encoded})
                 store([(now.get(d.path, d), vectors[d.path]) for d in ok if d.path in vectors],

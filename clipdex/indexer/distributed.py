@@ -1,0 +1,218 @@
+"""Decoding and encoding on a Ray cluster (``clipdex index --ray``), through Ray Data.
+
+The driver (the ``clipdex index`` process) scans, plans and stores exactly as a local run
+does (:class:`clipdex.indexer.run.Indexer`): only the files to decode and encode go to the
+cluster. :class:`RaySource` stands in for the local :class:`clipdex.decodepool.DecodePool`:
+
+* reading and decoding run in Ray CPU tasks calling the same ``decode_fn`` as the local
+  pool (:func:`clipdex.decodepool.decode_file`), so a bad file is skipped with the same reason;
+* encoding runs in an actor pool, one model per actor (one GPU per actor when the cluster
+  has GPUs); Ray Data restarts an actor that dies and retries its batch, and a CPU task
+  whose worker dies is retried (Ray's default ``max_retries``), so a lost worker costs a retry;
+* results stream back (``iter_batches``) and the driver commits each batch through the same
+  store path as a local run: one transaction a batch, so a driver killed mid-run loses at
+  most the batch in flight and a new run continues from what was committed.
+
+Every path handed to the cluster must be readable at the same path on every node (a shared
+filesystem mounted alike everywhere). Ray is imported only here, and only with ``--ray``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from clipdex.decodepool import Decoded, DecodeFn
+from clipdex.errors import ClipdexError, UsageError
+from clipdex.imaging import DEFAULT_MAX_PIXELS
+from clipdex.models import Encoder, ModelSpec
+
+#: How to get Ray, said by ``--ray`` when it is missing.
+RAY_INSTALL = "pip install 'clipdex[ray]'"
+#: ``--ray`` with no value: start a Ray instance on this machine for the run.
+LOCAL = "local"
+#: Environment variables the driver passes on to the cluster's workers (model caches, offline mode).
+_PASSED_ENV = ("CLIPDEX_", "HF_", "OPEN_CLIP_", "TORCH_HOME", "XDG_CACHE_HOME")
+_DECODE_MEMORY = 256 << 20  # bytes a decoding task may take (a 180-megapixel picture is refused before that)
+_ADDRESS = re.compile(r"^(auto|local|ray://\S+|[A-Za-z0-9_.\-\[\]:]+:\d{1,5})$")
+
+
+def looks_like_address(value: str) -> bool:
+    """True for what ``--ray`` takes: ``auto``, ``local``, ``ray://HOST:PORT`` or ``HOST:PORT``."""
+    return bool(_ADDRESS.match(value))
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where to encode: ``address`` as ``ray.init`` takes it (:data:`LOCAL` starts one here, ``auto``
+    joins the cluster this machine belongs to); ``actors``: encoder actors [default: one per GPU of the
+    cluster, else one per node]."""
+
+    address: str = LOCAL
+    actors: int | None = None
+    decode_cpus: float = 1.0  # CPUs a decoding task reserves (Ray's ``num_cpus``)
+
+    def __post_init__(self) -> None:
+        if not looks_like_address(self.address):
+            raise UsageError(f"--ray takes auto, a cluster address (HOST:PORT or ray://HOST:PORT) or nothing, "
+                             f"not {self.address!r}")
+
+
+def import_ray() -> Any:
+    """The ``ray`` module with Ray Data, or a one-line :class:`UsageError` saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401 - the extra that brings it (pandas, pyarrow) may be missing
+    except ImportError:
+        raise UsageError(f"--ray needs Ray Data, which is not installed: {RAY_INSTALL}") from None
+    return ray
+
+
+# --- what runs on the cluster -------------------------------------------------------------
+
+
+def decode_block(batch: dict[str, np.ndarray], size: int, mode: str, max_pixels: int,
+                 decode_fn: DecodeFn) -> dict[str, np.ndarray]:
+    """A Ray Data CPU task: decode ``batch["path"]`` with ``decode_fn``; failures keep their reason.
+
+    Columns out: ``path``, ``error`` ("" when decoded), ``width``, ``height``, ``captured``
+    (ISO date or ""), ``hash`` and ``pixels`` (``N x size x size x 3``, zeros for failures).
+    """
+    paths = [str(p) for p in batch["path"]]
+    done = [decode_fn(p, size, mode, max_pixels) for p in paths]
+    pixels = np.zeros((len(done), size, size, 3), np.uint8)
+    for i, d in enumerate(done):
+        if not d.error and d.pixels is not None:
+            pixels[i] = d.pixels
+    return {
+        "path": np.array(paths, dtype=object),
+        "error": np.array([d.error or ("" if d.pixels is not None else "cannot decode") for d in done], dtype=object),
+        "width": np.array([d.width for d in done], np.int64),
+        "height": np.array([d.height for d in done], np.int64),
+        "captured": np.array([d.captured_at.isoformat() if d.captured_at else "" for d in done], dtype=object),
+        "hash": np.array([d.content_hash for d in done], dtype=object),
+        "pixels": pixels,
+    }
+
+
+class EncodeActor:
+    """A Ray Data actor holding one loaded model: encodes the decoded rows of each batch it is given."""
+
+    def __init__(self, spec: ModelSpec, backend: str | None, device: str | None):
+        self.encoder = Encoder(spec, device=device, backend=backend, bulk=True).load()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        pixels = batch.pop("pixels")
+        ok = np.array([not e for e in batch["error"]], bool)
+        vectors = np.zeros((len(ok), self.encoder.dim), np.float32)
+        if ok.any():
+            vectors[ok] = self.encoder.encode_pixels(pixels[ok])
+        batch["vector"] = vectors
+        return batch
+
+
+# --- the driver's side ------------------------------------------------------------------------
+
+
+class RaySource:
+    """What :meth:`clipdex.indexer.run.Indexer.encode_stream` reads instead of a local decode pool.
+
+    :meth:`run` yields lists of :class:`Decoded` (no pixels: they stayed on the cluster) and
+    keeps each list's vectors for :meth:`encode_batch`, which hands them over instead of
+    encoding on the driver. A Ray it started itself is shut down by :meth:`close`.
+    """
+
+    def __init__(self, options: RayOptions, encoder: Encoder, decode_fn: DecodeFn, batch_size: int,
+                 say: Callable[[str], None], max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.options, self.encoder, self.decode_fn = options, encoder, decode_fn
+        self.batch_size, self.say, self.max_pixels = batch_size, say, max_pixels
+        self.ray = import_ray()
+        self._started = False
+        self._vectors: dict[str, np.ndarray] = {}
+
+    def start(self, count: int | None = None) -> RaySource:
+        """Connect to the cluster (or start a local Ray), unless this process is connected already."""
+        ray = self.ray
+        if not ray.is_initialized():
+            env = {k: v for k, v in os.environ.items() if k.startswith(_PASSED_ENV)}
+            where = "a local Ray" if self.options.address == LOCAL else f"the Ray cluster at {self.options.address}"
+            self.say(f"connecting to {where} …")
+            try:
+                ray.init(address=self.options.address, include_dashboard=False, logging_level=logging.ERROR,
+                         log_to_driver=False, runtime_env={"env_vars": env} if env else None)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ClipdexError(f"cannot connect to the Ray cluster at {self.options.address}: "
+                                   f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            self._started = True
+        from ray.data import DataContext
+
+        context = DataContext.get_current()
+        context.enable_progress_bars = False  # the indexer's own bar shows the run
+        context.print_on_execution_start = False
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        return self
+
+    def _plan(self) -> tuple[int, float]:
+        """How many encoder actors, and how many GPUs each takes."""
+        resources = self.ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0))
+        if self.options.actors:
+            return self.options.actors, 1.0 if gpus >= self.options.actors else 0.0
+        if gpus:
+            return gpus, 1.0
+        return max(1, sum(1 for node in self.ray.nodes() if node.get("Alive"))), 0.0
+
+    def run(self, paths: list[str], size: int, mode: str = "shortest", chunk: int = 32,
+            jpeg_bytes: bool = False) -> Iterator[list[Decoded]]:
+        """Decode and encode ``paths`` on the cluster; yield lists of up to ``chunk`` results as they come.
+
+        ``jpeg_bytes`` is ignored: the CPU tasks decode every file (GPU JPEG decoding is local only).
+        """
+        if not paths:
+            return
+        self.start()
+        import ray.data
+
+        actors, gpus = self._plan()
+        self.say(f"encoding {len(paths)} pictures on Ray: {actors} encoder actor{'s' * (actors != 1)}"
+                 + (" (1 GPU each)" if gpus else " (CPU)") + " …")
+        block = max(1, min(self.batch_size, math.ceil(len(paths) / 4)))
+        ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=math.ceil(len(paths) / block))
+        # The two stages differ in what they reserve, so Ray Data never fuses decoding into the encoder actors.
+        ds = ds.map_batches(decode_block, batch_size=block, batch_format="numpy", zero_copy_batch=False,
+                            num_cpus=self.options.decode_cpus, memory=_DECODE_MEMORY,
+                            fn_kwargs={"size": size, "mode": mode, "max_pixels": self.max_pixels,
+                                       "decode_fn": self.decode_fn})
+        ds = ds.map_batches(EncodeActor, batch_size=self.batch_size, batch_format="numpy", zero_copy_batch=False,
+                            compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus or None,
+                            fn_constructor_kwargs={"spec": self.encoder.spec, "backend": self.encoder.requested_backend,
+                                                   "device": None})
+        for batch in ds.iter_batches(batch_size=chunk, batch_format="numpy"):
+            items, self._vectors = [], {}
+            for i, path in enumerate(batch["path"]):
+                path, error = str(path), str(batch["error"][i])
+                captured = str(batch["captured"][i])
+                items.append(Decoded(path, None, int(batch["width"][i]), int(batch["height"][i]),
+                                     dt.datetime.fromisoformat(captured) if captured else None,
+                                     str(batch["hash"][i]), error or None))
+                if not error:
+                    self._vectors[path] = np.asarray(batch["vector"][i], np.float32)
+            yield items
+
+    def encode_batch(self, todo: list[Decoded]) -> tuple[list[tuple[Decoded, np.ndarray]], list[Decoded]]:
+        """The vectors the cluster made for ``todo`` (files of the batch :meth:`run` just yielded)."""
+        return [(d, self._vectors[d.path]) for d in todo], []
+
+    def close(self) -> None:
+        """Shut down the Ray this source started (a cluster joined stays up; only this driver leaves)."""
+        if self._started and self.ray.is_initialized():
+            self.ray.shutdown()
+        self._started = False
