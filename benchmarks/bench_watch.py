@@ -127,7 +127,7 @@ def run(work: Path, args: argparse.Namespace) -> None:
         print(f"copy of {args.bulk} files ({copied - started:.2f} s to copy): all searchable {from_end:.2f} s after "
               f"the copy ended, {from_start:.2f} s after it began: {from_start / index_seconds - 1:+.0%} against "
               f"index   (bar: <= +10 %)")
-        passes = [line for line in (work / "serve.log").read_text().splitlines() if "file events in" in line]
+        passes = [line for line in (work / "serve.log").read_text().splitlines() if " file event" in line]
         bulk_passes = [line for line in passes if "bulk" in line or f"indexed {args.bulk}" in line]
         print(f"watcher passes: {len(passes)} in all ({len(passes) - len(latencies)} beyond one per single picture)")
         for line in passes[len(latencies):] or bulk_passes:

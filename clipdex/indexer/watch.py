@@ -69,7 +69,7 @@ class PassReport:
     def summary(self) -> str:
         s = self.stats
         removed = s.removed + self.forgotten
-        what = f"{self.events} file events in" if self.events else "swept"
+        what = f"{self.events} file event{'' if self.events == 1 else 's'} in" if self.events else "swept"
         return (f"{what} {', '.join(self.roots)}: indexed {s.indexed} (encoded {s.encoded}) · "
                 f"moved {s.moved} · removed {removed} · skipped {s.skipped} · unchanged {s.unchanged} "
                 f"({s.seconds:.1f}s)")
@@ -152,6 +152,7 @@ class Watcher:
         self._not_before = 0.0  # no pass before this (monotonic): after a failure
         self._checked = 0.0
         self._failure: str | None = None
+        self._offline: set[str] = set()  # folders seen gone, waited for
 
     # -- events (watchdog threads) ------------------------------------------------------------
     def _event(self, root: str, event: FileSystemEvent) -> None:
@@ -166,7 +167,7 @@ class Watcher:
         with self._lock:
             b = self._batch
             if kind == EVENT_TYPE_EVENTS_LOST:  # the kernel's queue overflowed: sweep everything
-                b.roots.update(self._watches)
+                b.roots.update(list(self._watches))
             else:
                 wanted = [p for p in (src, dest) if p and _under(p, root) and not _under(p, library)
                           and not _hidden(p, root) and (event.is_directory or is_image_path(p))]
@@ -252,8 +253,6 @@ class Watcher:
                 self._batch.roots.add(root)
                 self._batch.first = self._batch.first or now
                 self._batch.last = max(self._batch.last, now - self.quiet)  # sweep now, no need to wait
-
-    _offline: set[str]
 
     # -- passes ----------------------------------------------------------------------------------
     def _ready(self, now: float) -> bool:
@@ -350,7 +349,6 @@ class Watcher:
         The folders are swept once first, to catch up with what changed while nobody watched.
         """
         stop = stop or threading.Event()
-        self._offline = set()
         try:
             self._check_roots(time.monotonic())
             if not self._watches and not self._offline:
