@@ -27,15 +27,20 @@ def pytest_configure(config: pytest.Config) -> None:
     if not os.environ.get("CLIPDEX_ONNX_CACHE"):
         os.environ["CLIPDEX_ONNX_CACHE"] = tempfile.mkdtemp(prefix="clipdex-test-onnx-")
         config._clipdex_onnx_cache = os.environ["CLIPDEX_ONNX_CACHE"]
+    # cache folders of PostgreSQL libraries (index files): never the user's
+    if not os.environ.get("CLIPDEX_CACHE_DIR"):
+        os.environ["CLIPDEX_CACHE_DIR"] = tempfile.mkdtemp(prefix="clipdex-test-cache-")
+        config._clipdex_cache_dir = os.environ["CLIPDEX_CACHE_DIR"]
     config.addinivalue_line(
         "markers", "slow: end to end through a browser, whole demo runs, crash recovery; the fast tier is "
         "`pytest -m 'not slow'`")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    folder = getattr(config, "_clipdex_onnx_cache", None)
-    if folder:
-        shutil.rmtree(folder, ignore_errors=True)
+    for name in ("_clipdex_onnx_cache", "_clipdex_cache_dir"):
+        folder = getattr(config, name, None)
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -43,6 +48,49 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "browser" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+
+
+# -- SQLite and PostgreSQL -----------------------------------------------------------------------
+#: A test module that sets ``BACKENDS = BOTH`` runs every test using ``library``, ``backend`` or
+#: ``library_at`` once on SQLite and once on a real PostgreSQL server the tests start themselves.
+BOTH = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        backends = getattr(metafunc.module, "BACKENDS", ("sqlite",))
+        metafunc.parametrize("backend", backends, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def backend(request) -> str:
+    """``sqlite`` or ``postgresql``: where this test's libraries keep their database."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A throwaway PostgreSQL cluster (Debian's ``postgresql``; see tests/pgcluster.py), started once."""
+    from tests.pgcluster import Cluster, bin_dir
+
+    assert bin_dir() is not None, "PostgreSQL missing: install Debian's postgresql package (see README)"
+    cluster = Cluster().start()
+    yield cluster
+    cluster.stop()
+
+
+def new_location(backend: str, request: pytest.FixtureRequest, folder: Path) -> str:
+    """Where a new library goes: ``folder`` (SQLite), or a fresh empty database's URL (PostgreSQL)."""
+    if backend == "sqlite":
+        return str(folder)
+    return request.getfixturevalue("pg_cluster").new_database()
+
+
+@pytest.fixture()
+def library_at(backend, request, tmp_path) -> str:
+    """Where this test may create a library: a folder, or an empty PostgreSQL database's URL (``--library``
+    takes either). Pass it to ``Library.create``/``open`` and the CLI; ``lib.location`` gives it back."""
+    return new_location(backend, request, tmp_path / "lib")
 
 
 @pytest.fixture(scope="session")
@@ -57,9 +105,10 @@ def collection(tmp_path_factory) -> dict[Path, object]:
 
 
 @pytest.fixture(scope="session")
-def library(tmp_path_factory, collection) -> Library:
-    """A library indexed once from ``collection``; tests must not modify it."""
-    lib = Library.create(tmp_path_factory.mktemp("lib"))
+def library(tmp_path_factory, collection, backend, request) -> Library:
+    """A library indexed once from ``collection``; tests must not modify it. On SQLite, or on PostgreSQL
+    in modules that ask for both (``BACKENDS``); ``library.location`` is what ``--library`` takes."""
+    lib = Library.create(new_location(backend, request, tmp_path_factory.mktemp("lib")))
     root = next(iter(collection)).parent.parent
     Indexer(lib, TINY_MODEL, workers=2).run([str(root)])
     return lib
@@ -109,6 +158,8 @@ def browser():
 @pytest.fixture()
 def copied(tmp_path, library) -> Path:
     """A private copy of the session library, its WAL folded in (no ``-wal``/``-shm`` files left)."""
+    if library.server:
+        pytest.skip("copies a SQLite library's files")
     shutil.copytree(library.path, tmp_path / "lib")
     with sqlite3.connect(tmp_path / "lib" / "clipdex.db") as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -11,6 +11,9 @@ import pytest
 from clipdex.errors import UsageError
 from clipdex.search import build_query, search
 from clipdex.synthetic import COLORS, SHAPES
+from tests.conftest import BOTH
+
+BACKENDS = BOTH  # every test here runs on SQLite and on PostgreSQL
 
 
 def truth(collection) -> dict[str, object]:

@@ -68,14 +68,25 @@ def fail_cleanly(fn: Callable) -> Callable:
     return wrapper
 
 
+def _folder_or_url(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Path | str | None:
+    """A database URL stays as typed; anything else is a folder."""
+    from clipdex.library.dialect import is_url
+
+    return value if value is None or is_url(value) else Path(value)
+
+
 def library_option(fn: Callable) -> Callable:
     return click.option(
         "--library",
         "library",
-        type=click.Path(path_type=Path),
+        type=str,
+        callback=_folder_or_url,
         envvar="CLIPDEX_LIBRARY",
         default=None,
-        help="Library directory (env CLIPDEX_LIBRARY; default: the per-user data directory).",
+        metavar="DIR|URL",
+        help="Library directory, or a database URL such as postgresql://user@host/db for a library shared on a "
+        "PostgreSQL server (its index files then live in a cache folder: CLIPDEX_CACHE_DIR, default "
+        "~/.cache/clipdex). Env CLIPDEX_LIBRARY; default: the per-user data directory.",
     )(fn)
 
 
@@ -121,7 +132,7 @@ def loaded(encoder: Encoder) -> Encoder:
     return encoder
 
 
-def library_path(library: Path | None, demo_fallback: bool = True) -> Path:
+def library_path(library: Path | str | None, demo_fallback: bool = True) -> Path | str:
     """``--library`` as given, else the default library folder.
 
     With ``demo_fallback`` the demo library stands in while the user has no library of

@@ -1,4 +1,5 @@
-"""A library: one folder holding the SQLite database and the FAISS index.
+"""A library: one folder holding the SQLite database and the FAISS index, or a database on a
+PostgreSQL server with the FAISS index in a local cache folder (see :mod:`clipdex.library.dialect`).
 
 The database is the truth; the index file is a cache of its vectors, valid only for
 the database *generation* it was saved for (bumped by every commit that changes a
@@ -24,9 +25,9 @@ from sqlalchemy.orm import Session
 from clipdex.ann.base import IdsChecksum, index_files
 from clipdex.ann.live import LiveIndex
 from clipdex.errors import LibraryError, ModelMismatch, ModelUnavailable, NoLibrary
-from clipdex.library import changes, migrations, storage
+from clipdex.library import changes, dialect, migrations, storage
 from clipdex.library.indexkeeper import IndexKeeper
-from clipdex.library.paths import DB_NAME, default_library_path, demo_library_path, resolve_library
+from clipdex.library.paths import DB_NAME, cache_folder, default_library_path, demo_library_path, resolve_library
 from clipdex.library.schema import ImageRow, Meta, RootRow, SkippedRow, TagRow
 from clipdex.library.vectors import VectorReads
 from clipdex.library.writes import delete_in_chunks
@@ -59,21 +60,45 @@ def _remove_library_files(folder: Path, created_folders: list[Path]) -> None:
 
 
 class Library(VectorReads):
-    """Open with :meth:`open` (existing) or :meth:`create` (for indexing)."""
+    """Open with :meth:`open` (existing) or :meth:`create` (for indexing).
 
-    def __init__(self, path: Path):
-        self.path = Path(path).expanduser().resolve()
-        db = self.path / DB_NAME
-        if db.exists():
-            storage.check_file(db)
-        self.read_only = not storage.folder_is_writable(self.path)
-        if self.read_only and not db.exists():
-            raise storage.ReadOnlyLibrary(f"cannot create a library in {self.path}: the folder is read-only")
-        self.engine = storage.open_engine(db, self.read_only)
+    ``where`` is a folder (SQLite) or a database URL (``postgresql://user@host/db``). ``path``
+    is the library's local folder either way: the SQLite library's own, or a server library's
+    cache folder (:func:`clipdex.library.paths.cache_folder`) holding this machine's index files;
+    ``location`` is what messages call the library (the folder, or the URL without password).
+    """
+
+    def __init__(self, where: Path | str, create: bool = True):
+        self.server = dialect.is_url(where)
+        self._writer: dialect.WriterLock | None = None
+        if self.server:
+            url = dialect.server_url(str(where))
+            self.location = dialect.shown(str(where))
+            self.path = cache_folder(str(url)).resolve()
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise LibraryError(f"cannot make the cache folder {self.path} of {self.location}: "
+                                   f"{exc.strerror}") from None
+            self.read_only = False
+            self.engine = dialect.server_engine(url)
+            self._writer = dialect.WriterLock(self.engine, self.location)
+        else:
+            self.path = Path(where).expanduser().resolve()
+            self.location = str(self.path)
+            db = self.path / DB_NAME
+            if db.exists():
+                storage.check_file(db)
+            self.read_only = not storage.folder_is_writable(self.path)
+            if self.read_only and not db.exists():
+                raise storage.ReadOnlyLibrary(f"cannot create a library in {self.path}: the folder is read-only")
+            self.engine = storage.open_engine(db, self.read_only)
         self._created_db = False  # made by :meth:`create`, with these folders (deepest first)
         self._created_folders: list[Path] = []
         self.keeper = IndexKeeper(self)
         try:
+            if self.server and not create and migrations.pending(self.engine)[0] is None:
+                raise NoLibrary(self.location)
             self._upgrade()
         except BaseException:
             self.engine.dispose()
@@ -81,22 +106,24 @@ class Library(VectorReads):
 
     def _upgrade(self) -> None:
         if not self.read_only:
-            migrations.upgrade(self.engine, str(self.path))
+            migrations.upgrade(self.engine, self.location)
             return
         version, latest = migrations.pending(self.engine)
         if version is None:
-            raise NoLibrary(str(self.path), empty=True)
+            raise NoLibrary(self.location, empty=True)
         if version < latest:
             raise LibraryError(
                 f"library at {self.path} was written by an older clipdex (schema version {version}) and must be "
                 f"upgraded to version {latest} before use, which needs write access to its folder"
             )
-        migrations.upgrade(self.engine, str(self.path))  # refuses a newer schema; writes nothing here
+        migrations.upgrade(self.engine, self.location)  # refuses a newer schema; writes nothing here
 
     # -- opening ----------------------------------------------------------------
     @classmethod
     def open(cls, path: Path | str) -> Library:
-        """Open an existing library; :class:`LibraryError` if there is none."""
+        """Open an existing library (a folder or a database URL); :class:`LibraryError` if there is none."""
+        if dialect.is_url(path):
+            return cls._open_server(str(path))
         path = Path(path).expanduser()
         _refuse_file(path)
         if not (path / DB_NAME).is_file():
@@ -108,12 +135,23 @@ class Library(VectorReads):
         return lib
 
     @classmethod
+    def _open_server(cls, url: str) -> Library:
+        lib = cls(url, create=False)
+        if lib.get_meta("model_identity") is None:
+            lib.close()
+            raise NoLibrary(lib.location, empty=True)
+        return lib
+
+    @classmethod
     def create(cls, path: Path | str) -> Library:
         """Open a library for writing, creating the folder and database if needed.
 
         What this call created is remembered, so a run that fails before storing anything
-        can take it away again (:meth:`discard_if_unused`).
+        can take it away again (:meth:`discard_if_unused`). A database URL's database must exist
+        (clipdex creates its tables, never the database itself).
         """
+        if dialect.is_url(path):
+            return cls(str(path))
         path = Path(path).expanduser()
         _refuse_file(path)
         absolute = path.resolve()
@@ -138,9 +176,10 @@ class Library(VectorReads):
         """Remove what :meth:`create` made (database, folders) if no picture was stored in it.
 
         For a run that failed on a library that did not exist before it: no empty library is
-        left behind. Anything the library did not create, or holding pictures, stays.
+        left behind. Anything the library did not create, or holding pictures, stays. A server's
+        tables stay (another writer may have started using them meanwhile).
         """
-        if not self._created_db:
+        if not self._created_db or self.server:
             return False
         try:
             with self.session() as s:
@@ -160,12 +199,43 @@ class Library(VectorReads):
         return Session(self.engine, expire_on_commit=False)
 
     @contextlib.contextmanager
-    def write_lock(self) -> Iterator[None]:
-        """Exclusive lock for writers (index, tag); readers never need it."""
+    def write_lock(self, exclusive: bool = False) -> Iterator[None]:
+        """The lock writers (index, tag) hold for their whole run; readers never need it.
+
+        A SQLite library allows one writer at a time (a lock file). On a server, incremental
+        writers share it, and ``exclusive`` (a tagging pass, dropping a model) or
+        :meth:`need_exclusive` (a rebuild, a model switch) has the library to itself; see
+        :mod:`clipdex.library.dialect`. A conflicting writer is refused at once, never awaited.
+        """
+        if self._writer is not None:
+            with self._writer.held(exclusive):
+                yield
+            return
         if self.read_only:
             raise storage.ReadOnlyLibrary(storage.read_only_message(self.path))
+        with self._lock_file(LOCK_NAME):
+            yield
+
+    def need_exclusive(self) -> None:
+        """Inside :meth:`write_lock`: this run replaces every vector, so no other writer may run beside it."""
+        if self._writer is not None:
+            self._writer.make_exclusive()
+
+    @contextlib.contextmanager
+    def index_lock(self) -> Iterator[None]:
+        """Held while this machine's index file is replaced and recorded, without waiting (:class:`LibraryError`
+        when busy): the writer lock of a SQLite library, a lock file in a server library's cache folder."""
+        if self._writer is None:
+            with self.write_lock():
+                yield
+        else:
+            with self._lock_file(".index.lock"):
+                yield
+
+    @contextlib.contextmanager
+    def _lock_file(self, name: str) -> Iterator[None]:
         try:
-            fh = open(self.path / LOCK_NAME, "w")
+            fh = open(self.path / name, "w")
         except OSError as exc:
             if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
                 raise storage.ReadOnlyLibrary(storage.read_only_message(self.path)) from None
@@ -175,7 +245,7 @@ class Library(VectorReads):
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise LibraryError(
-                    f"another clipdex process is writing to {self.path}; wait for it to finish"
+                    f"another clipdex process is writing to {self.location}; wait for it to finish"
                 ) from None
             yield
         finally:
@@ -189,7 +259,11 @@ class Library(VectorReads):
 
     @staticmethod
     def set_meta(session: Session, key: str, value: str) -> None:
-        session.merge(Meta(key=key, value=str(value)))
+        """Set ``meta.key`` inside ``session``'s transaction (an upsert: concurrent writers never collide)."""
+        dialect.upsert(session, Meta, {"key": key, "value": str(value)}, ["key"])
+        known = session.identity_map.get(session.identity_key(Meta, key))  # keep a loaded row in step
+        if known is not None:
+            session.expire(known)
 
     @property
     def generation(self) -> int:
@@ -200,15 +274,24 @@ class Library(VectorReads):
 
     def parse_generation(self, value: object) -> int:
         """A stored generation as a number (:class:`storage.DamagedLibrary` if it is not one)."""
-        return storage.meta_number(self.path / DB_NAME, "generation", value, 0, MAX_GENERATION)
+        return storage.meta_number(self.db_name, "generation", value, 0, MAX_GENERATION)
+
+    @property
+    def db_name(self) -> Path | str:
+        """What messages about a damaged database call it."""
+        return self.location if self.server else self.path / DB_NAME
 
     @staticmethod
     def bump_generation(session: Session, changed: Iterable[int] | None = None) -> int:
         """Mark the vectors of ``changed`` ids as added, replaced or removed (call inside the transaction
-        that changes them); None means any vector may have changed (readers then load afresh)."""
-        row = session.get(Meta, "generation")
-        db = Path(session.get_bind().url.database or DB_NAME)
-        generation = (storage.meta_number(db, "generation", row.value, 0, MAX_GENERATION) if row else 0) + 1
+        that changes them, as its last statement: on a server, commits that bump wait for each other
+        from here on); None means any vector may have changed (readers then load afresh)."""
+        dialect.lock_generation(session)
+        value = session.execute(select(Meta.value).where(Meta.key == "generation")).scalar()
+        bind = session.get_bind()
+        db = bind.url.render_as_string(hide_password=True) if dialect.on_server(session) \
+            else Path(bind.url.database or DB_NAME)
+        generation = (storage.meta_number(db, "generation", value, 0, MAX_GENERATION) if value is not None else 0) + 1
         Library.set_meta(session, "generation", str(generation))
         if changed is None:
             changes.restart(session, generation)
@@ -223,12 +306,12 @@ class Library(VectorReads):
             return parse_model_spec(spec) if spec else None
         except ModelUnavailable as exc:  # a stored spec this clipdex wrote cannot be malformed: damage
             what = f"its 'model_spec' setting: {exc}"
-            raise storage.DamagedLibrary(storage.damaged_message(self.path / DB_NAME, what)) from None
+            raise storage.DamagedLibrary(storage.damaged_message(self.db_name, what)) from None
 
     @property
     def dim(self) -> int | None:
         dim = self.get_meta("dim")
-        return storage.meta_number(self.path / DB_NAME, "dim", dim, 1, MAX_DIM) if dim else None
+        return storage.meta_number(self.db_name, "dim", dim, 1, MAX_DIM) if dim else None
 
     def bind_model(self, session: Session, spec: ModelSpec, dim: int) -> None:
         """Record which model builds this library (first index, or ``--rebuild`` with a new model)."""
@@ -255,7 +338,7 @@ class Library(VectorReads):
         spec = encoder.spec
         if stored is not None and spec.identity != stored.identity and not switching:
             raise ModelMismatch(
-                f"library {self.path} was built with model {stored}, not {spec}: their vectors cannot be compared",
+                f"library {self.location} was built with model {stored}, not {spec}: their vectors cannot be compared",
                 requested=str(spec),
             )
         return encoder
@@ -293,8 +376,11 @@ class Library(VectorReads):
             tagged = s.scalar(select(func.count(func.distinct(TagRow.image_id)))) or 0
             labels = s.scalar(select(func.count(func.distinct(TagRow.label)))) or 0
         size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        with self.engine.connect() as conn:
+            size += dialect.database_bytes(conn) or 0
         return {
-            "library": str(self.path),
+            "library": self.location,
+            **({"cache_folder": str(self.path)} if self.server else {}),
             "images": images,
             "skipped": skipped,
             "tagged_images": tagged,

@@ -62,6 +62,8 @@ def _damaged(image_id: object, what: str) -> DamagedLibrary:
 def _date(image_id: int, column: str, value: object, optional: bool = True) -> dt.datetime | None:
     if value is None and optional:
         return None
+    if isinstance(value, dt.datetime):  # a server's timestamp column (SQLite holds text)
+        return value
     try:
         return dt.datetime.fromisoformat(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -181,6 +183,8 @@ def capture_span(lib: Library) -> tuple[dt.datetime, dt.datetime] | None:
         first, last = s.execute(select(func.min(_CAPTURED), func.max(_CAPTURED))).one()
         if first is None:
             return None
+        if isinstance(first, dt.datetime):  # a server's timestamp column (SQLite holds text)
+            return first, last
         try:
             return dt.datetime.fromisoformat(first), dt.datetime.fromisoformat(last)
         except (TypeError, ValueError):

@@ -22,6 +22,7 @@ from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
 from clipdex.errors import ModelUnavailable, UsageError
+from clipdex.library import dialect
 from clipdex.library.schema import HeldModelRow, ImageRow, Meta, ModelVectorRow, StagedRow, utcnow
 from clipdex.models import ModelSpec, parse_model_spec
 
@@ -105,9 +106,10 @@ def keep_active(session: Session, lib: Library, incoming: str) -> None:
     session.execute(delete(HeldModelRow).where(HeldModelRow.identity == outgoing))
     session.add(HeldModelRow(identity=outgoing, spec=meta["model_spec"], dim=int(meta["dim"]), kept_at=utcnow()))
     session.flush()
+    sound = dialect.sound_vector_sql("vector", "n", dialect.on_server(session))
     session.execute(text(
         "INSERT INTO model_vectors (model_identity, image_id, content_hash, vector) "
-        "SELECT :m, id, content_hash, vector FROM images WHERE typeof(vector) = 'blob' AND length(vector) = :n"),
+        f"SELECT :m, id, content_hash, vector FROM images WHERE {sound}"),
         {"m": outgoing, "n": int(meta["dim"]) * 4})
 
 
@@ -116,10 +118,10 @@ def prefill(lib: Library, identity: str) -> int:
     content (what staging already holds is kept); returns how many were added."""
     with lib.session() as s:
         added = s.execute(text(
-            "INSERT OR IGNORE INTO staged_vectors (image_id, size, mtime, content_hash, width, height, "
+            "INSERT INTO staged_vectors (image_id, size, mtime, content_hash, width, height, "
             "captured_at, vector, reason) SELECT i.id, i.size, i.mtime, i.content_hash, i.width, i.height, "
             f"i.captured_at, mv.vector, NULL FROM model_vectors mv JOIN images i ON i.id = mv.image_id AND {_CURRENT} "
-            "WHERE mv.model_identity = :m"), {"m": identity}).rowcount
+            "WHERE mv.model_identity = :m ON CONFLICT (image_id) DO NOTHING"), {"m": identity}).rowcount
         s.commit()
     return int(added or 0)
 
@@ -133,7 +135,7 @@ def drop(lib: Library, name: str) -> ModelEntry:
     if entry.active:
         raise UsageError(f"{entry.model} is the library's active model: switch to another first "
                          "(clipdex models use NAME, or clipdex index PATH --model NAME)")
-    with lib.write_lock(), lib.session() as s:
+    with lib.write_lock(exclusive=True), lib.session() as s:
         s.execute(delete(HeldModelRow).where(HeldModelRow.identity == entry.identity))
         s.execute(delete(ModelVectorRow).where(ModelVectorRow.model_identity == entry.identity))
         if entry.building:

@@ -11,14 +11,23 @@ then, after each commit, only the ids that changed. Writers (``index``) replace 
 Crash safety: the new file is written and renamed first, then the record (and the log
 pruning) committed in one transaction, then old files deleted. Killed at any point, the
 record names a complete file or the previous one, and the log still covers it.
+
+On a database server each machine keeps its own base file in its cache folder, so each has
+its own record (``index_file@<machine>``), and the log is pruned only up to the oldest
+generation any machine's record holds.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import socket
 import threading
 import time
 from typing import TYPE_CHECKING
+
+from sqlalchemy import select
 
 from clipdex.ann import base as bases
 from clipdex.ann import policy
@@ -42,6 +51,11 @@ class IndexKeeper:
         self.lib = lib
         self._live: LiveIndex | None = None
         self._lock = threading.Lock()
+        if lib.server:  # this machine's cache folder
+            machine = hashlib.sha256(f"{socket.gethostname()}:{lib.path}".encode()).hexdigest()[:16]
+            self.record_key = f"{RECORD}@{machine}"
+        else:
+            self.record_key = RECORD
 
     # -- readers --------------------------------------------------------------------
     def current(self) -> LiveIndex:
@@ -142,7 +156,7 @@ class IndexKeeper:
 
     def _save_if_unlocked(self, base: bases.Base, report: BuildReport) -> bool:
         try:
-            with self.lib.write_lock():
+            with self.lib.index_lock():
                 self._install(base, report)
             return True
         except (LibraryError, OSError):
@@ -155,13 +169,25 @@ class IndexKeeper:
         record = {**report.as_dict(), "file": path.name, "checksum": list(bases.ids_checksum(base.ids)),
                   "fingerprint": fingerprint, "built_at": time.time()}
         with self.lib.session() as s:
-            s.merge(Meta(key=RECORD, value=json.dumps(record)))
+            self.lib.set_meta(s, self.record_key, json.dumps(record))
             if previous is not None and previous["generation"] < base.generation:
-                changes.prune(s, previous["generation"])
+                changes.prune(s, self._prunable(s, previous["generation"]))
             s.commit()
         for other in bases.index_files(self.lib.path):
             if other != path:
                 other.unlink(missing_ok=True)  # a reader that mapped it keeps it until it lets go
+
+    def _prunable(self, session, upto: int) -> int:  # noqa: ANN001 - a Session
+        """How far the change log may be pruned: ``upto``, or on a server the oldest generation any
+        machine's index file still needs."""
+        if not self.lib.server:
+            return upto
+        for raw in session.scalars(select(Meta.value).where(Meta.key.like(RECORD + "@%"))):
+            try:
+                upto = min(upto, int(json.loads(raw)["generation"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+        return upto
 
     # -- writers --------------------------------------------------------------------
     def maintain(self, say: Say | None = None, final: bool = False) -> BuildReport | None:
@@ -169,7 +195,18 @@ class IndexKeeper:
 
         Cheap when nothing is due (a few small queries: it runs after every batch). ``final`` (the end
         of a run) also checks the recorded file itself, and brings a flat base fully up to date.
+        On a server, a writer on the same machine already doing it is left to it.
         """
+        if not self.lib.server:
+            return self._maintain(say, final)
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(self.lib.index_lock())
+            except LibraryError:
+                return None
+            return self._maintain(say, final)
+
+    def _maintain(self, say: Say | None, final: bool) -> BuildReport | None:
         dim, count = self.lib.dim, self.lib.count()
         if dim is None or count == 0:
             return None
@@ -208,7 +245,7 @@ class IndexKeeper:
 
     def record(self) -> dict | None:
         """The recorded base file's facts, or None (none yet, or a record this clipdex cannot read)."""
-        raw = self.lib.get_meta(RECORD)
+        raw = self.lib.get_meta(self.record_key)
         try:
             record = json.loads(raw) if raw else None
             if not isinstance(record, dict) or record.get("kind") not in (bases.FLAT, bases.IVF):

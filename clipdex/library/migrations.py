@@ -8,7 +8,9 @@ continues from. Steps never touch vectors, so no picture is re-encoded.
 
 To change the schema: change the models in ``schema.py``, append a step here that brings
 a database of the previous version to the new one (add tables, columns, indexes; move
-data), and bump nothing else: :data:`LATEST` follows the list.
+data), and bump nothing else: :data:`LATEST` follows the list. New steps must run on both
+SQLite and PostgreSQL (a library may live on either; see :data:`FIRST_PORTABLE`): write
+them in SQL both accept, keeping what cannot be in :mod:`clipdex.library.dialect`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 
 from clipdex.errors import LibraryError
+from clipdex.library import dialect
 from clipdex.library.schema import Base
 from clipdex.library.storage import DamagedLibrary, damaged_message
 
@@ -121,6 +124,11 @@ STEPS: list[Step] = [_tag_passes, _staged_vectors, _vector_changes, _tag_rejecti
 
 LATEST = 1 + len(STEPS)
 
+#: Steps from this index on are written for both SQLite and PostgreSQL (plain DDL and SQL both
+#: accept, or SQLAlchemy constructs); earlier ones are SQLite's own, since a server library is
+#: created at the version of the clipdex that first supported servers.
+FIRST_PORTABLE = 5
+
 
 def stored_version(conn: Connection) -> int | None:
     """The database's schema version; None for a database with no tables yet."""
@@ -158,6 +166,7 @@ def upgrade(engine: Engine, where: str) -> int:
     rather than guessed at.
     """
     with engine.begin() as conn:
+        dialect.lock_schema(conn)  # two processes opening a new server database: one creates it
         version = stored_version(conn)
         if version is None:
             Base.metadata.create_all(conn)
@@ -170,6 +179,12 @@ def upgrade(engine: Engine, where: str) -> int:
         )
     for target in range(version + 1, LATEST + 1):
         with engine.begin() as conn:
+            dialect.lock_schema(conn)
+            if stored_version(conn) >= target:  # another process took this step meanwhile
+                continue
+            if dialect.on_server(conn) and target - 2 < FIRST_PORTABLE:
+                raise LibraryError(f"library at {where} has schema version {target - 1}, older than any "
+                                   "server library: it cannot be upgraded")
             STEPS[target - 2](conn)
             _set_version(conn, target)
     return version

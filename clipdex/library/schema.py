@@ -10,6 +10,7 @@ import datetime as dt
 
 import numpy as np
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -24,6 +25,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 class Base(DeclarativeBase):
     pass
+
+
+#: Ids, file sizes and generations: SQLite's INTEGER is 64-bit already, PostgreSQL's is not.
+Big = Integer().with_variant(BigInteger(), "postgresql")
 
 
 def utcnow() -> dt.datetime:
@@ -44,9 +49,9 @@ class ImageRow(Base):
     __tablename__ = "images"
     __table_args__ = (Index("ix_images_hash", "content_hash"), {"sqlite_autoincrement": True})
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(Big, primary_key=True)
     path: Mapped[str] = mapped_column(String, unique=True)
-    size: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(Big)
     mtime: Mapped[float] = mapped_column(Float)
     content_hash: Mapped[str] = mapped_column(String(64))
     width: Mapped[int] = mapped_column(Integer)
@@ -69,7 +74,7 @@ class SkippedRow(Base):
     __tablename__ = "skipped"
     path: Mapped[str] = mapped_column(String, primary_key=True)
     reason: Mapped[str] = mapped_column(String)
-    size: Mapped[int] = mapped_column(Integer, default=-1)
+    size: Mapped[int] = mapped_column(Big, default=-1)
     mtime: Mapped[float] = mapped_column(Float, default=-1.0)
     recorded_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
@@ -160,7 +165,7 @@ class StagedRow(Base):
 
     __tablename__ = "staged_vectors"
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
-    size: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(Big)
     mtime: Mapped[float] = mapped_column(Float)
     content_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     width: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -179,8 +184,8 @@ class ChangeRow(Base):
     """
 
     __tablename__ = "vector_changes"
-    generation: Mapped[int] = mapped_column(Integer, primary_key=True)
-    image_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    generation: Mapped[int] = mapped_column(Big, primary_key=True)
+    image_id: Mapped[int] = mapped_column(Big, primary_key=True)
 
 
 class HeldModelRow(Base):

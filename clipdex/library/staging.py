@@ -52,8 +52,10 @@ class Swapped:
 def begin(lib: Library, spec: ModelSpec, dim: int) -> dict[int, tuple[int, float]]:
     """Start staging for ``spec``, or continue it; returns image id -> (size, mtime) already staged.
 
-    Staging left by a rebuild with another model is discarded first.
+    Staging left by a rebuild with another model is discarded first. On a server, the run
+    then has the library to itself (:meth:`Library.need_exclusive`).
     """
+    lib.need_exclusive()
     with lib.session() as s:
         meta = {r.key: r.value for r in s.scalars(select(Meta).where(Meta.key.in_([_IDENTITY, _DIM])))}
         if meta.get(_IDENTITY) != spec.identity or meta.get(_DIM) != str(dim):
@@ -114,7 +116,7 @@ def swap(lib: Library, spec: ModelSpec, dim: int) -> Swapped:
         total = s.scalar(select(func.count(ImageRow.id))) or 0
         staged = s.scalar(select(func.count()).select_from(StagedRow).join(ImageRow, ImageRow.id == StagedRow.image_id))
         if staged != total:
-            raise LibraryError(f"the rebuild of {lib.path} is incomplete ({staged} of {total} pictures re-encoded)")
+            raise LibraryError(f"the rebuild of {lib.location} is incomplete ({staged} of {total} pictures re-encoded)")
         done.ids = set(s.scalars(select(StagedRow.image_id).where(StagedRow.vector.is_not(None))))
         for path, reason in s.execute(select(ImageRow.path, StagedRow.reason).join(
                 StagedRow, StagedRow.image_id == ImageRow.id).where(StagedRow.vector.is_(None))):
@@ -131,9 +133,11 @@ def swap(lib: Library, spec: ModelSpec, dim: int) -> Swapped:
             "width = st.width, height = st.height, captured_at = st.captured_at, indexed_at = :now "
             "FROM staged_vectors st WHERE st.image_id = images.id AND st.vector IS NOT NULL").bindparams(now))
         s.execute(text(
-            "INSERT OR REPLACE INTO skipped (path, reason, size, mtime, recorded_at) "
+            "INSERT INTO skipped (path, reason, size, mtime, recorded_at) "
             "SELECT i.path, st.reason, st.size, st.mtime, :now FROM staged_vectors st JOIN images i "
-            "ON i.id = st.image_id WHERE st.vector IS NULL AND st.reason IS NOT NULL").bindparams(now))
+            "ON i.id = st.image_id WHERE st.vector IS NULL AND st.reason IS NOT NULL ON CONFLICT (path) DO UPDATE "
+            "SET reason = excluded.reason, size = excluded.size, mtime = excluded.mtime, "
+            "recorded_at = excluded.recorded_at").bindparams(now))
         gone = list(s.scalars(select(StagedRow.image_id).where(StagedRow.vector.is_(None))))
         delete_in_chunks(s, ImageRow.id, gone)
         s.execute(delete(StagedRow))

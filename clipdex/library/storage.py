@@ -32,12 +32,12 @@ class DiskFull(LibraryError):
     """The disk holding the library filled up; what was committed before stays."""
 
 
-def damaged_message(db: Path, what: str) -> str:
+def damaged_message(db: Path | str, what: str) -> str:
     return (f"the library database {db} is damaged ({what}); it was left as it is: restore it from a backup, "
             "or move it away and index again")
 
 
-def meta_number(db: Path, key: str, value: object, low: int, high: int) -> int:
+def meta_number(db: Path | str, key: str, value: object, low: int, high: int) -> int:
     """``meta.<key>`` as a whole number in ``[low, high]``; :class:`DamagedLibrary` naming the key if not."""
     try:
         number = int(str(value).strip())

@@ -215,7 +215,7 @@ def write_pass(lib: Library, spec: PassSpec, tagger: Tagger, *, dry_run: bool = 
     are replaced. With ``dry_run`` nothing is written (and no lock taken), and the answer
     says what would change. ``examples`` per kind of change are kept for people to look at.
     """
-    lock = contextlib.nullcontext() if dry_run else lib.write_lock()
+    lock = contextlib.nullcontext() if dry_run else lib.write_lock(exclusive=True)  # no picture changes meanwhile
     with lock, lib.session() as s:
         ids, kept = tagger()
         stats = TagStats(images=len(ids), pass_key=spec.key, dry_run=dry_run)

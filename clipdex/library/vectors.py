@@ -11,11 +11,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from clipdex.library import storage
-from clipdex.library.paths import DB_NAME
+from clipdex.library import dialect, storage
 from clipdex.library.schema import ImageRow
 
 
@@ -24,6 +23,8 @@ class VectorReads:
 
     engine: Engine
     path: Path
+    db_name: Path | str
+    server: bool
     dim: int | None
 
     def get_meta(self, key: str, default: str | None = None) -> str | None:  # pragma: no cover - Library's
@@ -32,8 +33,7 @@ class VectorReads:
     def _sound_vector(self, dim: int):  # noqa: ANN202 - a SQL expression
         """The vector column where it is ``dim`` floats, NULL where it is not (SQLite checks the length,
         so a damaged blob is never read into memory)."""
-        sound = and_(func.typeof(ImageRow.vector) == "blob", func.length(ImageRow.vector) == dim * 4)
-        return case((sound, ImageRow.vector), else_=None)
+        return dialect.sound_vector(ImageRow.vector, dim * 4, self.server)
 
     def _vectors(self, rows: list, dim: int) -> tuple[np.ndarray, np.ndarray]:
         if not rows:
@@ -43,7 +43,7 @@ class VectorReads:
             with self.engine.connect() as conn:
                 path = conn.execute(select(ImageRow.path).where(ImageRow.id == bad)).scalar()
             raise storage.DamagedLibrary(storage.damaged_message(
-                self.path / DB_NAME, f"damaged vector for picture {bad} ({path!s:.300}); index that picture "
+                self.db_name, f"damaged vector for picture {bad} ({path!s:.300}); index that picture "
                 "again, or rebuild the library, to replace it"))
         ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
         vectors = np.empty((len(rows), dim), np.float32)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
 MAX_UPLOAD_BYTES = 20_000_000
 
 
-def _marked_demo(path: Path) -> bool:
+def _marked_demo(path: Path | str) -> bool:
     """True when the library at ``path`` is marked as the generated demo one (False if it cannot be read)."""
     from clipdex.library import Library
 
@@ -57,9 +57,9 @@ def create_app(config: dict | None = None) -> Flask:
         from clipdex.library import default_library_path
 
         app.config["LIBRARY"] = default_library_path()
-    state = WebState(Path(app.config["LIBRARY"]), app.config["MODEL"], app.config["BACKEND"])
+    state = WebState(app.config["LIBRARY"], app.config["MODEL"], app.config["BACKEND"])  # a folder or a URL
     if not app.config["DEMO"]:  # the demo library served by its path is the demo too (as `clipdex info` says)
-        app.config["DEMO"] = _marked_demo(Path(app.config["LIBRARY"]))
+        app.config["DEMO"] = _marked_demo(app.config["LIBRARY"])
     app.extensions["clipdex"] = state
     app.extensions["clipdex_uploads"] = UploadDecoder(**app.config["UPLOAD_DECODER"])
     app.url_map.merge_slashes = False  # /api//health is not found (JSON 404), not redirected (HTML 308)

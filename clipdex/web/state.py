@@ -23,8 +23,11 @@ class WebState:
     that run commits.
     """
 
-    def __init__(self, library_path: Path, model: str | None = None, backend: str | None = None):
-        self.library_path = Path(library_path)
+    def __init__(self, library_path: Path | str, model: str | None = None, backend: str | None = None):
+        from clipdex.library.dialect import is_url, shown
+
+        self.library_path = shown(library_path) if is_url(library_path) else Path(library_path)
+        self._where = library_path if is_url(library_path) else self.library_path
         self.model, self.backend = model, backend
         self._lib: Library | None = None
         self._encoder: Encoder | None = None
@@ -39,7 +42,7 @@ class WebState:
 
     def _open(self) -> Library:
         try:
-            return Library.open(self.library_path)
+            return Library.open(self._where)
         except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
             reason = getattr(exc, "orig", None) or getattr(exc, "strerror", None) or exc
             raise LibraryError(f"library at {self.library_path} cannot be opened: {reason}") from None
