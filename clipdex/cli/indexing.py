@@ -19,7 +19,20 @@ from clipdex.cli.common import (
 )
 
 
-@click.command()
+class _IndexCommand(click.Command):
+    """``--ray`` takes an optional address: ``--ray PATH`` (a path where an address would be) means a local Ray."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        from clipdex.indexer.distributed import LOCAL, looks_like_address
+
+        args = list(args)
+        for i, arg in enumerate(args[:-1]):
+            if arg == "--ray" and not args[i + 1].startswith("-") and not looks_like_address(args[i + 1]):
+                args[i] = f"--ray={LOCAL}"
+        return super().parse_args(ctx, args)
+
+
+@click.command(cls=_IndexCommand)
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @library_option
 @model_option
@@ -37,13 +50,17 @@ from clipdex.cli.common import (
               help="The search index: exact (flat), inverted-file (ivf: approximate, tuned to recall@10 >= 0.95, "
               "for large libraries), or auto: flat below 40,000 pictures, ivf above. Recorded in the library "
               "[default: what the library has, auto for a new one].")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Decode and encode on a Ray cluster (pip install 'clipdex[ray]'): alone, a Ray started on this "
+              "machine; auto, the cluster this machine belongs to; or HOST:PORT / ray://HOST:PORT. Every PATH must "
+              "be readable at the same path on the cluster's nodes. Planning and storing stay here.")
 @backend_option
 @click.option("--device", default=None, help="torch device (cuda, cpu, ...) [default: cuda if present].")
 @json_option
 @fail_cleanly
 def index(paths: tuple[Path, ...], library: Path | None, model: str | None, rebuild: bool, batch_size: int,
           workers: int | None, timeout: float, prune_empty: bool, index_type: str | None, backend: str | None,
-          device: str | None, as_json: bool) -> None:
+          device: str | None, ray_address: str | None, as_json: bool) -> None:
     """Index the pictures under PATHS (folders or files).
 
     With --model naming another model than the library's, that model's vectors are built beside the
@@ -69,9 +86,15 @@ def index(paths: tuple[Path, ...], library: Path | None, model: str | None, rebu
     from clipdex.indexer import Indexer
     from clipdex.library import Library
 
+    ray = None
+    if ray_address is not None:
+        from clipdex.indexer.distributed import RayOptions, import_ray
+
+        ray = RayOptions(ray_address)
+        import_ray()  # missing Ray is said before the library is touched
     lib = Library.create(library_path(library, demo_fallback=False))
     indexer = Indexer(lib, model, batch_size=batch_size, workers=workers, timeout=timeout, device=device,
-                      backend=backend, progress=interactive, say=say, index_type=index_type)
+                      backend=backend, progress=interactive, say=say, index_type=index_type, ray=ray)
     stats = indexer.run([str(p) for p in paths], rebuild=rebuild, prune_empty=prune_empty, switch=model is not None)
     if stats.backend_note:
         tell(f"note: {stats.backend_note}")

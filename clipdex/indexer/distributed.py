@@ -4,8 +4,8 @@ The driver (the ``clipdex index`` process) scans, plans and stores exactly as a 
 does (:class:`clipdex.indexer.run.Indexer`): only the files to decode and encode go to the
 cluster. :class:`RaySource` stands in for the local :class:`clipdex.decodepool.DecodePool`:
 
-* reading and decoding run in Ray CPU tasks calling the same ``decode_fn`` as the local
-  pool (:func:`clipdex.decodepool.decode_file`), so a bad file is skipped with the same reason;
+* reading and decoding run in Ray CPU tasks, each decoding its files in a worker process as
+  the local pool does (same ``decode_fn``, time limit and crash isolation): the same skip reasons;
 * encoding runs in an actor pool, one model per actor (one GPU per actor when the cluster
   has GPUs); Ray Data restarts an actor that dies and retries its batch, and a CPU task
   whose worker dies is retried (Ray's default ``max_retries``), so a lost worker costs a retry;
@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import multiprocessing
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from clipdex.decodepool import Decoded, DecodeFn
+from clipdex.decodepool import Decoded, DecodeFn, DecodePool
 from clipdex.errors import ClipdexError, UsageError
 from clipdex.imaging import DEFAULT_MAX_PIXELS
 from clipdex.models import Encoder, ModelSpec
@@ -41,6 +42,7 @@ RAY_INSTALL = "pip install 'clipdex[ray]'"
 LOCAL = "local"
 #: Environment variables the driver passes on to the cluster's workers (model caches, offline mode).
 _PASSED_ENV = ("CLIPDEX_", "HF_", "OPEN_CLIP_", "TORCH_HOME", "XDG_CACHE_HOME")
+_DECODE_BLOCK = 64  # files a decoding task takes: enough to make its worker's start (~0.1 s) a small cost
 _DECODE_MEMORY = 256 << 20  # bytes a decoding task may take (a 180-megapixel picture is refused before that)
 _ADDRESS = re.compile(r"^(auto|local|ray://\S+|[A-Za-z0-9_.\-\[\]:]+:\d{1,5})$")
 
@@ -79,15 +81,29 @@ def import_ray() -> Any:
 # --- what runs on the cluster -------------------------------------------------------------
 
 
-def decode_block(batch: dict[str, np.ndarray], size: int, mode: str, max_pixels: int,
+class _ForkedPool(DecodePool):
+    """A :class:`DecodePool` whose worker forks from a ``forkserver`` that outlives the task (a Ray worker
+    runs many): a decoder that crashes or hangs on a file costs that file, as on one machine, and a task
+    pays ~0.1 s to start its worker instead of a fresh interpreter's ~0.3 s."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        multiprocessing.set_forkserver_preload(["clipdex.decodepool"])
+        self._ctx = multiprocessing.get_context("forkserver")
+
+
+def decode_block(batch: dict[str, np.ndarray], size: int, mode: str, max_pixels: int, timeout: float,
                  decode_fn: DecodeFn) -> dict[str, np.ndarray]:
-    """A Ray Data CPU task: decode ``batch["path"]`` with ``decode_fn``; failures keep their reason.
+    """A Ray Data CPU task: decode ``batch["path"]`` with ``decode_fn`` in one worker process, each file under
+    the ``timeout`` of a local run; failures keep their reason (the local run's, crashes and time-outs too).
 
     Columns out: ``path``, ``error`` ("" when decoded), ``width``, ``height``, ``captured``
     (ISO date or ""), ``hash`` and ``pixels`` (``N x size x size x 3``, zeros for failures).
     """
     paths = [str(p) for p in batch["path"]]
-    done = [decode_fn(p, size, mode, max_pixels) for p in paths]
+    pool = _ForkedPool(1, timeout, max_pixels, decode_fn=decode_fn)
+    got = {d.path: d for chunk in pool.run(paths, size, mode, chunk=len(paths)) for d in chunk}
+    done = [got[p] for p in paths]
     pixels = np.zeros((len(done), size, size, 3), np.uint8)
     for i, d in enumerate(done):
         if not d.error and d.pixels is not None:
@@ -130,9 +146,9 @@ class RaySource:
     encoding on the driver. A Ray it started itself is shut down by :meth:`close`.
     """
 
-    def __init__(self, options: RayOptions, encoder: Encoder, decode_fn: DecodeFn, batch_size: int,
+    def __init__(self, options: RayOptions, encoder: Encoder, decode_fn: DecodeFn, batch_size: int, timeout: float,
                  say: Callable[[str], None], max_pixels: int = DEFAULT_MAX_PIXELS):
-        self.options, self.encoder, self.decode_fn = options, encoder, decode_fn
+        self.options, self.encoder, self.decode_fn, self.timeout = options, encoder, decode_fn, timeout
         self.batch_size, self.say, self.max_pixels = batch_size, say, max_pixels
         self.ray = import_ray()
         self._started = False
@@ -184,18 +200,27 @@ class RaySource:
         actors, gpus = self._plan()
         self.say(f"encoding {len(paths)} pictures on Ray: {actors} encoder actor{'s' * (actors != 1)}"
                  + (" (1 GPU each)" if gpus else " (CPU)") + " …")
-        block = max(1, min(self.batch_size, math.ceil(len(paths) / 4)))
+        block = max(1, min(_DECODE_BLOCK, math.ceil(len(paths) / 4)))
         ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=math.ceil(len(paths) / block))
         # The two stages differ in what they reserve, so Ray Data never fuses decoding into the encoder actors.
         ds = ds.map_batches(decode_block, batch_size=block, batch_format="numpy", zero_copy_batch=False,
                             num_cpus=self.options.decode_cpus, memory=_DECODE_MEMORY,
                             fn_kwargs={"size": size, "mode": mode, "max_pixels": self.max_pixels,
-                                       "decode_fn": self.decode_fn})
+                                       "timeout": self.timeout, "decode_fn": self.decode_fn})
         ds = ds.map_batches(EncodeActor, batch_size=self.batch_size, batch_format="numpy", zero_copy_batch=False,
                             compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus or None,
                             fn_constructor_kwargs={"spec": self.encoder.spec, "backend": self.encoder.requested_backend,
                                                    "device": None})
-        for batch in ds.iter_batches(batch_size=chunk, batch_format="numpy"):
+        batches = iter(ds.iter_batches(batch_size=chunk, batch_format="numpy"))
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except self.ray.exceptions.RayError as exc:  # a task that failed every retry, a lost cluster
+                first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+                raise ClipdexError(f"the Ray cluster could not finish the run ({first.strip()}); what was "
+                                   "committed stays: run the same indexing again to continue from there") from None
             items, self._vectors = [], {}
             for i, path in enumerate(batch["path"]):
                 path, error = str(path), str(batch["error"][i])

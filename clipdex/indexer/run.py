@@ -287,7 +287,7 @@ class Indexer:
             return DecodePool(self.workers, self.timeout, decode_fn=self.decode_fn).start(count)
         from clipdex.indexer.distributed import RaySource
 
-        return RaySource(self.ray, encoder, self.decode_fn, self.batch_size, self.say).start()
+        return RaySource(self.ray, encoder, self.decode_fn, self.batch_size, self.timeout, self.say).start()
 
     def decodes_jpegs_on_device(self, encoder: Encoder) -> bool:
         """Whether this run hands JPEGs to ``encoder`` as bytes (the model is loaded)."""
