@@ -155,6 +155,16 @@ def browser():
         b.close()
 
 
+def copy_library(library: Library, folder: Path, request: pytest.FixtureRequest) -> str:
+    """A private copy of ``library`` that a test may change: its folder copied to ``folder`` (SQLite), or
+    its database cloned (PostgreSQL; the new library's cache folder starts empty). Its location."""
+    if not library.server:
+        shutil.copytree(library.path, folder)
+        return str(folder)
+    library.engine.dispose()  # a template database must have no connections
+    return request.getfixturevalue("pg_cluster").clone(library.location)
+
+
 @pytest.fixture()
 def copied(tmp_path, library) -> Path:
     """A private copy of the session library, its WAL folded in (no ``-wal``/``-shm`` files left)."""

@@ -79,6 +79,12 @@ class Cluster:
         self._sql(f"CREATE DATABASE {name} TEMPLATE {self._template}")
         return self.url(name)
 
+    def clone(self, url: str) -> str:
+        """A new database holding what the database at ``url`` holds (nobody may be connected to it)."""
+        name = f"t{os.getpid()}_{next(self._names)}"
+        self._sql(f"CREATE DATABASE {name} TEMPLATE {url.rsplit('/', 1)[1]}")
+        return self.url(name)
+
     def stop(self) -> None:
         try:
             self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")

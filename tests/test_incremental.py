@@ -15,6 +15,9 @@ from clipdex.library import Library
 from clipdex.library.schema import ImageRow
 from clipdex.models import TINY_MODEL
 from clipdex.synthetic import Sample, draw, write_collection
+from tests.conftest import BOTH
+
+BACKENDS = BOTH  # every test here runs on SQLite and on PostgreSQL
 
 
 def index(lib, *paths, **kw):
@@ -43,8 +46,8 @@ def pics(tmp_path):
     return tmp_path / "pics"
 
 
-def test_first_run_then_unchanged(tmp_path, pics):
-    lib = Library.create(tmp_path / "lib")
+def test_first_run_then_unchanged(library_at, tmp_path, pics):
+    lib = Library.create(library_at)
     first = index(lib, pics)
     assert (first.indexed, first.encoded, first.unchanged, first.skipped) == (24, 24, 0, 0)
     again = index(lib, pics)
@@ -52,8 +55,8 @@ def test_first_run_then_unchanged(tmp_path, pics):
     assert_consistent(lib)
 
 
-def test_add_change_delete_move(tmp_path, pics):
-    lib = Library.create(tmp_path / "lib")
+def test_add_change_delete_move(library_at, tmp_path, pics):
+    lib = Library.create(library_at)
     index(lib, pics)
     before = rows(lib)
 
@@ -78,8 +81,8 @@ def test_add_change_delete_move(tmp_path, pics):
     assert_consistent(lib)
 
 
-def test_copy_of_an_indexed_file_reuses_its_vector(tmp_path, pics):
-    lib = Library.create(tmp_path / "lib")
+def test_copy_of_an_indexed_file_reuses_its_vector(library_at, tmp_path, pics):
+    lib = Library.create(library_at)
     index(lib, pics)
     shutil.copy(pics / "red" / "circle-000.jpg", pics / "copy.jpg")
     stats = index(lib, pics)
@@ -87,12 +90,12 @@ def test_copy_of_an_indexed_file_reuses_its_vector(tmp_path, pics):
     assert_consistent(lib)
 
 
-def test_copy_and_new_picture_in_one_batch(tmp_path):
+def test_copy_and_new_picture_in_one_batch(library_at, tmp_path):
     """A batch holding both a copy (reused vector) and new content (encoded) stores both, run after run."""
     folder = tmp_path / "D2"
     folder.mkdir()
     draw(Sample("red", "circle")).save(folder / "a.jpg")
-    lib = Library.create(tmp_path / "lib")
+    lib = Library.create(library_at)
     assert index(lib, folder).indexed == 1
     shutil.copy(folder / "a.jpg", folder / "copy.jpg")
     draw(Sample("blue", "star")).save(folder / "new.png")
@@ -107,12 +110,12 @@ def test_copy_and_new_picture_in_one_batch(tmp_path):
     assert_consistent(lib)
 
 
-def test_old_content_of_a_picture_changed_in_the_same_run_is_encoded(tmp_path):
+def test_old_content_of_a_picture_changed_in_the_same_run_is_encoded(library_at, tmp_path):
     """Once a row holds new content, a file with its old content is encoded, not given the row's new vector."""
     folder = tmp_path / "D3"
     folder.mkdir()
     draw(Sample("red", "circle")).save(folder / "a.png")
-    lib = Library.create(tmp_path / "lib")
+    lib = Library.create(library_at)
     index(lib, folder)
     shutil.copy(folder / "a.png", folder / "c.png")  # the old content of a.png, decoded after it
     draw(Sample("green", "square")).save(folder / "a.png")
@@ -126,16 +129,16 @@ def test_old_content_of_a_picture_changed_in_the_same_run_is_encoded(tmp_path):
     assert_consistent(lib)
 
 
-def test_rebuild_reencodes_everything(tmp_path, pics):
-    lib = Library.create(tmp_path / "lib")
+def test_rebuild_reencodes_everything(library_at, tmp_path, pics):
+    lib = Library.create(library_at)
     index(lib, pics)
     stats = Indexer(lib, TINY_MODEL, workers=2).run([str(pics)], rebuild=True)
     assert (stats.indexed, stats.encoded, stats.reused, stats.unchanged) == (24, 24, 0, 0)
     assert_consistent(lib)
 
 
-def test_only_the_given_folder_is_swept(tmp_path, pics):
-    lib = Library.create(tmp_path / "lib")
+def test_only_the_given_folder_is_swept(library_at, tmp_path, pics):
+    lib = Library.create(library_at)
     other = tmp_path / "other"
     write_collection(other, per_class=1, seed=9)
     index(lib, pics, other)
@@ -145,31 +148,31 @@ def test_only_the_given_folder_is_swept(tmp_path, pics):
     assert sum(1 for p in rows(lib) if p.startswith(str(other))) == 24
 
 
-def test_missing_root_is_an_error_not_a_mass_deletion(tmp_path, pics):
-    lib = Library.create(tmp_path / "lib")
+def test_missing_root_is_an_error_not_a_mass_deletion(library_at, tmp_path, pics):
+    lib = Library.create(library_at)
     index(lib, pics)
     with pytest.raises(UsageError, match="path not found: .*unmounted"):
         index(lib, tmp_path / "unmounted")
     assert len(rows(lib)) == 24
 
 
-def test_stale_index_file_is_rebuilt_from_sqlite(tmp_path, pics):
-    lib = Library.create(tmp_path / "lib")
+def test_stale_index_file_is_rebuilt_from_sqlite(library_at, tmp_path, pics):
+    lib = Library.create(library_at)
     index(lib, pics)
     for f in lib.path.glob("index.*.faiss"):
         f.unlink()
-    fresh = Library.open(lib.path)
+    fresh = Library.open(lib.location)
     assert fresh.index().ntotal == 24
     assert_consistent(fresh)
     # saved for the next process, since no writer held the library
     assert [p.name for p in lib.path.glob("index.*.faiss")] == [f"index.{fresh.generation}.faiss"]
 
 
-def test_other_model_is_refused_unless_rebuilding(tmp_path, pics):
-    lib = Library.create(tmp_path / "lib")
+def test_other_model_is_refused_unless_rebuilding(library_at, tmp_path, pics):
+    lib = Library.create(library_at)
     index(lib, pics)
     other = f"local-dir:{tmp_path / 'other-model'}"
-    shutil.copytree(Library.open(lib.path).encoder_for(None).spec.open_clip_name.split(":", 1)[1],
+    shutil.copytree(Library.open(lib.location).encoder_for(None).spec.open_clip_name.split(":", 1)[1],
                     tmp_path / "other-model")
     with pytest.raises(ModelMismatch, match=r"was built with model tiny, not local-dir:.*other-model"):
         lib.encoder_for(other)
@@ -178,4 +181,4 @@ def test_other_model_is_refused_unless_rebuilding(tmp_path, pics):
     assert refused.value.requested == f"local-dir:{(tmp_path / 'other-model').resolve()}"  # the CLI hints with it
     stats = Indexer(lib, other, workers=2).run([str(pics)], rebuild=True)
     assert stats.encoded == 24
-    assert str(Library.open(lib.path).model_spec).startswith("local-dir:")
+    assert str(Library.open(lib.location).model_spec).startswith("local-dir:")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -23,14 +22,15 @@ from clipdex.library import Library
 from clipdex.models import TINY_MODEL
 from clipdex.search import build_query, search
 from clipdex.synthetic import COLORS, SHAPES
+from tests.conftest import BOTH, copy_library
+
+BACKENDS = BOTH  # every test here runs on SQLite and on PostgreSQL
 
 
 @pytest.fixture()
-def own_library(tmp_path, collection, library):
+def own_library(tmp_path, collection, library, request):
     """A private copy of the shared library, so tagging can write to it."""
-    dest = tmp_path / "lib"
-    shutil.copytree(library.path, dest)
-    lib = Library.open(dest)
+    lib = Library.open(copy_library(library, tmp_path / "lib", request))
     yield lib
     lib.close()
 
@@ -132,14 +132,14 @@ def test_template_without_placeholder_is_refused(own_library, encoder):
         tag_library(own_library, encoder, ["a", "b"], ["a photo"])
 
 
-def test_changed_picture_loses_its_stale_tags(tmp_path, encoder):
+def test_changed_picture_loses_its_stale_tags(library_at, tmp_path, encoder):
     from clipdex.synthetic import Sample, draw
 
     pics = tmp_path / "pics"
     pics.mkdir()
     draw(Sample("red", "circle")).save(pics / "a.jpg")
     draw(Sample("blue", "square")).save(pics / "b.jpg")
-    lib = Library.create(tmp_path / "lib")
+    lib = Library.create(library_at)
     Indexer(lib, TINY_MODEL, workers=1).run([str(pics)])
     tag_library(lib, encoder, list(COLORS))
     assert len(stored(lib)) == 2

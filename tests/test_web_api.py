@@ -16,6 +16,9 @@ from clipdex.library import Library
 from clipdex.models import TINY_MODEL, tiny_model_dir
 from clipdex.synthetic import COLORS, Sample, draw
 from clipdex.web import create_app
+from tests.conftest import BOTH, copy_library
+
+BACKENDS = BOTH  # every test here runs on SQLite and on PostgreSQL
 
 
 def dated(path: Path, sample: Sample, when: str, orientation: int = 1) -> None:
@@ -27,10 +30,9 @@ def dated(path: Path, sample: Sample, when: str, orientation: int = 1) -> None:
 
 
 @pytest.fixture(scope="module")
-def web_library(tmp_path_factory, library, collection, encoder):
+def web_library(tmp_path_factory, library, collection, encoder, request):
     """The shared library copied, plus dated pictures, tagged by colour."""
-    dest = tmp_path_factory.mktemp("weblib") / "lib"
-    shutil.copytree(library.path, dest)
+    dest = copy_library(library, tmp_path_factory.mktemp("weblib") / "lib", request)
     extra = tmp_path_factory.mktemp("dated")
     dated(extra / "old-red-circle.jpg", Sample("red", "circle"), "2019:05:01 10:00:00")
     dated(extra / "mid-red-circle.jpg", Sample("red", "circle"), "2021:06:15 12:00:00", orientation=6)
@@ -45,7 +47,7 @@ def web_library(tmp_path_factory, library, collection, encoder):
 
 @pytest.fixture(scope="module")
 def client(web_library):
-    app = create_app({"LIBRARY": web_library.path, "TESTING": True})
+    app = create_app({"LIBRARY": web_library.location, "TESTING": True})
     return app.test_client()
 
 
@@ -180,7 +182,7 @@ def test_every_api_error_has_one_shape(client, web_library):
 
 
 def test_upload_limit_is_413_in_the_same_shape(web_library):
-    small = create_app({"LIBRARY": web_library.path, "MAX_CONTENT_LENGTH": 10_000}).test_client()
+    small = create_app({"LIBRARY": web_library.location, "MAX_CONTENT_LENGTH": 10_000}).test_client()
     r = small.post("/api/search", data={"image": (io.BytesIO(b"\0" * 20_000), "big.png")},
                    content_type="multipart/form-data")
     assert r.status_code == 413
@@ -208,7 +210,7 @@ def test_no_library_yet(tmp_path):
     assert "No library yet" in client.get("/").get_data(as_text=True)
 
 
-def test_files_only_by_id_and_only_inside_the_collection(tmp_path, encoder):
+def test_files_only_by_id_and_only_inside_the_collection(library_at, tmp_path, encoder):
     pics = tmp_path / "pics"
     pics.mkdir()
     outside = tmp_path / "outside"
@@ -217,9 +219,9 @@ def test_files_only_by_id_and_only_inside_the_collection(tmp_path, encoder):
     draw(Sample("red", "circle")).save(pics / "ok.jpg")
     draw(Sample("blue", "circle")).save(pics / "swapped.jpg")
     os.symlink(outside / "secret.jpg", pics / "link-out.jpg")  # a symlink leading out of the collection
-    lib = Library.create(tmp_path / "lib")
+    lib = Library.create(library_at)
     Indexer(lib, TINY_MODEL, workers=1).run([str(pics)])
-    client = create_app({"LIBRARY": lib.path}).test_client()
+    client = create_app({"LIBRARY": lib.location}).test_client()
     ids = {Path(r["path"]).name: r["id"] for r in client.get("/api/search?q=a+circle&k=10").get_json()["results"]}
     assert client.get(f"/api/images/{ids['ok.jpg']}/file").status_code == 200
     r = client.get(f"/api/images/{ids['link-out.jpg']}/file")
@@ -237,37 +239,37 @@ def test_files_only_by_id_and_only_inside_the_collection(tmp_path, encoder):
         assert r.status_code in (200, 404) and (r.status_code == 404 or url.endswith("?path=/etc/passwd")), url
 
 
-def one_picture_library(tmp_path: Path, sample: Sample) -> tuple[Path, Library]:
+def one_picture_library(tmp_path: Path, sample: Sample, library_at: str) -> tuple[Path, Library]:
     """``tmp_path/pics/a.jpg`` showing ``sample``, indexed into ``tmp_path/lib`` with the tiny model."""
     pics = tmp_path / "pics"
     pics.mkdir()
     draw(sample).save(pics / "a.jpg")
-    lib = Library.create(tmp_path / "lib")
+    lib = Library.create(library_at)
     Indexer(lib, TINY_MODEL, workers=1).run([str(pics)])
     return pics, lib
 
 
-def test_new_pictures_appear_without_a_restart(tmp_path):
-    pics, lib = one_picture_library(tmp_path, Sample("blue", "square"))
-    client = create_app({"LIBRARY": lib.path}).test_client()
+def test_new_pictures_appear_without_a_restart(library_at, tmp_path):
+    pics, lib = one_picture_library(tmp_path, Sample("blue", "square"), library_at)
+    client = create_app({"LIBRARY": lib.location}).test_client()
     assert names(client.get("/api/search?q=a+green+star&k=5")) == ["pics/a.jpg"]
     draw(Sample("green", "star")).save(pics / "b.jpg")
-    Indexer(Library.open(lib.path), TINY_MODEL, workers=1).run([str(pics)])  # as `clipdex index` would
+    Indexer(Library.open(lib.location), TINY_MODEL, workers=1).run([str(pics)])  # as `clipdex index` would
     assert names(client.get("/api/search?q=a+green+star&k=5"))[0] == "pics/b.jpg"
 
 
-def test_a_rebuild_with_another_model_switches_the_server_to_it(tmp_path):
-    pics, lib = one_picture_library(tmp_path, Sample("green", "star"))
-    app = create_app({"LIBRARY": lib.path})
+def test_a_rebuild_with_another_model_switches_the_server_to_it(library_at, tmp_path):
+    pics, lib = one_picture_library(tmp_path, Sample("green", "star"), library_at)
+    app = create_app({"LIBRARY": lib.location})
     assert names(app.test_client().get("/api/search?q=a+green+star")) == ["pics/a.jpg"]
     other = tmp_path / "other-model"
     shutil.copytree(tiny_model_dir(), other)
-    Indexer(Library.open(lib.path), f"local-dir:{other}", workers=1).run([str(pics)], rebuild=True)
+    Indexer(Library.open(lib.location), f"local-dir:{other}", workers=1).run([str(pics)], rebuild=True)
     assert names(app.test_client().get("/api/search?q=a+green+star")) == ["pics/a.jpg"]
     assert app.extensions["clipdex"].encoder().spec.identity == f"local-dir:{other}"  # queries use the new model
 
 
-def test_server_keeps_answering_while_an_index_run_writes(tmp_path):
+def test_server_keeps_answering_while_an_index_run_writes(library_at, tmp_path):
     import subprocess
     import sys
     import time
@@ -277,12 +279,12 @@ def test_server_keeps_answering_while_an_index_run_writes(tmp_path):
     first = tmp_path / "pics" / "first"
     first.mkdir(parents=True)
     draw(Sample("blue", "square")).save(first / "a.jpg")
-    lib = Library.create(tmp_path / "lib")
+    lib = Library.create(library_at)
     Indexer(lib, TINY_MODEL, workers=1).run([str(first)])
-    client = create_app({"LIBRARY": lib.path}).test_client()
+    client = create_app({"LIBRARY": lib.location}).test_client()
     write_collection(tmp_path / "pics" / "more", per_class=8, seed=8, samples=[Sample("green", "star")])
     proc = subprocess.Popen([sys.executable, "-m", "clipdex", "index", str(tmp_path / "pics"), "--library",
-                             str(lib.path), "--batch-size", "2", "--workers", "1", "--json"],  # 4 commits
+                             lib.location, "--batch-size", "2", "--workers", "1", "--json"],  # 4 commits
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     answered_during_run = 0
     deadline = time.monotonic() + 240
