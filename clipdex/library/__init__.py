@@ -81,7 +81,7 @@ class Library(VectorReads):
                 raise LibraryError(f"cannot make the cache folder {self.path} of {self.location}: "
                                    f"{exc.strerror}") from None
             self.read_only = False
-            self.engine = dialect.server_engine(url)
+            self.engine = dialect.server_engine(url, self.location)
             self._writer = dialect.WriterLock(self.engine, self.location)
         else:
             self.path = Path(where).expanduser().resolve()

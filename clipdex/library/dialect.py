@@ -70,15 +70,15 @@ def _translate(where: str):  # noqa: ANN202 - an event handler
 
         exc = ctx.original_exception
         if isinstance(exc, psycopg.OperationalError):  # unreachable, refused, no such database, disk full...
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-            raise LibraryError(f"cannot use the library database {where}: {first}") from None
+            said = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+            raise LibraryError(f"cannot use the library database {where}: {said[:400]}") from None
 
     return handle_error
 
 
-def server_engine(url: URL) -> Engine:
-    """An engine on a database server whose connection failures are :class:`LibraryError` in words."""
-    where = shown(url)
+def server_engine(url: URL, where: str) -> Engine:
+    """An engine on a database server whose connection failures are :class:`LibraryError` in words
+    (naming the library as ``where``)."""
     try:
         engine = create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
     except NoSuchModuleError:

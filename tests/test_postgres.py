@@ -1,0 +1,132 @@
+"""A library shared on PostgreSQL: concurrent writers, the writers' lock, the cache folder, URLs.
+
+Against a real server the tests start themselves (tests/pgcluster.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from clipdex.errors import LibraryError, NoLibrary
+from clipdex.indexer import Indexer
+from clipdex.library import Library
+from clipdex.library.schema import ChangeRow, ImageRow
+from clipdex.models import TINY_MODEL
+from clipdex.synthetic import COLORS, Sample, draw, write_collection
+from clipdex.web import create_app
+from tests.conftest import invoke
+
+BACKENDS = ("postgresql",)
+
+
+def index_process(url: str, folder: Path, env: dict | None = None) -> subprocess.Popen:
+    """``clipdex index FOLDER --library URL`` in its own process, committing every 2 pictures."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "clipdex", "index", str(folder), "--library", url, "--batch-size", "2",
+         "--workers", "1", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+
+
+def test_two_index_processes_on_different_folders_share_one_library_while_a_server_answers(library_at, tmp_path):
+    first = tmp_path / "first"
+    first.mkdir()
+    draw(Sample("blue", "square")).save(first / "a.jpg")
+    lib = Library.create(library_at)
+    Indexer(lib, TINY_MODEL, workers=1).run([str(first)])
+    client = create_app({"LIBRARY": library_at, "TESTING": True}).test_client()
+    one = write_collection(tmp_path / "one", per_class=1, seed=11, samples=[Sample(c, "star") for c in COLORS] * 3)
+    two = write_collection(tmp_path / "two", per_class=1, seed=12, samples=[Sample(c, "circle") for c in COLORS] * 3)
+    procs = [index_process(library_at, tmp_path / "one"), index_process(library_at, tmp_path / "two")]
+    answers, seen = 0, []
+    deadline = time.monotonic() + 240
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        r = client.get("/api/search", query_string={"q": "a star", "k": 100})
+        assert r.status_code == 200, r.get_json()
+        seen.append(len(r.get_json()["results"]))
+        answers += 1
+    outs = [p.communicate(timeout=60) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    reports = [json.loads(out) for out, _ in outs]
+    assert [r["indexed"] for r in reports] == [len(one), len(two)]
+    assert answers >= 3 and seen == sorted(seen)  # answered throughout; never fewer pictures than before
+
+    fresh = Library.open(library_at)
+    expected = {str(first / "a.jpg"), *map(str, one), *map(str, two)}
+    with fresh.session() as s:
+        paths = list(s.scalars(select(ImageRow.path)))
+        ids = list(s.scalars(select(ImageRow.id)))
+        logged = s.scalar(select(func.count(func.distinct(ChangeRow.generation))))
+    assert sorted(paths) == sorted(expected)  # every picture once
+    assert len(set(ids)) == len(ids) == len(expected)
+    db_ids, vectors = fresh.load_vectors()
+    index = fresh.index()
+    assert sorted(index.ids().tolist()) == db_ids.tolist()  # the index agrees with the database
+    for i, v in zip(db_ids, vectors):
+        assert np.allclose(index.vector(int(i)), v)
+    # every commit of both runs got its own generation, in order, with its change-log rows
+    assert fresh.generation >= 1 + len(one) // 2 + len(two) // 2
+    assert logged >= 1
+    assert client.get("/api/search", query_string={"q": "a red circle", "k": 3}).status_code == 200
+
+
+def test_incremental_writers_share_the_lock_and_a_rebuild_needs_it_alone(library_at, tmp_path):
+    pics = tmp_path / "pics"
+    write_collection(pics, per_class=1, seed=3, samples=[Sample("red", "circle"), Sample("blue", "star")])
+    lib = Library.create(library_at)
+    Indexer(lib, TINY_MODEL, workers=1).run([str(pics)])
+    other = Library.open(library_at)
+    with lib.write_lock():
+        with other.write_lock():  # two incremental writers at once
+            pass
+        with pytest.raises(LibraryError, match="this needs the library to itself"):
+            with other.write_lock(exclusive=True):
+                pass
+        with pytest.raises(LibraryError, match="this needs the library to itself"):
+            Indexer(other, TINY_MODEL, workers=1).run([str(pics)], rebuild=True)
+    with other.write_lock(exclusive=True):
+        with pytest.raises(LibraryError, match="another clipdex process is rebuilding or tagging"):
+            with lib.write_lock():
+                pass
+    stats = Indexer(other, TINY_MODEL, workers=1).run([str(pics)], rebuild=True)  # free again
+    assert stats.encoded == 2
+
+
+def test_the_cache_folder_holds_the_index_files_and_is_rebuilt_when_lost(library_at, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPDEX_CACHE_DIR", str(tmp_path / "cache"))
+    pics = tmp_path / "pics"
+    write_collection(pics, per_class=1, seed=4, samples=[Sample(c, "square") for c in COLORS])
+    r = invoke("index", str(pics), "--library", library_at, "--model", "tiny", "--workers", "1", "--json")
+    assert r.exit_code == 0, r.stderr
+    info = json.loads(invoke("info", "--library", library_at, "--json").stdout)
+    cache = Path(info["cache_folder"])
+    assert info["library"] == library_at and cache.parent == tmp_path / "cache" / "libraries"
+    assert info["images"] == len(COLORS)
+    assert [p.name for p in cache.glob("index.*")] == [f"index.{info['generation']}.faiss"]
+    monkeypatch.setenv("CLIPDEX_CACHE_DIR", str(tmp_path / "elsewhere"))  # another machine: nothing cached
+    hits = json.loads(invoke("search", "a red square", "--library", library_at, "--json", "-k", "1").stdout)
+    assert Path(hits["results"][0]["path"]).parent.name == "red"
+    assert list((tmp_path / "elsewhere" / "libraries").glob("*/index.*.faiss"))
+
+
+def test_urls_in_words(library_at, tmp_path):
+    r = invoke("search", "a cat", "--library", library_at)
+    assert r.exit_code == 1 and r.stderr.startswith(f"Error: no library at {library_at}")
+    unreachable = "postgresql://nobody@127.0.0.1:1/none"
+    r = invoke("info", "--library", unreachable)
+    assert r.exit_code == 1 and r.stderr.startswith(f"Error: cannot use the library database {unreachable}: ")
+    assert len(r.stderr.strip().splitlines()) == 1
+    with pytest.raises(NoLibrary):
+        Library.open(library_at)
+    with pytest.raises(LibraryError, match="names no database"):
+        Library.open("postgresql://user@host")
