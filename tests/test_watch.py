@@ -169,7 +169,7 @@ def test_a_file_still_being_written_waits_until_it_is_complete(tmp_path, pics, s
     lib = Library.create(tmp_path / "lib")
     data = (spare / "red" / "star-000.jpg").read_bytes()
     target = pics / "red" / "slow.jpg"
-    with watching(lib, [pics], quiet=0.4) as run:
+    with watching(lib, [pics], quiet=1.0) as run:
         with open(target, "wb") as fh:  # written in pieces, each sooner than the settle time after the last
             for start in range(0, len(data), len(data) // 8):
                 fh.write(data[start:start + len(data) // 8])
@@ -268,6 +268,29 @@ def test_a_busy_library_is_retried(tmp_path, pics, spare):
         assert report.stats.indexed == 1
 
 
+class JsonLines:
+    """The JSON lines a ``clipdex watch --json`` in a :class:`Terminal` printed so far (stdout, read as it comes)."""
+
+    def __init__(self, run: Terminal):
+        self.run, self.lines, self.pending = run, [], ""
+        os.set_blocking(run.proc.stdout.fileno(), False)
+
+    def events(self) -> list[str]:
+        try:
+            self.pending += os.read(self.run.proc.stdout.fileno(), 65536).decode()
+        except BlockingIOError:
+            pass
+        *complete, self.pending = self.pending.split("\n")
+        self.lines.extend(json.loads(line) for line in complete if line.strip())
+        return [line["event"] for line in self.lines]
+
+    def finish(self) -> tuple[int, str, str]:
+        os.set_blocking(self.run.proc.stdout.fileno(), True)
+        code, out, shown = self.run.finish()
+        self.lines.extend(json.loads(line) for line in (self.pending + out).splitlines() if line.strip())
+        return code, out, shown
+
+
 @pytest.mark.slow  # a real process run end to end
 def test_the_command_prints_json_lines_and_ctrl_c_stops_everything(tmp_path, pics):
     lib = tmp_path / "lib"
@@ -275,28 +298,16 @@ def test_the_command_prints_json_lines_and_ctrl_c_stops_everything(tmp_path, pic
     write_collection(many, per_class=20, seed=14)  # 480 pictures: a pass still running when Ctrl-C comes
     run = Terminal("watch", str(pics), "--library", str(lib), "--model", "tiny", "--workers", "2",
                    "--batch-size", "4", "--backend", "torch", "--settle", "0.2", "--json")
-    lines: list[dict] = []
-    pending = [""]
-    os.set_blocking(run.proc.stdout.fileno(), False)
-
-    def events() -> list[str]:  # the JSON lines printed so far
-        try:
-            pending[0] += os.read(run.proc.stdout.fileno(), 65536).decode()
-        except BlockingIOError:
-            pass
-        *complete, pending[0] = pending[0].split("\n")
-        lines.extend(json.loads(line) for line in complete if line.strip())
-        return [line["event"] for line in lines]
-
+    printed = JsonLines(run)
+    events = printed.events
     wait_until(lambda: "pass" in events(), "the catch-up pass", deadline=120)
+    lines = printed.lines
     first = next(line for line in lines if line["event"] == "pass")
     assert first["indexed"] == 24 and first["roots"] == [str(pics)]
     shutil.copytree(many, pics / "many")
     run.wait_for(r"480 new")  # the pass has started (its lines show on a terminal)
     os.killpg(run.group, signal.SIGINT)  # what Ctrl-C does: SIGINT to the whole foreground group
-    os.set_blocking(run.proc.stdout.fileno(), True)
-    code, out, shown = run.finish()
-    lines.extend(json.loads(line) for line in (pending[0] + out).splitlines() if line.strip())
+    code, out, shown = printed.finish()
     assert code == 0, shown
     assert "Traceback" not in shown
     assert lines[-1]["event"] == "stopped"
@@ -304,6 +315,30 @@ def test_the_command_prints_json_lines_and_ctrl_c_stops_everything(tmp_path, pic
     kept = Library.open(lib)
     ids, _ = kept.load_vectors()
     assert 24 <= len(ids) <= 24 + 480 and sorted(kept.index().ids().tolist()) == ids.tolist()
+
+
+@pytest.mark.slow  # a real process killed part-way
+def test_a_watcher_killed_mid_pass_loses_nothing_committed_and_the_next_one_catches_up(tmp_path, pics):
+    lib = tmp_path / "lib"
+    many = tmp_path / "many"
+    write_collection(many, per_class=20, seed=15)  # 480 pictures
+    run = Terminal("watch", str(pics), "--library", str(lib), "--model", "tiny", "--workers", "2",
+                   "--batch-size", "4", "--backend", "torch", "--settle", "0.2", "--json")
+    printed = JsonLines(run)
+    wait_until(lambda: "pass" in printed.events(), "the catch-up pass", deadline=120)
+    shutil.copytree(many, pics / "many")
+    run.wait_for(r"480 new")
+    reader = Library.open(lib)
+    wait_until(lambda: len(rows(reader)) > 24, "a first batch of the copy committed")
+    os.killpg(run.group, signal.SIGKILL)  # the watcher and its decoders, at once
+    printed.finish()
+    kept = Library.open(lib)
+    committed = len(kept.load_vectors()[0])
+    assert 24 < committed < 24 + 480
+    with watching(kept, [pics]) as again:
+        assert again.reports[0].stats.indexed == 24 + 480 - committed
+    ids, _ = kept.load_vectors()
+    assert len(ids) == 24 + 480 == len(rows(kept)) and sorted(kept.index().ids().tolist()) == ids.tolist()
 
 
 @pytest.mark.slow  # a real server and its watcher, end to end
