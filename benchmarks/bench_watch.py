@@ -121,12 +121,22 @@ def run(work: Path, args: argparse.Namespace) -> None:
         started = time.perf_counter()
         shutil.copytree(staging / "bulk", bulk)
         copied = time.perf_counter()
-        wait_for(lambda: search(port, bulk, k=1, offset=args.bulk - 1), "the whole copy searchable", pause=0.1)
+        answers = []  # how long searches take while the watcher indexes
+
+        def all_there() -> list[str]:
+            asked = time.perf_counter()
+            found = search(port, bulk, k=1, offset=args.bulk - 1)
+            answers.append(time.perf_counter() - asked)
+            return found
+
+        wait_for(all_there, "the whole copy searchable", pause=0.1)
         done = time.perf_counter()
         from_start, from_end = done - started, done - copied
         print(f"copy of {args.bulk} files ({copied - started:.2f} s to copy): all searchable {from_end:.2f} s after "
               f"the copy ended, {from_start:.2f} s after it began: {from_start / index_seconds - 1:+.0%} against "
               f"index   (bar: <= +10 %)")
+        print(f"searches answered meanwhile: {len(answers)}, p50 {percentile(answers, 50) * 1000:.0f} ms, "
+              f"max {max(answers) * 1000:.0f} ms")
         passes = [line for line in (work / "serve.log").read_text().splitlines() if " file event" in line]
         bulk_passes = [line for line in passes if "bulk" in line or f"indexed {args.bulk}" in line]
         print(f"watcher passes: {len(passes)} in all ({len(passes) - len(latencies)} beyond one per single picture)")

@@ -152,6 +152,19 @@ def test_a_renamed_folder_is_moves_and_nothing_is_encoded(tmp_path, pics):
         assert {p.replace("/rouge/", "/red/") for p in after} == set(before)
 
 
+def test_a_move_between_two_watched_folders_is_one_pass_and_no_encoding(tmp_path, pics, spare):
+    """Each watched folder has its own inotify instance: the side a file left is reported as a deletion, 0.5 s
+    later (watchdog waits that long for the other half of a move), within the default settle time."""
+    lib = Library.create(tmp_path / "lib")
+    with watching(lib, [pics, spare], quiet=1.0) as run:
+        image_id = rows(lib)[str(spare / "red" / "star-000.jpg")].id
+        os.rename(spare / "red" / "star-000.jpg", pics / "from-spare.jpg")
+        report = run.next_pass(1)
+        assert sorted(report.roots) == sorted([str(pics), str(spare)])
+        assert (report.stats.moved, report.stats.encoded, report.stats.removed) == (1, 0, 0)
+        assert rows(lib)[str(pics / "from-spare.jpg")].id == image_id
+
+
 def test_a_copy_of_many_files_becomes_few_passes(tmp_path, pics):
     lib = Library.create(tmp_path / "lib")
     many = tmp_path / "many"

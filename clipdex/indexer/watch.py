@@ -117,7 +117,9 @@ def _key(path: str) -> tuple[int, int] | None:
 class Watcher:
     """Follow ``roots`` (None: every folder ``library`` was indexed from, re-read as it grows).
 
-    ``quiet``: seconds without events (and without a named file modified) before a pass;
+    ``quiet``: seconds without events (and without a named file modified) before a pass; over
+    0.5 s, a move between two watched folders lands in one pass (watchdog reports the side a
+    file left 0.5 s later, waiting for the other half of the move);
     ``max_wait``: a pass runs after this long even while events keep coming; ``recheck``:
     how often the folders themselves are checked (gone, back, remounted); ``retry``: seconds
     before a failed pass (library busy with another writer, disk full) is tried again;
