@@ -18,12 +18,14 @@ import threading
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 from sqlalchemy import text
 
 from clipdex.ann import gpu, policy
 from clipdex.ann.base import index_files
+from clipdex.ann.ivffile import check_ivf_file
 from clipdex.ann.synthetic import clip_like_vectors
 from clipdex.library import Library, writes
 from clipdex.library.writes import Picture
@@ -215,7 +217,7 @@ def test_a_build_killed_at_any_moment_leaves_a_library_that_answers_correctly(tm
 
 
 @pytest.mark.parametrize("damage", ["truncated", "bytes appended", "a FIFO", "another library's file",
-                                    "a record naming a file elsewhere"])
+                                    "a record naming a file elsewhere", "codes damaged inside its lists"])
 def test_a_damaged_or_swapped_ivf_file_is_rebuilt_not_trusted(tmp_path, damage):
     def ivf_library(folder: Path, seed: int) -> tuple[Library, Path]:
         lib = new_library(folder, vectors(3000, seed=seed))
@@ -237,6 +239,15 @@ def test_a_damaged_or_swapped_ivf_file_is_rebuilt_not_trusted(tmp_path, damage):
             s.execute(text("DELETE FROM images WHERE id > 1500"))
             s.commit()
         path.write_bytes(other_path.read_bytes())
+    elif damage == "codes damaged inside its lists":  # headers, sizes and ids intact: only a hash of it all sees it
+        layout, index = check_ivf_file(path, DIM), faiss.read_index(str(path))
+        sizes = [index.invlists.list_size(i) for i in range(layout.nlist)]
+        raw, at, noise = bytearray(path.read_bytes()), layout.lists_offset, np.random.default_rng(1)
+        for n in sizes:  # each list: its codes, then its ids
+            raw[at:at + n * layout.code_size] = noise.integers(0, 256, n * layout.code_size, np.uint8).tobytes()
+            at += n * (layout.code_size + 8)
+        assert at == len(raw)
+        path.write_bytes(bytes(raw))
     else:
         record = json.loads(lib.get_meta("index_file"))
         record["file"] = "../index.1.ivf"
@@ -250,7 +261,22 @@ def test_a_damaged_or_swapped_ivf_file_is_rebuilt_not_trusted(tmp_path, damage):
     worker.join(60)
     assert answers, "still loading after 60 s"
     assert answers[0].ids().tolist() == fresh.load_vectors()[0].tolist()
-    assert found(fresh, fresh.vectors_of([77])[1][0], 1) == [77]
+    assert [found(fresh, fresh.vectors_of([i])[1][0], 1) for i in (77, 1234, 2999)] == [[77], [1234], [2999]]
+
+
+def test_a_flat_file_from_another_library_with_the_same_ids_is_not_used(tmp_path):
+    """Two libraries filled alike hold the same ids at the same generation: only the record's
+    fingerprint tells their files apart, and a copied one must be rebuilt, not searched."""
+    libs = []
+    for name, seed in (("lib", 3), ("other", 4)):
+        lib = new_library(tmp_path / name, vectors(3000, seed=seed))
+        maintain(lib)
+        libs.append(lib)
+    mine, other = (lib.path / json.loads(lib.get_meta("index_file"))["file"] for lib in libs)
+    assert mine.name == other.name
+    mine.write_bytes(other.read_bytes())
+    fresh = Library.open(libs[0].path)
+    assert [found(fresh, fresh.vectors_of([i])[1][0], 1) for i in (77, 1234, 2999)] == [[77], [1234], [2999]]
 
 
 def test_an_ivf_index_larger_than_the_memory_limit_still_serves(tmp_path):

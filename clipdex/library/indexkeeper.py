@@ -101,7 +101,9 @@ class IndexKeeper:
         dim = self.lib.dim
         if dim is None:
             raise LibraryError(f"library at {self.lib.path} is empty")
-        live = self._from_record(dim) or self._from_legacy_file(dim)
+        live = self._from_record(dim)
+        if live is None and self.lib.get_meta(self.record_key) is None:  # never another library's file
+            live = self._from_legacy_file(dim)
         if live is None:
             base, report = self._build(dim, self._kind())
             if self._save_if_unlocked(base, report):
