@@ -42,7 +42,7 @@ RAY_INSTALL = "pip install 'clipdex[ray]'"
 LOCAL = "local"
 #: Environment variables the driver passes on to the cluster's workers (model caches, offline mode).
 _PASSED_ENV = ("CLIPDEX_", "HF_", "OPEN_CLIP_", "TORCH_HOME", "XDG_CACHE_HOME")
-_DECODE_BLOCK = 64  # files a decoding task takes: enough to make its worker's start (~0.1 s) a small cost
+_DECODE_BLOCK = 32  # files a decoding task takes: its worker's start (~25 ms) is then ~1 ms a file
 _DECODE_MEMORY = 256 << 20  # bytes a decoding task may take (a 180-megapixel picture is refused before that)
 _ADDRESS = re.compile(r"^(auto|local|ray://\S+|[A-Za-z0-9_.\-\[\]:]+:\d{1,5})$")
 
@@ -60,7 +60,7 @@ class RayOptions:
 
     address: str = LOCAL
     actors: int | None = None
-    decode_cpus: float = 1.0  # CPUs a decoding task reserves (Ray's ``num_cpus``)
+    decode_cpus: float | None = None  # CPUs a decoding task reserves [default: 1 with GPUs, else 0.5: see _plan]
 
     def __post_init__(self) -> None:
         if not looks_like_address(self.address):
@@ -84,12 +84,16 @@ def import_ray() -> Any:
 class _ForkedPool(DecodePool):
     """A :class:`DecodePool` whose worker forks from a ``forkserver`` that outlives the task (a Ray worker
     runs many): a decoder that crashes or hangs on a file costs that file, as on one machine, and a task
-    pays ~0.1 s to start its worker instead of a fresh interpreter's ~0.3 s."""
+    pays ~25 ms to start its worker instead of a fresh interpreter's ~0.3 s. The resource tracker is kept
+    for the next task (it exits with the Ray worker), not stopped after each as a command's pool does."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         multiprocessing.set_forkserver_preload(["clipdex.decodepool"])
         self._ctx = multiprocessing.get_context("forkserver")
+
+    def _release(self) -> None:
+        pass
 
 
 def decode_block(batch: dict[str, np.ndarray], size: int, mode: str, max_pixels: int, timeout: float,
@@ -176,15 +180,22 @@ class RaySource:
         logging.getLogger("ray.data").setLevel(logging.ERROR)
         return self
 
-    def _plan(self) -> tuple[int, float]:
-        """How many encoder actors, and how many GPUs each takes."""
+    def _plan(self) -> tuple[int, float, float]:
+        """How many encoder actors, how many GPUs each takes, and the CPUs a decoding task reserves.
+
+        On CPUs only, the model's threads share the cores with the decoders (as on one machine, where
+        the decoders run at low priority beside the model), so a decoding task reserves half a CPU.
+        """
         resources = self.ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
         if self.options.actors:
-            return self.options.actors, 1.0 if gpus >= self.options.actors else 0.0
-        if gpus:
-            return gpus, 1.0
-        return max(1, sum(1 for node in self.ray.nodes() if node.get("Alive"))), 0.0
+            actors, per_actor = self.options.actors, 1.0 if gpus >= self.options.actors else 0.0
+        elif gpus:
+            actors, per_actor = gpus, 1.0
+        else:
+            actors, per_actor = max(1, sum(1 for node in self.ray.nodes() if node.get("Alive"))), 0.0
+        decode_cpus = self.options.decode_cpus or (1.0 if per_actor else 0.5)
+        return actors, per_actor, decode_cpus
 
     def run(self, paths: list[str], size: int, mode: str = "shortest", chunk: int = 32,
             jpeg_bytes: bool = False) -> Iterator[list[Decoded]]:
@@ -197,14 +208,14 @@ class RaySource:
         self.start()
         import ray.data
 
-        actors, gpus = self._plan()
+        actors, gpus, decode_cpus = self._plan()
         self.say(f"encoding {len(paths)} pictures on Ray: {actors} encoder actor{'s' * (actors != 1)}"
                  + (" (1 GPU each)" if gpus else " (CPU)") + " …")
         block = max(1, min(_DECODE_BLOCK, math.ceil(len(paths) / 4)))
         ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=math.ceil(len(paths) / block))
         # The two stages differ in what they reserve, so Ray Data never fuses decoding into the encoder actors.
         ds = ds.map_batches(decode_block, batch_size=block, batch_format="numpy", zero_copy_batch=False,
-                            num_cpus=self.options.decode_cpus, memory=_DECODE_MEMORY,
+                            num_cpus=decode_cpus, memory=_DECODE_MEMORY,
                             fn_kwargs={"size": size, "mode": mode, "max_pixels": self.max_pixels,
                                        "timeout": self.timeout, "decode_fn": self.decode_fn})
         ds = ds.map_batches(EncodeActor, batch_size=self.batch_size, batch_format="numpy", zero_copy_batch=False,
