@@ -130,3 +130,67 @@ def test_urls_in_words(library_at, tmp_path):
         Library.open(library_at)
     with pytest.raises(LibraryError, match="names no database"):
         Library.open("postgresql://user@host")
+
+
+def test_a_named_root_is_found_served_and_kept_on_a_machine_that_mounts_it_elsewhere(library_at, tmp_path,
+                                                                                    monkeypatch):
+    import shutil
+
+    from clipdex.library.schema import Meta, RootRow
+
+    mount_a = tmp_path / "machine-a" / "archive"
+    write_collection(mount_a, per_class=1, seed=5, samples=[Sample(c, "triangle") for c in COLORS])
+    only_a = tmp_path / "machine-a" / "home"
+    draw(Sample("red", "square")).save((only_a.mkdir(parents=True), only_a / "mine.jpg")[1])
+    mount_b = tmp_path / "machine-b" / "srv" / "photos"
+    shutil.copytree(mount_a, mount_b)  # the same share, mounted elsewhere (copy2 keeps sizes and times)
+
+    def on(machine: str) -> None:
+        monkeypatch.setenv("CLIPDEX_MACHINE", machine)
+        monkeypatch.setenv("CLIPDEX_CACHE_DIR", str(tmp_path / f"cache-{machine}"))
+
+    on("a")
+    r = invoke("index", str(mount_a), str(only_a), "--library", library_at, "--model", "tiny", "--workers", "1",
+               "--root-name", f"archive={mount_a}", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["indexed"] == len(COLORS) + 1
+    lib = Library.open(library_at)
+    with lib.session() as s:
+        stored = sorted(s.scalars(select(ImageRow.path)))
+        roots = dict(s.execute(select(RootRow.path, RootRow.machine)).all())
+        names = s.execute(select(Meta.key, Meta.value).where(Meta.key.like("root_name:%"))).all()
+    assert stored == [str(only_a / "mine.jpg"),  # "/" sorts before "@"
+                      *sorted(f"@archive/{p.parent.name}/{p.name}" for p in mount_a.rglob("*.jpg"))]
+    assert roots == {"@archive": None, str(only_a): "a"}
+    assert names == [("root_name:a:archive", str(mount_a))]  # machine a mounts archive there
+
+    on("b")  # declares the name once, with its own mount point: nothing is new, nothing deleted
+    r = invoke("index", str(mount_b), "--library", library_at, "--workers", "1", "--root-name",
+               f"archive={mount_b}", "--json")
+    assert r.exit_code == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert (report["indexed"], report["unchanged"], report["removed"]) == (0, len(COLORS), 0)
+    r = invoke("search", "a red triangle", "--library", library_at, "-k", "3", "--json")  # recorded for b
+    first = json.loads(r.stdout)["results"][0]["path"]
+    assert first == str(mount_b / "red" / "triangle-000.jpg") or Path(first).is_relative_to(mount_b)
+
+    client = create_app({"LIBRARY": library_at, "TESTING": True}).test_client()
+    hits = client.get("/api/search", query_string={"q": "a red", "k": 50}).get_json()["results"]
+    by_path = {h["path"]: h["id"] for h in hits}
+    in_archive = [i for p, i in by_path.items() if p.startswith(str(mount_b))]
+    assert len(in_archive) == len(COLORS)
+    assert client.get(f"/api/images/{in_archive[0]}/file").status_code == 200  # served from b's mount
+    mine = by_path[str(only_a / "mine.jpg")]  # machine a's own folder: b does not serve its path
+    assert client.get(f"/api/images/{mine}/file").status_code == 404
+
+    on("a")  # and back on a, everything is where it was
+    r = invoke("index", str(mount_a), "--library", library_at, "--workers", "1", "--json")
+    assert (json.loads(r.stdout)["unchanged"], json.loads(r.stdout)["removed"]) == (len(COLORS), 0)
+    assert Library.open(library_at).count() == len(COLORS) + 1
+
+
+def test_root_names_are_checked(library_at):
+    r = invoke("info", "--library", library_at, "--root-name", "no-equals-sign")
+    assert r.exit_code == 2 and "a root name is NAME=PATH" in r.stderr
+    r = invoke("info", "--library", library_at, "--root-name", "bad name=/x")
+    assert r.exit_code == 2 and "letters, digits" in r.stderr

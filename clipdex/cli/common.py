@@ -75,7 +75,32 @@ def _folder_or_url(_ctx: click.Context, _param: click.Parameter, value: str | No
     return value if value is None or is_url(value) else Path(value)
 
 
+def _declare_root_names(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> None:
+    from clipdex.library.places import declare, forget_declared
+
+    forget_declared()
+    try:
+        for value in values:
+            declare(value)
+    except ClipdexError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def library_option(fn: Callable) -> Callable:
+    """``--library DIR|URL`` and ``--root-name NAME=PATH`` (which every library opened then follows)."""
+    fn = click.option(
+        "--root-name",
+        "root_names",
+        multiple=True,
+        metavar="NAME=PATH",
+        envvar="CLIPDEX_ROOT_NAMES",
+        expose_value=False,
+        callback=_declare_root_names,
+        help="PATH is this machine's mount point of a share known to the library as NAME: pictures under it are "
+        "stored relative to NAME, so machines mounting the share elsewhere (each declaring the same NAME with "
+        "its own PATH) find, serve and keep them. Recorded for this machine by index; repeatable. Env "
+        "CLIPDEX_ROOT_NAMES (space-separated).",
+    )(fn)
     return click.option(
         "--library",
         "library",

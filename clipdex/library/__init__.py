@@ -28,7 +28,8 @@ from clipdex.errors import LibraryError, ModelMismatch, ModelUnavailable, NoLibr
 from clipdex.library import changes, dialect, migrations, storage
 from clipdex.library.indexkeeper import IndexKeeper
 from clipdex.library.paths import DB_NAME, cache_folder, default_library_path, demo_library_path, resolve_library
-from clipdex.library.schema import ImageRow, Meta, RootRow, SkippedRow, TagRow
+from clipdex.library.places import Places
+from clipdex.library.schema import ImageRow, Meta, SkippedRow, TagRow
 from clipdex.library.vectors import VectorReads
 from clipdex.library.writes import delete_in_chunks
 from clipdex.models import DEFAULT_MODEL, Encoder, ModelSpec, parse_model_spec
@@ -96,6 +97,7 @@ class Library(VectorReads):
         self._created_db = False  # made by :meth:`create`, with these folders (deepest first)
         self._created_folders: list[Path] = []
         self.keeper = IndexKeeper(self)
+        self.places = Places(self)
         try:
             if self.server and not create and migrations.pending(self.engine)[0] is None:
                 raise NoLibrary(self.location)
@@ -393,20 +395,21 @@ class Library(VectorReads):
         }
 
     def add_roots(self, roots: list[str]) -> None:
-        """Remember folders given to ``index``: the only places pictures may be served from."""
+        """Remember folders given to ``index`` (with this machine, or under their root name): the only
+        places pictures may be served from."""
         with self.session() as s:
-            for root in roots:
-                s.merge(RootRow(path=root))
+            self.places.record(s, roots)
             s.commit()
 
     def roots(self) -> list[str]:
-        with self.session() as s:
-            return list(s.scalars(select(RootRow.path)))
+        """Local paths of the roots pictures may be served from on this machine (see :class:`Places`)."""
+        return self.places.roots()
 
     def skipped(self) -> list[tuple[str, str]]:
-        """``(path, reason)`` of every skipped file, by path."""
+        """``(path, reason)`` of every skipped file, by path (local paths)."""
         with self.session() as s:
-            return [(r.path, r.reason) for r in s.scalars(select(SkippedRow).order_by(SkippedRow.path))]
+            rows = [(self.places.local(r.path), r.reason) for r in s.scalars(select(SkippedRow))]
+        return sorted(rows)
 
     def forget(self, session: Session, ids: list[int]) -> None:
         """Delete image rows (their tags go with them)."""

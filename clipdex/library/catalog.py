@@ -93,7 +93,7 @@ def picture(lib: Library, image_id: int) -> Picture | None:
     i, path, size, mtime, content_hash, width, height, captured, indexed = row
     _check(i, path=(path, str), size=(size, int), mtime=(mtime, (int, float)), content_hash=(content_hash, str),
            width=(width, int), height=(height, int))
-    return Picture(i, path, size, float(mtime), content_hash, width, height,
+    return Picture(i, lib.places.local(path), size, float(mtime), content_hash, width, height,
                    _date(i, "capture date", captured), _date(i, "indexing date", indexed, optional=False))
 
 
@@ -135,7 +135,8 @@ def allowed_ids(
     if tag is not None:
         stmt = stmt.where(ImageRow.id.in_(select(TagRow.image_id).where(TagRow.label == tag)))
     if folder is not None:
-        escaped = folder_prefix(folder).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        escaped = lib.places.folder(folder_prefix(folder)).replace("\\", "\\\\").replace("%", "\\%") \
+            .replace("_", "\\_")
         stmt = stmt.where(ImageRow.path.like(escaped + "%", escape="\\"))
     if since is not None:
         stmt = stmt.where(ImageRow.captured_at >= since)
@@ -153,14 +154,14 @@ def hit_rows(lib: Library, ids: list[int]) -> dict[int, HitRow]:
     out = {}
     for i, path, width, height, captured in rows:
         _check(i, path=(path, str), width=(width, int), height=(height, int))
-        out[i] = HitRow(i, path, width, height, _date(i, "capture date", captured))
+        out[i] = HitRow(i, lib.places.local(path), width, height, _date(i, "capture date", captured))
     return out
 
 
 def ids_at_paths(lib: Library, paths: list[str]) -> set[int]:
     """Ids of the pictures indexed at any of ``paths`` (absolute, as the indexer stores them)."""
     with lib.session() as s:
-        return set(s.scalars(select(ImageRow.id).where(ImageRow.path.in_(paths))))
+        return set(s.scalars(select(ImageRow.id).where(ImageRow.path.in_([lib.places.stored(p) for p in paths]))))
 
 
 def count_pictures(lib: Library, tag: str | None = None, folder: str | None = None, undated: bool = False) -> int:
@@ -169,7 +170,8 @@ def count_pictures(lib: Library, tag: str | None = None, folder: str | None = No
     if tag is not None:
         stmt = stmt.where(ImageRow.id.in_(select(TagRow.image_id).where(TagRow.label == tag)))
     if folder is not None:
-        escaped = folder_prefix(folder).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        escaped = lib.places.folder(folder_prefix(folder)).replace("\\", "\\\\").replace("%", "\\%") \
+            .replace("_", "\\_")
         stmt = stmt.where(ImageRow.path.like(escaped + "%", escape="\\"))
     if undated:
         stmt = stmt.where(ImageRow.captured_at.is_(None))

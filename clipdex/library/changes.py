@@ -63,17 +63,32 @@ def restart(session: Session, generation: int) -> None:
 def prune(session: Session, upto: int) -> None:
     """Forget the changes of generations ``<= upto`` (no index file still needs them)."""
     current = session.get(Meta, CHANGES_FROM)
-    if current is not None and _number(current.value) >= upto:
+    if current is not None and _number(current.value) >= upto and not _damaged(session, current.value):
         return
     session.execute(delete(ChangeRow).where(ChangeRow.generation <= upto))
     session.merge(Meta(key=CHANGES_FROM, value=str(upto)))
+
+
+def distrust(session: Session, generation: int) -> None:
+    """The log before ``generation`` is known to miss changes (a base built from every vector found the
+    database and base + log disagreeing): nobody may catch up across it any more."""
+    current = session.get(Meta, CHANGES_FROM)
+    if current is None or _damaged(session, current.value) or _number(current.value) < generation:
+        session.execute(delete(ChangeRow).where(ChangeRow.generation <= generation))
+        session.merge(Meta(key=CHANGES_FROM, value=str(generation)))
+
+
+def _damaged(session: Session, value: object) -> bool:
+    """A ``changes_from`` no commit can have written: not a number, or past the library's generation."""
+    generation = session.get(Meta, "generation")
+    return _number(value) > _number(generation.value if generation is not None else 0)
 
 
 def _number(value: object) -> int:
     try:
         return int(str(value).strip())
     except ValueError:
-        return 1 << 62  # damaged: the log cannot be trusted, so nobody catches up from it
+        return 1 << 62  # damaged: the log cannot be trusted, so nobody catches up from it (a writer heals it)
 
 
 def _state(lib: Library) -> tuple[int, int]:

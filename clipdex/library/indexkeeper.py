@@ -97,21 +97,32 @@ class IndexKeeper:
             return None  # a writer wrote a fresher base: switch to it rather than grow the overlay
         return live
 
-    def _load(self) -> LiveIndex:
+    def _load(self, attempts: int = 3) -> LiveIndex:
         dim = self.lib.dim
         if dim is None:
             raise LibraryError(f"library at {self.lib.path} is empty")
         live = self._from_record(dim)
         if live is None and self.lib.get_meta(self.record_key) is None:  # never another library's file
             live = self._from_legacy_file(dim)
-        if live is None:
-            base, report = self._build(dim, self._kind())
-            if self._save_if_unlocked(base, report):
-                base = self._reopened(base)
-            live = self._with_log(base, dim)
-            if live is None:  # the log was restarted while we built (a model switch): once more
-                return self._load()
+        if live is not None and self._agrees(live):
+            return live
+        distrust = live is not None  # a sound base and the log disagree with the database: the log lost changes
+        base, report = self._build(dim, self._kind())
+        if self._save_if_unlocked(base, report, distrust):
+            base = self._reopened(base)
+        live = self._with_log(base, dim)
+        if live is None:  # the log was restarted while we built (a model switch), or it is damaged
+            if attempts <= 1:
+                raise LibraryError(f"the change log of library {self.lib.path} is damaged (meta "
+                                   f"{changes.CHANGES_FROM!r}): run clipdex index on it to repair it")
+            return self._load(attempts - 1)
         return live
+
+    def _agrees(self, live: LiveIndex) -> bool:
+        """Whether ``live`` holds exactly the database's ids (when both are at the same generation: a commit
+        in between leaves it to the next load)."""
+        generation, expected = self.lib.ids_snapshot()
+        return generation != live.generation or tuple(bases.ids_checksum(live.ids())) == tuple(expected)
 
     def _with_log(self, base: bases.Base, dim: int) -> LiveIndex | None:
         live = LiveIndex(dim, base.generation, base, self._fetch(dim))
@@ -156,16 +167,17 @@ class IndexKeeper:
             return base
         return bases.load(base.path_in(self.lib.path), base.index.d) or base
 
-    def _save_if_unlocked(self, base: bases.Base, report: BuildReport) -> bool:
+    def _save_if_unlocked(self, base: bases.Base, report: BuildReport, distrust: bool = False) -> bool:
         try:
             with self.lib.index_lock():
-                self._install(base, report)
+                self._install(base, report, distrust)
             return True
         except (LibraryError, OSError):
             return False  # a writer is busy (it keeps its own) or the folder is read-only: keep it in memory
 
-    def _install(self, base: bases.Base, report: BuildReport) -> None:
-        """Save ``base``, record it, prune the log the previous base needed no more, delete older files."""
+    def _install(self, base: bases.Base, report: BuildReport, distrust: bool = False) -> None:
+        """Save ``base``, record it, prune the log the previous base needed no more, delete older files.
+        ``distrust``: the log before ``base`` missed changes, so it is cut there."""
         previous = self.record()
         path, fingerprint = base.save(self.lib.path)
         record = {**report.as_dict(), "file": path.name, "checksum": list(bases.ids_checksum(base.ids)),
@@ -174,6 +186,8 @@ class IndexKeeper:
             self.lib.set_meta(s, self.record_key, json.dumps(record))
             if previous is not None and previous["generation"] < base.generation:
                 changes.prune(s, self._prunable(s, previous["generation"]))
+            if distrust:
+                changes.distrust(s, base.generation)
             s.commit()
         for other in bases.index_files(self.lib.path):
             if other != path:
@@ -220,13 +234,17 @@ class IndexKeeper:
         if not due and not final:
             return None
         current = None if stale else self._verified(record, dim)
-        if current is None:
+        lost = False  # the recorded base and the log disagree with the database: the log missed changes
+        if current is not None and final and not due:
+            live = self._with_log(current, dim)
+            lost = live is not None and not self._agrees(live)
+        if current is None or lost:
             stale = True
         elif not due:
             return None
-        trained = bases.empty_copy(current.index) if not stale and kind == bases.IVF else None
+        trained = bases.empty_copy(current.index) if current is not None and kind == bases.IVF else None
         base, report = self._build(dim, kind, trained, record["trained_on"] if trained is not None else 0, say)
-        self._install(base, report)
+        self._install(base, report, distrust=lost or pending is None)
         return report
 
     def _verified(self, record: dict, dim: int) -> bases.Base | None:

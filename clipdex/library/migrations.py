@@ -118,9 +118,16 @@ def _held_models(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX ix_model_vectors_image ON model_vectors (image_id)"))
 
 
+def _root_places(conn: Connection) -> None:
+    """Roots across machines: each root records its machine (where each machine mounts a shared root
+    name is kept in ``meta``; see :mod:`clipdex.library.places`). Roots stored before say no machine:
+    they count as this machine's. Portable: SQLite and PostgreSQL."""
+    conn.execute(text("ALTER TABLE roots ADD COLUMN machine VARCHAR"))
+
+
 #: Version 1 is clipdex 0.1.0's schema (images, skipped, tags, roots, probes, meta).
 #: ``STEPS[i]`` upgrades a database from version ``i + 1`` to ``i + 2``.
-STEPS: list[Step] = [_tag_passes, _staged_vectors, _vector_changes, _tag_rejections, _held_models]
+STEPS: list[Step] = [_tag_passes, _staged_vectors, _vector_changes, _tag_rejections, _held_models, _root_places]
 
 LATEST = 1 + len(STEPS)
 

@@ -4,7 +4,9 @@ A person's tags live in the pass keyed ``person`` (probability 1, source ``perso
 no classifier writes, so re-running or dropping a tagging pass never changes them. Taking
 a label off a picture removes it whatever gave it (a pass or a person) and records the
 refusal in ``tag_rejections``: later passes hold that label back for that picture (see
-:func:`clipdex.library.tags.write_pass`). Adding the label back lifts the refusal.
+:func:`clipdex.library.tags.write_pass`). Adding the label back lifts the refusal. Taking
+off a label none of the pictures has nor had taken off is refused (a typo, most likely), with
+the labels they do have: nothing is held back for a label nothing gave.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from clipdex.errors import UsageError
 from clipdex.library.catalog import allowed_ids, ids_at_paths
@@ -110,14 +112,17 @@ def remove_tag(lib: Library, ids: list[int], label: str) -> PersonEdit:
     edit = PersonEdit("remove", label, pictures=len(ids))
     with lib.write_lock(), lib.session() as s:
         names = {i: name for i, name in s.execute(select(TagPassRow.id, TagPassRow.name))}
+        given = _existing(s, TagRow, ids, label)
+        refused = {r.image_id for r in _existing(s, TagRejectionRow, ids, label)}
+        if not given and not refused:  # a typo, most likely: nothing is taken off, nothing held back
+            raise UsageError(_not_there(s, ids, label))
         touched: set[int] = set()
-        for tag in _existing(s, TagRow, ids, label):
+        for tag in given:
             name = names.get(tag.pass_id, "?")
             edit.tags_removed[name] = edit.tags_removed.get(name, 0) + 1
             touched.add(tag.image_id)
             s.delete(tag)
         edit.changed = len(touched)
-        refused = {r.image_id for r in _existing(s, TagRejectionRow, ids, label)}
         now = utcnow()
         for image_id in ids:
             if image_id not in refused:
@@ -127,13 +132,29 @@ def remove_tag(lib: Library, ids: list[int], label: str) -> PersonEdit:
     return edit
 
 
+def _not_there(s: Session, ids: list[int], label: str, shown: int = 12) -> str:
+    """Why removing ``label`` from ``ids`` does nothing, with the labels those pictures do have."""
+    counts: dict[str, int] = {}
+    for start in range(0, len(ids), CHUNK):
+        for have, n in s.execute(select(TagRow.label, func.count(func.distinct(TagRow.image_id)))
+                                 .where(TagRow.image_id.in_(ids[start:start + CHUNK])).group_by(TagRow.label)):
+            counts[have] = counts.get(have, 0) + n
+    labels = sorted(counts, key=lambda k: (-counts[k], k))
+    one = len(ids) == 1
+    listed = ", ".join(labels[:shown]) + (f", +{len(labels) - shown} more" if len(labels) > shown else "")
+    tags = f"{'its' if one else 'their'} tags: {listed}" if labels else f"{'it has' if one else 'they have'} no tags"
+    what = f"the picture has no tag {label!r}" if one else f"no picture there has the tag {label!r}"
+    return f"{what}, so nothing was taken off ({tags})"
+
+
 def rejections(lib: Library) -> list[dict]:
     """Every label a person took off a picture, by path."""
     with lib.session() as s:
         rows = s.execute(select(ImageRow.path, TagRejectionRow.label, TagRejectionRow.rejected_at)
                          .join(ImageRow, ImageRow.id == TagRejectionRow.image_id)
                          .order_by(ImageRow.path, TagRejectionRow.label)).all()
-    return [{"path": r.path, "label": r.label, "rejected_at": r.rejected_at.isoformat()} for r in rows]
+    return [{"path": lib.places.local(r.path), "label": r.label, "rejected_at": r.rejected_at.isoformat()}
+            for r in rows]
 
 
 def tags_of(lib: Library, image_id: int) -> list[dict]:

@@ -133,11 +133,16 @@ class TagRejectionRow(Base):
 
 
 class RootRow(Base):
-    """A folder (or file) given to ``clipdex index``: pictures are served only from inside these."""
+    """A folder (or file) given to ``clipdex index``: pictures are served only from inside these.
+
+    ``path`` is stored as pictures' paths are (see :mod:`clipdex.library.places`): under a root
+    name, ``@name/...``; otherwise the folder on ``machine``, the machine it was given on.
+    """
 
     __tablename__ = "roots"
     path: Mapped[str] = mapped_column(String, primary_key=True)
     added_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    machine: Mapped[str | None] = mapped_column(String, nullable=True)
 
 
 class ProbeRow(Base):

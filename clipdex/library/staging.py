@@ -121,9 +121,9 @@ def swap(lib: Library, spec: ModelSpec, dim: int) -> Swapped:
         for path, reason in s.execute(select(ImageRow.path, StagedRow.reason).join(
                 StagedRow, StagedRow.image_id == ImageRow.id).where(StagedRow.vector.is_(None))):
             if reason is None:
-                done.removed.append(path)
+                done.removed.append(lib.places.local(path))
             else:
-                done.skipped[path] = reason
+                done.skipped[lib.places.local(path)] = reason
         held.keep_active(s, lib, spec.identity)  # the outgoing model's vectors stay, for switching back
         s.execute(text(
             "DELETE FROM tags WHERE image_id IN (SELECT st.image_id FROM staged_vectors st JOIN images i "

@@ -22,6 +22,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from clipdex.errors import ModelMismatch, UsageError
+from clipdex.library.names import check_name, check_text
 from clipdex.library.schema import ImageRow, ProbeRow, TagPassRow, TagRejectionRow, TagRow, utcnow
 from clipdex.library.writes import CHUNK, delete_in_chunks
 from clipdex.models import ModelSpec
@@ -35,8 +36,6 @@ LEGACY_ZERO_SHOT = "zero-shot"
 NAME_LENGTH = 48
 #: Key, name and kind of the pass holding the tags people gave (never written by a classifier).
 PERSON = "person"
-#: Longest pass name or label a person may give.
-MAX_NAME = 100
 SAME = 1e-3  # probabilities closer than this count as unchanged (and keep their stored value): a
 # change a person cannot see in the 3 decimals shown is no change
 
@@ -60,6 +59,8 @@ class PassSpec:
     name: str | None = None  # chosen with ``tag --set NAME``: the pass is this name, whatever it runs
 
     def __post_init__(self) -> None:
+        for label in self.labels:
+            check_text(label)
         if self.name is not None:
             object.__setattr__(self, "name", named(self.name))
 
@@ -114,23 +115,14 @@ class TagStats:
                 "held_back": self.held_back, "counts": self.counts, "examples": self.examples}
 
 
-def check_name(text: str, what: str = "pass name") -> str:
-    """``text`` stripped, refused when empty, too long or holding control characters."""
-    name = (text or "").strip()
-    if not name:
-        raise UsageError(f"the {what} is empty")
-    if len(name) > MAX_NAME:
-        raise UsageError(f"the {what} is too long ({len(name)} characters, limit {MAX_NAME})")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise UsageError(f"the {what} {name[:40]!r} holds control characters")
-    return name
-
-
 def named(name: str) -> str:
-    """A pass name for ``tag --set``: checked, and never the person's pass."""
+    """A pass name for ``tag --set``: checked, and never the person's pass nor a probe's."""
     name = check_name(name)
     if name == PERSON:
         raise UsageError(f'"{PERSON}" holds the tags people gave; choose another name for a tagging pass')
+    if name.lower().startswith("probe:"):
+        raise UsageError(f"{name!r}: names starting with probe: are the passes probes give (tag --probe NAME); "
+                         "choose another name")
     return name
 
 
@@ -286,7 +278,7 @@ def _examples(lib: Library, shown: dict[tuple[str, bool], list[tuple[int, dict]]
     with lib.session() as s:
         paths = dict(s.execute(select(ImageRow.id, ImageRow.path)
                                .where(ImageRow.id.in_([i for i, _ in picked]))).all())
-    return [{"path": paths.get(i, ""), **c} for i, c in picked]
+    return [{"path": lib.places.local(paths.get(i, "")), **c} for i, c in picked]
 
 
 def export_rows(lib: Library) -> list[dict]:
@@ -299,7 +291,7 @@ def export_rows(lib: Library) -> list[dict]:
             .join(TagPassRow, TagPassRow.id == TagRow.pass_id)
             .order_by(ImageRow.path, TagRow.probability.desc(), TagRow.label)
         ).all()
-    return [{"id": r.id, "path": r.path, "label": r.label, "probability": round(r.probability, 6),
+    return [{"id": r.id, "path": lib.places.local(r.path), "label": r.label, "probability": round(r.probability, 6),
              "source": r.source, "pass": r.name} for r in rows]
 
 
@@ -338,11 +330,12 @@ def drop_pass(lib: Library, name: str) -> int:
 def vectors_by_path(lib: Library, paths: list[str]) -> dict[str, tuple[int, float, bytes]]:
     """Stored ``(size, mtime, vector bytes)`` of the given paths that the library holds."""
     out = {}
+    stored = [lib.places.stored(p) for p in paths]
     with lib.session() as s:
-        for chunk in _chunks(paths):
+        for chunk in _chunks(stored):
             for r in s.execute(select(ImageRow.path, ImageRow.size, ImageRow.mtime, ImageRow.vector)
                                .where(ImageRow.path.in_(chunk))):
-                out[r.path] = (r.size, r.mtime, r.vector)
+                out[lib.places.local(r.path)] = (r.size, r.mtime, r.vector)
     return out
 
 

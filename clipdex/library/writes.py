@@ -2,7 +2,8 @@
 
 Each function is one transaction, so a run killed at any moment loses at most the batch
 in flight. The indexer deals in :class:`KnownRow`, :class:`Picture` and :class:`Failure`,
-never in schema classes.
+never in schema classes, and in local paths: pictures under a root name are stored relative
+to it (:mod:`clipdex.library.places`), and those whose root is not mounted here are left out.
 """
 
 from __future__ import annotations
@@ -77,15 +78,19 @@ class Failure:
 def known_rows(lib: Library, covers: Callable[[str], bool]) -> list[KnownRow]:
     """Indexed pictures whose path ``covers`` accepts (those under the folders being swept)."""
     stmt = select(ImageRow.id, ImageRow.path, ImageRow.size, ImageRow.mtime, ImageRow.content_hash)
+    local = lib.places.local
     with lib.session() as s:
-        return [KnownRow(*r) for r in s.execute(stmt) if covers(r.path)]
+        rows = [KnownRow(r.id, local(r.path), r.size, r.mtime, r.content_hash) for r in s.execute(stmt)]
+    return [r for r in rows if covers(r.path)]
 
 
 def skipped_facts(lib: Library, covers: Callable[[str], bool]) -> dict[str, tuple[int, float]]:
     """path -> (size, mtime) of skipped files under the swept folders, as they were when skipped."""
+    local = lib.places.local
     with lib.session() as s:
-        return {r.path: (r.size, r.mtime) for r in s.execute(select(SkippedRow.path, SkippedRow.size, SkippedRow.mtime))
-                if covers(r.path)}
+        rows = {local(r.path): (r.size, r.mtime)
+                for r in s.execute(select(SkippedRow.path, SkippedRow.size, SkippedRow.mtime))}
+    return {path: facts for path, facts in rows.items() if covers(path)}
 
 
 def content_hashes(lib: Library) -> dict[str, int]:
@@ -104,7 +109,7 @@ def apply_moves_and_removals(
     with lib.session() as s:
         for image_id, path, size, mtime in moves:
             row = s.get(ImageRow, image_id)
-            row.path, row.size, row.mtime = path, size, mtime
+            row.path, row.size, row.mtime = lib.places.stored(path), size, mtime
         if removed_ids:
             lib.forget(s, removed_ids)
             lib.bump_generation(s, removed_ids)
@@ -114,12 +119,14 @@ def apply_moves_and_removals(
 def record_scan_problems(lib: Library, covers: Callable[[str], bool], present: Callable[[str], bool],
                          problems: dict[str, str]) -> None:
     """Record what a scan could not look at; forget old skips under the swept folders of files now gone."""
+    places = lib.places
     with lib.session() as s:
-        stale = [p for p in s.scalars(select(SkippedRow.path)) if covers(p) and not present(p) and p not in problems]
+        stale = [p for p in s.scalars(select(SkippedRow.path))
+                 if covers(local := places.local(p)) and not present(local) and local not in problems]
         delete_in_chunks(s, SkippedRow.path, stale)
         now = utcnow()
         for path, reason in problems.items():
-            s.merge(SkippedRow(path=path, reason=reason, recorded_at=now))
+            s.merge(SkippedRow(path=places.stored(path), reason=reason, recorded_at=now))
         s.commit()
 
 
@@ -132,11 +139,12 @@ def store_batch(lib: Library, pictures: list[Picture], failures: list[Failure], 
     """
     now = utcnow()
     rows: list[ImageRow] = []
+    stored = lib.places.stored
     with lib.session() as s:
         for p in pictures:
             row = s.get(ImageRow, p.image_id) if p.image_id is not None else None
             if row is None:
-                row = ImageRow(path=p.path)
+                row = ImageRow(path=stored(p.path))
                 s.add(row)
             elif row.content_hash != p.content_hash:  # same bytes (a touched file): its tags still hold
                 s.execute(delete(TagRow).where(TagRow.image_id == row.id))
@@ -144,11 +152,11 @@ def store_batch(lib: Library, pictures: list[Picture], failures: list[Failure], 
             row.width, row.height, row.captured_at = p.width, p.height, p.captured_at
             row.indexed_at, row.vector = now, np.asarray(p.vector, dtype=np.float32).tobytes()
             rows.append(row)
-        delete_in_chunks(s, SkippedRow.path, [p.path for p in pictures])
+        delete_in_chunks(s, SkippedRow.path, [stored(p.path) for p in pictures])
         if forget_ids:
             lib.forget(s, forget_ids)
         for f in failures:
-            s.merge(SkippedRow(path=f.path, reason=f.reason, size=f.size, mtime=f.mtime, recorded_at=now))
+            s.merge(SkippedRow(path=stored(f.path), reason=f.reason, size=f.size, mtime=f.mtime, recorded_at=now))
         s.flush()
         ids = [r.id for r in rows]
         lib.bump_generation(s, [*ids, *forget_ids])
