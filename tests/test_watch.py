@@ -28,6 +28,7 @@ from clipdex.indexer.watch import PassReport, Watcher
 from clipdex.library import Library, writes
 from clipdex.models import TINY_MODEL
 from clipdex.synthetic import write_collection
+from tests.conftest import invoke
 from tests.terminal import Terminal, processes_in_group
 
 DEADLINE = 60.0
@@ -279,6 +280,18 @@ def test_a_busy_library_is_retried(tmp_path, pics, spare):
             assert "another clipdex process is writing" in dict(run.events)["error"]["message"]
         report = run.next_pass(1)
         assert report.stats.indexed == 1
+
+
+def test_the_command_refuses_what_it_cannot_watch_and_leaves_no_library(tmp_path, pics):
+    lib = tmp_path / "lib"
+    missing = invoke("watch", str(tmp_path / "missing"), "--library", str(lib))
+    assert (missing.exit_code, missing.stderr) == (2, f"Error: path not found: {tmp_path / 'missing'}\n")
+    a_file = pics / "red" / "star-000.jpg"
+    refused = invoke("watch", str(a_file), "--library", str(lib))
+    assert refused.exit_code == 2 and refused.stderr.startswith(f"Error: watch follows folders, and {a_file} is a file")
+    assert not lib.exists()
+    nothing = invoke("watch", "--library", str(lib))
+    assert nothing.exit_code == 1 and nothing.stderr.startswith(f"Error: no library at {lib}") and not lib.exists()
 
 
 class JsonLines:

@@ -22,17 +22,16 @@ from clipdex.cli.common import (
 )
 
 
-def _stop_on_signals() -> None:
+def _stop_on_signals() -> dict:
     """SIGTERM (``serve --watch`` stopping its watcher, a service manager) stops like Ctrl-C; once stopping,
     a second signal (Ctrl-C at the terminal reaching ``serve`` and its watcher, then the server's SIGTERM)
-    does not cut the clean-up short."""
+    does not cut the clean-up short. Returns the handlers they replace."""
     def interrupt(_signum: int, _frame: object) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGINT, interrupt)
+    return {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
 
 
 @click.command()
@@ -75,7 +74,7 @@ def watch(paths: tuple[Path, ...], library: Path | None, model: str | None, sett
     from clipdex.library import Library
     from clipdex.models import EXPORTING
 
-    _stop_on_signals()
+    previous = _stop_on_signals()
     interactive = sys.stderr.isatty()
 
     def say(line: str) -> None:  # the indexer's progress lines on a terminal; an export is announced everywhere
@@ -94,10 +93,17 @@ def watch(paths: tuple[Path, ...], library: Path | None, model: str | None, sett
 
     path = library_path(library, demo_fallback=False)
     lib = Library.create(path) if paths else Library.open(path)
-    watcher = Watcher(lib, [str(p) for p in paths] or None, model, quiet=settle, max_wait=max_wait, poll=poll,
-                      poll_interval=poll_interval, notify=notify, device=device, backend=backend,
-                      batch_size=batch_size, workers=workers, timeout=timeout, say=say)
     try:
+        watcher = Watcher(lib, [str(p) for p in paths] or None, model, quiet=settle, max_wait=max_wait, poll=poll,
+                          poll_interval=poll_interval, notify=notify, device=device, backend=backend,
+                          batch_size=batch_size, workers=workers, timeout=timeout, say=say)
         watcher.run()
     except KeyboardInterrupt:
+        lib.discard_if_unused()
         notify("stopped", {"message": "stopped watching"})
+    except BaseException:
+        lib.discard_if_unused()  # a first run that fails (a missing folder) leaves no empty library behind
+        raise
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
