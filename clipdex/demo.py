@@ -17,7 +17,7 @@ from clipdex.classify.tagging import export_tags, tag_library
 from clipdex.indexer import Indexer
 from clipdex.library import Library, resolve_library
 from clipdex.models import TINY_MODEL
-from clipdex.search import build_query, search
+from clipdex.search import build_query, search, with_relevance
 from clipdex.synthetic import COLORS, write_collection
 
 DEMO_QUERIES = ("a red circle", "a blue square", "a yellow star", "a photo of a green triangle")
@@ -62,12 +62,13 @@ def run_demo(library: Path, pictures: Path, echo: Callable[[str], None] | None =
     by_path = {str(p.resolve()): s for p, s in truth.items()}
     report: dict = {"library": str(lib.path), "pictures": str(pictures), "index": stats.as_dict(), "searches": []}
     for text in DEMO_QUERIES:
-        hits = search(lib, build_query(encoder, text), 5)
+        query = build_query(encoder, text)
+        hits = with_relevance(lib, encoder, query, search(lib, query, 5))  # what clipdex search shows
         report["searches"].append({"query": text, "results": [h.as_dict() for h in hits]})
         say(f'\nclipdex search "{text}"{opt}')
         for h in hits:
             shown = by_path.get(h.path)
-            say(f"  {h.score:.3f}  {Path(h.path).parent.name}/{Path(h.path).name}"
+            say(f"  {h.relevance:.2f}  {Path(h.path).parent.name}/{Path(h.path).name}"
                 + (f"  ({shown.label})" if shown else ""))
     labels = list(COLORS)
     tagged = tag_library(lib, encoder, labels)

@@ -63,11 +63,12 @@ def explain(reason: EmptyReason, first: dt.date | None, last: dt.date | None) ->
               help="Keep the --image picture itself in the results when it is in the library (left out by default, "
               "like 'More like this').")
 @click.option("--not", "negative", metavar="TEXT", help="Push results away from this concept.")
-@click.option("-k", "k", default=20, show_default=True, type=click.IntRange(1, 1000),
-              help="Number of results, 1-1000 (the web API returns the same ranking in pages of up to 100).")
+@click.option("-k", "k", default=None, type=click.IntRange(1, 1000),
+              help="Number of results, 1-1000 [default: 20] (the web API returns the same ranking in pages of up "
+              "to 100). With --only-matches: show at most this many of the matches [default: all].")
 @click.option("--only-matches", is_flag=True,
               help="Every picture that matches the text query (calibrated relevance of at least 0.5), however "
-              "many, and none when nothing does; -k does not apply.")
+              "many, and none when nothing does. With --not, the pictures matching that text are left out.")
 @click.option("--sort", type=click.Choice(["score", "date"]), default="score", show_default=True,
               help="Order by relevance, or by capture date (oldest first, undated pictures last).")
 @click.option("--tag", default=None, help="Only pictures tagged with this label.")
@@ -80,7 +81,7 @@ def explain(reason: EmptyReason, first: dt.date | None, last: dt.date | None) ->
 @json_option
 @fail_cleanly
 def search(query: str | None, library: Path | None, model: str | None, image: Path | None, include_self: bool,
-           negative: str | None, k: int, only_matches: bool, sort: str, tag: str | None, folder: Path | None,
+           negative: str | None, k: int | None, only_matches: bool, sort: str, tag: str | None, folder: Path | None,
            first: str | None, last: str | None,
            backend: str | None, as_json: bool) -> None:
     """Find the pictures that best match QUERY (text), --image, or both.
@@ -95,6 +96,7 @@ def search(query: str | None, library: Path | None, model: str | None, image: Pa
     from clipdex.library.catalog import ids_at_paths
     from clipdex.search import build_query, day_range, find_matches, parse_day, sort_hits, why_empty, with_relevance
     from clipdex.search import search as run_search
+    from clipdex.search.matches import closest_miss
 
     if not (query and query.strip()) and image is None:
         raise UsageError("nothing to search for: give a text query, --image PATH, or both")
@@ -107,34 +109,40 @@ def search(query: str | None, library: Path | None, model: str | None, image: Pa
     lib = Library.open(library_path(library))
     encoder = loaded(lib.encoder_for(model, backend=backend, quick_start=True))
     vector = build_query(encoder, text=query, image=image, negative=negative)
+    text_only = image is None
+    has_not = bool(negative and negative.strip())
+    # relevance is the positive text's; --not ranks (top k) or leaves out its own matches (--only-matches)
+    positive = build_query(encoder, text=query) if text_only and has_not else vector
+    unwanted = build_query(encoder, text=negative) if text_only and has_not else None
     exclude = None
     if image is not None and not include_self:
         exclude = ids_at_paths(lib, sorted({os.path.abspath(image), os.path.realpath(image)})) or None
     filters = {"tag": tag, "folder": str(folder) if folder else None, "since": since, "until": until}
-    text_only = image is None
+    matches = None
     if only_matches:
-        hits = find_matches(lib, encoder, vector, exclude=exclude, **filters)
+        hits = sort_hits(find_matches(lib, encoder, positive, exclude=exclude, negative=unwanted, **filters), sort)
+        matches = len(hits)
+        hits = hits[:k] if k else hits
     else:
-        hits = run_search(lib, vector, k, exclude=exclude, **filters)
-        hits = with_relevance(lib, encoder, vector, hits) if text_only else hits
-    hits = sort_hits(hits, sort)
+        hits = run_search(lib, vector, k or 20, exclude=exclude, **filters)
+        hits = sort_hits(with_relevance(lib, encoder, positive, hits) if text_only else hits, sort)
     reasons = [] if hits else why_empty(lib, **filters)
     only_self = not hits and bool(exclude) and bool(run_search(lib, vector, 1, **filters))
-    closest = None
+    miss = None
     if only_matches and not hits and not reasons:  # the filters leave pictures, none of them matches
-        closest = next(iter(with_relevance(lib, encoder, vector, run_search(lib, vector, 1, **filters))), None)
+        miss = closest_miss(lib, encoder, positive, negative=unwanted, exclude=exclude, **filters)
     if as_json:
         why = [{"kind": "only_self"}] if only_self else [r.as_dict() for r in reasons]
-        if closest is not None:
-            why = [{"kind": "no_match", "closest": closest.as_dict()}]
-        print_json({"query": query, "image": str(image) if image else None, "not": negative,
-                    "results": [h.as_dict() for h in hits], "why_empty": why})
+        body = {"query": query, "image": str(image) if image else None, "not": negative,
+                "results": [h.as_dict() for h in hits], "why_empty": [miss] if miss else why}
+        if matches is not None:
+            body["matches"] = matches
+        print_json(body)
         return
     if only_self:
         click.echo("No results: the only match is the --image picture itself (--include-self keeps it)")
-    elif closest is not None:
-        click.echo(f"No picture matches (the closest, {printable(closest.path)}, has relevance "
-                   f"{closest.relevance:.2f}; a match needs 0.50)")
+    elif miss is not None:
+        click.echo(no_match_line(miss, filtered=any(v is not None for v in filters.values()), negative=negative))
     elif not hits:
         click.echo("No results: " + "; ".join(explain(r, first_day, last_day) for r in reasons) if reasons
                    else "No results.")
@@ -142,3 +150,17 @@ def search(query: str | None, library: Path | None, model: str | None, image: Pa
         shown = f"{h.relevance:.2f}" if h.relevance is not None else f"{h.score:.4f}"
         date = "" if sort != "date" else f"  {h.captured_at:%Y-%m-%d}" if h.captured_at else "  undated   "
         click.echo(f"{shown}{date}  {printable(h.path)}")
+    if matches is not None and matches > len(hits):
+        click.echo(f"(the first {len(hits)} of {plural(matches, 'match', 'matches')}: -k {k} shows no more)", err=True)
+
+
+def no_match_line(miss: dict, filtered: bool, negative: str | None) -> str:
+    """The CLI's words for :func:`clipdex.search.matches.closest_miss`."""
+    where = f" among the {plural(miss['among'], 'picture', 'pictures')} the filters keep" if filtered else ""
+    closest = miss["closest"]
+    if closest is None:
+        return (f"No picture matches{where} once --not {negative!r} leaves out "
+                f"{plural(miss['left_out'], 'match', 'matches')}")
+    dropped = f"; --not {negative!r} left out the ones that do" if miss["left_out"] else ""
+    return (f"No picture matches{where} (the closest, {printable(closest['path'])}, has relevance "
+            f"{closest['relevance']:.2f}; a match needs 0.50){dropped}")

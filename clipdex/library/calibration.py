@@ -3,7 +3,8 @@
 One JSON value per model, under ``calibration:<model identity>``, so a library holding
 vectors of several models keeps one entry for each. What the value holds is decided by
 :mod:`clipdex.search.calibration`; this module only reads and writes it, and never lets a
-failed write (read-only folder, a busy writer) stop a search.
+failed write (read-only folder, a busy writer) stop a search, nor keep it waiting: the write
+gives up after :data:`WAIT_SECONDS` when a writer (``index``, ``tag``) holds the database.
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ import base64
 import json
 
 import numpy as np
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from clipdex.errors import LibraryError
 from clipdex.library import Library
 
 PREFIX = "calibration:"
+#: How long a search waits to store a calibration while another process writes (it is optional).
+WAIT_SECONDS = 0.25
 
 
 def meta_key(model_identity: str) -> str:
@@ -60,10 +65,24 @@ def store(lib: Library, model_identity: str, value: dict) -> bool:
     simply computed again next time: read-only folder, locked or full disk)."""
     if lib.read_only:
         return False
+    wait_ms = int(WAIT_SECONDS * 1000)
     try:
-        with lib.session() as s:
-            Library.set_meta(s, meta_key(model_identity), json.dumps(value, separators=(",", ":")))
-            s.commit()
+        with lib.engine.connect() as conn:
+            before = None
+            if not lib.server:  # SQLite: the connection's own busy timeout, put back for the pool
+                before = conn.exec_driver_sql("PRAGMA busy_timeout").scalar()
+                conn.exec_driver_sql(f"PRAGMA busy_timeout={wait_ms}")
+                conn.commit()  # out of the autobegun transaction, so the session's commit is a real one
+            try:
+                with Session(bind=conn) as s:
+                    if lib.server:  # PostgreSQL: for this transaction only
+                        s.execute(text(f"SET LOCAL lock_timeout = {wait_ms}"))
+                    Library.set_meta(s, meta_key(model_identity), json.dumps(value, separators=(",", ":")))
+                    s.commit()
+            finally:
+                if before is not None:
+                    conn.exec_driver_sql(f"PRAGMA busy_timeout={int(before)}")
+                    conn.commit()
     except (SQLAlchemyError, LibraryError, OSError):
         return False
     return True

@@ -95,11 +95,14 @@ def why_empty(
     Call it after a search came back empty. Filters that find nothing on their own are named;
     when each finds something, the answer is ``no_overlap``. Pictures without a capture date
     that a date filter drops are counted whenever a date filter is given. The answer is empty
-    when neither the library nor the filters explain it (say, the only match was left out).
+    when neither the library nor the filters explain it: the filters keep some pictures (say,
+    none of them matches an ``--only-matches`` query, or the only match was left out).
     """
     if count_pictures(lib) == 0:
         return [EmptyReason("empty_library")]
     if tag is None and folder is None and since is None and until is None:
+        return []
+    if len(allowed_ids(lib, tag, folder, since, until)):  # the filters keep pictures: not the reason
         return []
     reasons: list[EmptyReason] = []
     if tag is not None:

@@ -4,6 +4,10 @@ The index ranks by raw cosine; relevance (:mod:`clipdex.search.calibration`) is 
 candidates in that order, in growing batches, until a whole batch holds no match: relevance
 follows the raw score closely (each picture's own background shifts it a little), so past a
 batch of hundreds of non-matches no further match is expected.
+
+Relevance is always that of the positive text: ``--not purple`` (``not=`` in the API) does not
+shift it, it leaves out the pictures that match "purple" themselves (a combined ``star - purple``
+vector would put every star below the cut-off).
 """
 
 from __future__ import annotations
@@ -15,10 +19,10 @@ import numpy as np
 
 from clipdex.errors import UsageError
 from clipdex.library import Library
-from clipdex.library.catalog import allowed_ids, hit_rows
+from clipdex.library.catalog import allowed_ids, count_pictures, hit_rows
 from clipdex.models import Encoder
 from clipdex.search.calibration import MATCH, background_for, relevance
-from clipdex.search.query import Hit
+from clipdex.search.query import Hit, search
 
 #: The first batch of candidates; each next one is four times larger.
 FIRST_BATCH = 256
@@ -46,9 +50,11 @@ def find_matches(
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
     exclude: set[int] | None = None,
+    negative: np.ndarray | None = None,
 ) -> list[Hit]:
     """Every picture whose relevance for the unit text ``query`` is at least :data:`MATCH`, best first
-    (at most :data:`MAX_MATCHES`); empty when nothing matches."""
+    (at most :data:`MAX_MATCHES`); empty when nothing matches. ``negative``: the unit vector of a text
+    whose own matches are left out (``--not``)."""
     background = background_for(lib, encoder)
     allowed = allowed_ids(lib, tag, folder, since, until)
     index = lib.index()
@@ -62,10 +68,13 @@ def find_matches(
         ids, vectors = lib.vectors_of([i for i, _ in fresh])
         raw = dict(fresh)
         batch = 0
-        for i, r in zip(ids.tolist(), relevance(vectors, query, background).tolist()):
+        unwanted = (relevance(vectors, negative, background) >= MATCH if negative is not None
+                    else np.zeros(len(ids), bool))
+        for i, r, out in zip(ids.tolist(), relevance(vectors, query, background).tolist(), unwanted.tolist()):
             if r >= MATCH:
-                found[i] = (raw[i], r)
-                batch += 1
+                batch += 1  # a match, kept or not: more may follow
+                if not out:
+                    found[i] = (raw[i], r)
         exhausted = len(ranked) < want + len(exclude or ())
         if exhausted or batch == 0 or len(found) >= MAX_MATCHES:
             break
@@ -74,6 +83,32 @@ def find_matches(
     rows = hit_rows(lib, [i for i, _ in best]) if best else {}
     return [Hit(i, rows[i].path, score, rows[i].width, rows[i].height, rows[i].captured_at, rel)
             for i, (score, rel) in best if i in rows]
+
+
+def closest_miss(
+    lib: Library,
+    encoder: Encoder,
+    query: np.ndarray,
+    *,
+    negative: np.ndarray | None = None,
+    exclude: set[int] | None = None,
+    **filters,
+) -> dict:
+    """Why :func:`find_matches` found nothing although pictures pass the filters, as JSON-ready data:
+    ``{"kind": "no_match", "among": N, "closest": hit or None, "left_out": M}`` -- ``among`` the pictures
+    the filters keep (the whole library without filters), ``closest`` the best of them that is not left
+    out by ``negative``/``exclude``, ``left_out`` how many matches ``negative`` left out of those looked at."""
+    allowed = allowed_ids(lib, **filters)
+    among = count_pictures(lib) if allowed is None else len(allowed)
+    near = with_relevance(lib, encoder, query, search(lib, query, 50, exclude=exclude, **filters))
+    left_out = 0
+    if negative is not None and near:
+        ids, vectors = lib.vectors_of([h.id for h in near])
+        out = dict(zip(ids.tolist(), (relevance(vectors, negative, background_for(lib, encoder)) >= MATCH).tolist()))
+        left_out = sum(1 for h in near if out.get(h.id) and (h.relevance or 0) >= MATCH)
+        near = [h for h in near if not out.get(h.id)]
+    closest = near[0].as_dict() if near else None
+    return {"kind": "no_match", "among": among, "closest": closest, "left_out": left_out}
 
 
 def sort_hits(hits: list[Hit], sort: str) -> list[Hit]:

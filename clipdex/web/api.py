@@ -11,7 +11,7 @@ from werkzeug.routing import IntegerConverter
 from clipdex.errors import ClipdexError, DecodeError, UsageError
 from clipdex.library.catalog import picture_tags, tag_counts
 from clipdex.search.filters import day_range, parse_day, why_empty
-from clipdex.search.matches import SORTS, find_matches, sort_hits, with_relevance
+from clipdex.search.matches import SORTS, closest_miss, find_matches, sort_hits, with_relevance
 from clipdex.search.query import build_query, search
 from clipdex.web import media
 from clipdex.web.errors import APIError, error_response, message_for
@@ -89,22 +89,26 @@ def sort_arg() -> str:
     return raw
 
 
-def run_search(vector, exclude: set[int] | None = None, timings: dict | None = None, text: bool = False) -> Response:
-    """One page of results; ``text``: the query is text only, so relevance is calibrated and ``matches=1``
-    (every match, paged) is allowed."""
+def run_search(vector, exclude: set[int] | None = None, timings: dict | None = None,
+               text: tuple | None = None) -> Response:
+    """One page of results. ``text``: ``(positive, negative)`` unit vectors of a text-only query (negative
+    None without ``not=``), so relevance is calibrated on the positive text and ``matches=1`` (every match,
+    paged; ``not=`` leaves out its own matches) is allowed."""
     k = int_arg("k", 20, 1, MAX_K)
     offset = int_arg("offset", 0, 0, MAX_OFFSET)
     only_matches, sort = flag_arg("matches"), sort_arg()
-    if only_matches and not text:
+    if only_matches and text is None:
         raise APIError(400, "matches=1 needs a text query without a picture (relevance is calibrated for text)")
     started = time.perf_counter()
     lib = state().library()
+    positive, negative = text or (vector, None)
     if only_matches:
-        every = sort_hits(find_matches(lib, state().encoder(), vector, exclude=exclude, **filters()), sort)
+        every = sort_hits(find_matches(lib, state().encoder(), positive, exclude=exclude, negative=negative,
+                                       **filters()), sort)
         hits = every[offset:offset + k + 1]
     else:
         hits = search(lib, vector, k + 1, offset=offset, exclude=exclude, **filters())
-        hits = with_relevance(lib, state().encoder(), vector, hits) if text else hits
+        hits = with_relevance(lib, state().encoder(), positive, hits) if text else hits
         hits = sort_hits(hits[:k], sort) + hits[k:]  # the page is sorted; the ranking chose it
     timings = {**(timings or {}), "search": time.perf_counter() - started}
     body = {
@@ -118,8 +122,8 @@ def run_search(vector, exclude: set[int] | None = None, timings: dict | None = N
     if not hits and offset == 0:  # why nothing: reasons as data, the page words them
         body["why_empty"] = [r.as_dict() for r in why_empty(lib, **filters())]
         if only_matches and not body["why_empty"]:  # pictures pass the filters, none matches
-            closest = with_relevance(lib, state().encoder(), vector, search(lib, vector, 1, **filters()))
-            body["why_empty"] = [{"kind": "no_match", "closest": closest[0].as_dict() if closest else None}]
+            body["why_empty"] = [closest_miss(lib, state().encoder(), positive, negative=negative, exclude=exclude,
+                                              **filters())]
     response = jsonify(body)
     response.headers["Server-Timing"] = ", ".join(f"{name};dur={sec * 1000:.2f}" for name, sec in timings.items())
     return response
@@ -146,8 +150,11 @@ def search_text():
     if q is None:
         raise APIError(400, "q is required (the text to search for)")
     started = time.perf_counter()
-    vector = build_query(state().encoder(), text=q, negative=text_arg("not"))
-    return run_search(vector, timings={"encode": time.perf_counter() - started}, text=True)
+    encoder, negative = state().encoder(), text_arg("not")
+    vector = build_query(encoder, text=q, negative=negative)
+    # relevance is the positive text's; not= ranks a page, or leaves out its own matches with matches=1
+    text = (build_query(encoder, text=q), build_query(encoder, text=negative)) if negative else (vector, None)
+    return run_search(vector, timings={"encode": time.perf_counter() - started}, text=text)
 
 
 @bp.post("/search")

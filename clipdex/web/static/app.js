@@ -111,7 +111,14 @@ function card(hit) {
     score.title = "relevance: 0.50 and above is a match";
     if (hit.relevance < 0.5) score.classList.add("weak");
   }
-  button.append(img, score, where);
+  if (urlOptions().sort === "date") { // the answer is in capture-date order: show the dates
+    const taken = document.createElement("span");
+    taken.className = "taken";
+    taken.textContent = hit.captured_at ? hit.captured_at.slice(0, 10) : "undated";
+    button.append(img, score, where, taken);
+  } else {
+    button.append(img, score, where);
+  }
   button.addEventListener("click", () => openDetail(hit.id));
   li.append(button);
   return li;
@@ -137,8 +144,9 @@ function clearResults(status) {
 function noMatchText(reason) {
   if (reason.kind !== "no_match") return reasonText(reason);
   const closest = reason.closest;
-  return closest ? `No picture matches; the closest has relevance ${closest.relevance.toFixed(2)} (a match needs 0.50).`
-    : "No picture matches.";
+  const where = describeFilters(view.filters).length ? ` among the ${plural(reason.among, "picture")} the filters keep` : "";
+  return (closest ? `No picture matches${where}; the closest has relevance ${closest.relevance.toFixed(2)} (a match needs 0.50).`
+    : `No picture matches${where}.`);
 }
 
 /** Why nothing came back: the filters in use, what is known about them, a way out. */
@@ -190,10 +198,12 @@ function pageQuery(filters, extra) {
   return query;
 }
 
-/** The result options in the URL: only matches (text searches) and the order. */
+/** The result options in the URL: only matches (text searches) and the order. "By date taken" orders the
+ * whole answer, so it goes with "Only matches" (a plain search is a ranking, loaded page by page). */
 function urlOptions() {
   const params = new URLSearchParams(location.search);
-  return { matches: params.get("matches") === "1", sort: params.get("sort") === "date" ? "date" : "score" };
+  const matches = params.get("matches") === "1";
+  return { matches, sort: matches && params.get("sort") === "date" ? "date" : "score" };
 }
 
 function showOptions(options) {
@@ -336,7 +346,9 @@ async function loadTags() {
     option.textContent = tagOptionText(tag.label, tag.count);
   }
   for (const [value, option] of present) {
-    if (value && !knownTags.has(value)) option.textContent = tagOptionText(value);
+    if (!value || knownTags.has(value)) continue;
+    if (value === select.value) option.textContent = tagOptionText(value);
+    else option.remove(); // a tag no picture has any more (taken off in the detail view)
   }
 }
 
@@ -355,7 +367,9 @@ $("search-form").addEventListener("submit", (event) => {
 });
 
 /** The form's result options into ``params`` (only what differs from the defaults). */
-function setOptions(params) {
+function setOptions(params, changed) {
+  if (changed === "sort" && $("sort").value === "date") $("matches").checked = true;
+  if (changed === "matches" && !$("matches").checked) $("sort").value = "score";
   if ($("matches").checked) params.set("matches", "1"); else params.delete("matches");
   if ($("sort").value === "date") params.set("sort", "date"); else params.delete("sort");
   return params;
@@ -366,7 +380,7 @@ for (const name of ["matches", "sort"]) {
     const q = $("q").value.trim(); // what is typed runs, as the Search button would run it
     const params = q ? formFilters() : new URLSearchParams(location.search);
     if (q) params.set("q", q);
-    setOptions(params);
+    setOptions(params, name);
     if (params.get("q") || params.get("similar")) navigate(params);
     else history.replaceState(null, "", `?${params}`);
   });
@@ -409,6 +423,7 @@ document.addEventListener("keydown", (event) => {
   }
 });
 window.addEventListener("popstate", runFromUrl);
+document.addEventListener("clipdex:tags-changed", loadTags); // a tag given or taken off (tagedit.js)
 
 loadTags();
 runFromUrl();
