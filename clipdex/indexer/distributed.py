@@ -211,18 +211,22 @@ class RaySource:
         actors, gpus, decode_cpus = self._plan()
         self.say(f"encoding {len(paths)} pictures on Ray: {actors} encoder actor{'s' * (actors != 1)}"
                  + (" (1 GPU each)" if gpus else " (CPU)") + " …")
-        block = max(1, min(_DECODE_BLOCK, math.ceil(len(paths) / 4)))
+        # One block of files is one decoding task and then one encoding call whose vectors come back at
+        # once: no batch_size on either stage, so Ray Data never gathers several blocks into one call
+        # (an actor call's rows come back only when it ends: the driver would wait for many batches).
+        block = max(1, min(self.batch_size, _DECODE_BLOCK, math.ceil(len(paths) / 4)))
         ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=math.ceil(len(paths) / block))
         # The two stages differ in what they reserve, so Ray Data never fuses decoding into the encoder actors.
-        ds = ds.map_batches(decode_block, batch_size=block, batch_format="numpy", zero_copy_batch=False,
+        ds = ds.map_batches(decode_block, batch_size=None, batch_format="numpy", zero_copy_batch=False,
                             num_cpus=decode_cpus, memory=_DECODE_MEMORY,
                             fn_kwargs={"size": size, "mode": mode, "max_pixels": self.max_pixels,
                                        "timeout": self.timeout, "decode_fn": self.decode_fn})
-        ds = ds.map_batches(EncodeActor, batch_size=self.batch_size, batch_format="numpy", zero_copy_batch=False,
+        ds = ds.map_batches(EncodeActor, batch_size=None, batch_format="numpy", zero_copy_batch=False,
                             compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus or None,
                             fn_constructor_kwargs={"spec": self.encoder.spec, "backend": self.encoder.requested_backend,
                                                    "device": None})
-        batches = iter(ds.iter_batches(batch_size=chunk, batch_format="numpy"))
+        # Each block as it comes (a batch size here would wait for the next block to fill a batch).
+        batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
         while True:
             try:
                 batch = next(batches)
@@ -232,16 +236,20 @@ class RaySource:
                 first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
                 raise ClipdexError(f"the Ray cluster could not finish the run ({first.strip()}); what was "
                                    "committed stays: run the same indexing again to continue from there") from None
-            items, self._vectors = [], {}
-            for i, path in enumerate(batch["path"]):
-                path, error = str(path), str(batch["error"][i])
-                captured = str(batch["captured"][i])
-                items.append(Decoded(path, None, int(batch["width"][i]), int(batch["height"][i]),
-                                     dt.datetime.fromisoformat(captured) if captured else None,
-                                     str(batch["hash"][i]), error or None))
-                if not error:
-                    self._vectors[path] = np.asarray(batch["vector"][i], np.float32)
-            yield items
+            for first in range(0, len(batch["path"]), chunk):
+                yield self._take(batch, range(first, min(len(batch["path"]), first + chunk)))
+
+    def _take(self, batch: dict[str, np.ndarray], rows: range) -> list[Decoded]:
+        """Rows of a block the cluster sent back, as :class:`Decoded`; their vectors wait for :meth:`encode_batch`."""
+        items, self._vectors = [], {}
+        for i in rows:
+            path, error, captured = str(batch["path"][i]), str(batch["error"][i]), str(batch["captured"][i])
+            items.append(Decoded(path, None, int(batch["width"][i]), int(batch["height"][i]),
+                                 dt.datetime.fromisoformat(captured) if captured else None,
+                                 str(batch["hash"][i]), error or None))
+            if not error:
+                self._vectors[path] = np.asarray(batch["vector"][i], np.float32)
+        return items
 
     def encode_batch(self, todo: list[Decoded]) -> tuple[list[tuple[Decoded, np.ndarray]], list[Decoded]]:
         """The vectors the cluster made for ``todo`` (files of the batch :meth:`run` just yielded)."""
