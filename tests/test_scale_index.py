@@ -124,6 +124,52 @@ def test_a_reader_behind_a_pruned_log_loads_the_new_base(tmp_path, monkeypatch):
     assert len(index_files(writer.path)) == 1
 
 
+@pytest.mark.parametrize("value", ["garbage", "999999"])
+def test_a_damaged_changes_from_is_healed_not_rebuilt_forever(tmp_path, value):
+    """A log start no commit can have written (not a number, past the generation) once made every
+    reader rebuild in an endless recursion and every writer on every batch."""
+    xs = vectors(3100)
+    lib = new_library(tmp_path / "lib", xs[:3000])
+    lib.keeper.set_kind("ivf")
+    maintain(lib)
+    with lib.session() as s:
+        lib.set_meta(s, "changes_from", value)
+        s.commit()
+    reader = Library.open(lib.path)
+    assert reader.index().ids().tolist() == reader.load_vectors()[0].tolist()
+    assert int(reader.get_meta("changes_from")) <= reader.generation  # the reader's own install healed it
+    writes.store_batch(lib, pictures(xs[3000:3010], 3000), [], [])  # and readers follow by delta again
+    assert found(reader, xs[3005], 1) == [3006] and reader.index().base is not None
+    with lib.session() as s:
+        lib.set_meta(s, "changes_from", value)
+        s.commit()
+    assert maintain(lib) is not None and maintain(lib) is None  # a writer heals it once, then rests
+    assert int(lib.get_meta("changes_from")) <= lib.generation
+
+
+def test_a_change_log_that_lost_rows_is_noticed_and_the_index_rebuilt(tmp_path):
+    xs = vectors(3010)
+    lib = new_library(tmp_path / "lib", xs[:3000])
+    maintain(lib)
+    writes.apply_moves_and_removals(lib, [], [1, 2, 3])
+    writes.store_batch(lib, pictures(xs[3000:3010], 3000), [], [])
+    with lib.session() as s:
+        s.execute(text("DELETE FROM vector_changes"))  # rows lost, changes_from untouched
+        s.commit()
+    reader = Library.open(lib.path)
+    assert reader.index().ids().tolist() == reader.load_vectors()[0].tolist()
+    assert found(reader, xs[3004], 1) == [3005] and 1 not in found(reader, xs[0], 5)
+    with lib.session() as s:  # the same loss seen by a writer at the end of a run
+        s.execute(text("DELETE FROM vector_changes"))
+        s.commit()
+    writes.apply_moves_and_removals(lib, [], [4])
+    with lib.session() as s:
+        s.execute(text("DELETE FROM vector_changes"))
+        s.commit()
+    assert maintain(lib) is not None
+    assert Library.open(lib.path).index().ids().tolist() == lib.load_vectors()[0].tolist()
+
+
 def test_the_index_type_follows_the_collection_and_retrains_when_it_doubles(tmp_path, monkeypatch):
     monkeypatch.setattr(policy, "IVF_FROM", 3000)
     monkeypatch.setattr(policy, "COMPACT_MIN", 10)

@@ -78,6 +78,14 @@ def distrust(session: Session, generation: int) -> None:
         session.merge(Meta(key=CHANGES_FROM, value=str(generation)))
 
 
+def heal(session: Session, generation: int) -> None:
+    """A damaged ``changes_from`` (see :func:`_damaged`) is set to ``generation``, that of a base built from
+    every vector, cutting the log there: readers then follow by delta again instead of rebuilding forever."""
+    current = session.get(Meta, CHANGES_FROM)
+    if current is not None and _damaged(session, current.value):
+        distrust(session, generation)
+
+
 def _damaged(session: Session, value: object) -> bool:
     """A ``changes_from`` no commit can have written: not a number, or past the library's generation."""
     generation = session.get(Meta, "generation")

@@ -186,8 +186,7 @@ class IndexKeeper:
             self.lib.set_meta(s, self.record_key, json.dumps(record))
             if previous is not None and previous["generation"] < base.generation:
                 changes.prune(s, self._prunable(s, previous["generation"]))
-            if distrust:
-                changes.distrust(s, base.generation)
+            (changes.distrust if distrust else changes.heal)(s, base.generation)
             s.commit()
         for other in bases.index_files(self.lib.path):
             if other != path:
