@@ -9,19 +9,23 @@ one entry per tag with its label, probability, pass and source, and ``clipdex:ke
 keywords clipdex itself put into ``dc:subject``. An existing sidecar is merged, never
 clobbered: every other element and keyword stays; keywords clipdex put there earlier and no
 longer gives are taken out again, and a keyword that was there before clipdex is never
-touched. A sidecar that is not XMP (not XML, a DTD, no ``rdf:RDF``) or not a regular file is
-left alone and reported. Pictures are never opened for writing: a sidecar replaces itself
-atomically (its permissions kept), and one whose name is a picture's is refused.
+touched. A sidecar that is not XMP (not XML, a DTD in whatever encoding, no ``rdf:RDF``) or
+not a regular file is left alone and reported, and so is one that would hold a character XML
+cannot: clipdex never writes an ill-formed file. Pictures are never opened for writing: a
+sidecar replaces itself atomically (its permissions kept), and one whose name is a picture's
+is refused. A picture not on disk gets no sidecar, and no folder is made beside pictures.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+from xml.parsers import expat
 
 from sqlalchemy import select
 
@@ -47,6 +51,8 @@ NAMINGS = ("full", "stem")
 MAX_SIDECAR = 16 * 1024 * 1024
 PACKET_START = '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
 PACKET_END = '\n<?xpacket end="w"?>\n'
+#: A character XML 1.0 cannot hold (controls, surrogates, U+FFFE, U+FFFF).
+NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 def _q(ns: str, name: str) -> str:
@@ -79,20 +85,39 @@ class NotXMP(Exception):
     """An existing sidecar clipdex will not merge into (the message says why)."""
 
 
+class _Refused(Exception):
+    """Raised from inside expat the moment a sidecar declares a DTD or an entity."""
+
+
+def _refuse(*_args) -> None:
+    raise _Refused
+
+
 def _parse(data: bytes) -> ET.Element:
-    """The sidecar's XML, its namespace prefixes registered so they are written back as they were."""
-    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
-        raise NotXMP("it declares a DTD or entities, which XMP never does")
-    parser = ET.XMLPullParser(events=("start-ns",))
+    """The sidecar's XML, its namespace prefixes registered so they are written back as they were.
+
+    A first pass with expat itself refuses a DTD or entity declaration the moment the parser
+    meets one, in whatever encoding the file is (a byte search misses ``<\\0!\\0D...`` in
+    UTF-16), so no entity is ever expanded; only then does ElementTree read the file.
+    """
+    check = expat.ParserCreate(namespace_separator=" ")
+    check.StartDoctypeDeclHandler = check.EntityDeclHandler = check.UnparsedEntityDeclHandler = _refuse
+    check.ExternalEntityRefHandler = _refuse
+    prefixes: list[tuple[str, str]] = []
+    check.StartNamespaceDeclHandler = lambda prefix, uri: prefixes.append((prefix or "", uri or ""))
     try:
-        parser.feed(data)
-        parser.close()
-    except ET.ParseError as exc:
+        check.Parse(data, True)
+    except _Refused:
+        raise NotXMP("it declares a DTD or entities, which XMP never does") from None
+    except (expat.ExpatError, ValueError) as exc:
         raise NotXMP(f"it is not XML ({exc})") from None
-    for prefix, uri in (event for kind, event in parser.read_events() if kind == "start-ns"):
+    for prefix, uri in prefixes:
         if prefix and uri not in KNOWN_PREFIXES.values() and not re.fullmatch(r"ns\d+", prefix):
             ET.register_namespace(prefix, uri)
-    return ET.fromstring(data)
+    try:
+        return ET.fromstring(data)
+    except ET.ParseError as exc:
+        raise NotXMP(f"it is not XML ({exc})") from None
 
 
 def _description(root: ET.Element) -> tuple[ET.Element, ET.Element]:
@@ -164,11 +189,16 @@ def merge(root: ET.Element, tags: list[dict]) -> None:
 
 
 def render(root: ET.Element) -> bytes:
-    """The sidecar as an XMP packet (UTF-8)."""
+    """The sidecar as an XMP packet (UTF-8); :class:`NotXMP` if it would hold a character XML cannot hold."""
     for prefix, uri in KNOWN_PREFIXES.items():
         ET.register_namespace(prefix, uri)
     ET.indent(root, space=" ")
-    return (PACKET_START + ET.tostring(root, encoding="unicode") + PACKET_END).encode("utf-8")
+    text = ET.tostring(root, encoding="unicode")
+    bad = NOT_XML.search(text)
+    if bad:  # a label stored before labels were checked: ElementTree would write it raw, and ill-formed
+        raise NotXMP(f"a tag holds U+{ord(bad.group()):04X}, which XML cannot hold (take it off with "
+                     "clipdex tags remove)")
+    return (PACKET_START + text + PACKET_END).encode("utf-8")
 
 
 def _write(target: Path, data: bytes) -> None:
@@ -187,10 +217,11 @@ def _write(target: Path, data: bytes) -> None:
     write_atomic_with(target, write)
 
 
-def update_sidecar(target: Path, tags: list[dict]) -> str:
+def update_sidecar(target: Path, tags: list[dict], make_folder: bool = False) -> str:
     """Create or merge the sidecar at ``target``: ``"created"``, ``"merged"`` or ``"unchanged"``.
 
-    Raises :class:`NotXMP` for an existing file that is not one clipdex may merge into.
+    Raises :class:`NotXMP` for an existing file that is not one clipdex may merge into. The
+    folder is made only with ``make_folder`` (``--into``); beside the pictures it must be there.
     """
     if os.path.lexists(target):
         if not target.is_file() or target.is_symlink():
@@ -209,7 +240,8 @@ def update_sidecar(target: Path, tags: list[dict]) -> str:
         return "unchanged"
     root = new_sidecar()
     merge(root, tags)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if make_folder:
+        target.parent.mkdir(parents=True, exist_ok=True)
     _write(target, render(root))
     return "created"
 
@@ -221,12 +253,37 @@ def layout_base(lib: Library, paths: list[str]) -> str:
     return os.path.commonpath(folders) if folders else os.sep
 
 
+def _absent(paths: list[str]) -> tuple[list[str], list[dict]]:
+    """``(the pictures on disk, what to report for the others)``: one entry per missing picture whose
+    folder is there, one per missing folder (an unmounted drive, a folder moved away) with its count."""
+    isdir = functools.lru_cache(maxsize=None)(os.path.isdir)
+    present, missing, gone = [], [], {}
+    for path in paths:
+        if os.path.lexists(path):
+            present.append(path)
+            continue
+        folder = os.path.dirname(path)
+        if isdir(folder):
+            missing.append({"path": path, "reason": "left alone: the picture is not there (deleted or moved?)"})
+            continue
+        while os.path.dirname(folder) != folder and not isdir(os.path.dirname(folder)):
+            folder = os.path.dirname(folder)
+        gone[folder] = gone.get(folder, 0) + 1
+    for folder, n in gone.items():
+        missing.append({"path": folder, "reason": f"left alone: the folder is not there (a drive not mounted?), "
+                                                  f"so no sidecar for its {n} picture{'s' if n != 1 else ''}"})
+    return present, missing
+
+
 def export_sidecars(lib: Library, into: str | Path | None = None, naming: str = "full") -> SidecarReport:
     """Write every tagged picture's sidecar: next to it, or under ``into`` in the pictures' own layout.
 
     Pictures without tags get no new sidecar, but an existing one loses what clipdex put
-    there before. Pictures sharing a sidecar (``stem`` naming: a raw file and its JPEG) put
-    all their tags in it. Originals are never written; files named like a picture are refused.
+    there before. A picture that is not on disk (deleted, or on a drive not mounted) gets
+    none, and no folder is ever made beside the pictures; a sidecar name two pictures would
+    share (``stem`` naming: ``photo.jpg`` and ``photo.png``) is left alone, since clipdex
+    indexes no raw files and two pictures are two sets of tags. Both are reported. Originals
+    are never written; files named like a picture are refused.
     """
     sidecar_name("x", naming)
     by_path: dict[str, list[dict]] = {}
@@ -236,22 +293,29 @@ def export_sidecars(lib: Library, into: str | Path | None = None, naming: str = 
         every = list(s.scalars(select(ImageRow.path).order_by(ImageRow.path)))
     pictures = set(every)
     report = SidecarReport(pictures=len(every))
+    present, report.skipped = _absent(every)
     base = layout_base(lib, every) if into is not None else None
-    targets: dict[Path, list[dict]] = {}  # with stem naming, photo.cr2 and photo.jpg share photo.xmp: both tags
-    for path in every:
+    targets: dict[Path, list[str]] = {}
+    for path in present:
         if into is None:
             target = Path(sidecar_name(path, naming))
         else:
             target = Path(into) / sidecar_name(os.path.relpath(path, base), naming)
-        targets.setdefault(target, []).extend(by_path.get(path, []))
-    for target, tags in targets.items():
+        targets.setdefault(target, []).append(path)
+    for target, owners in targets.items():
         if str(target) in pictures or os.path.abspath(target) in pictures:
             report.skipped.append({"path": str(target), "reason": "a picture of the library has this name"})
             continue
+        if len(owners) > 1:
+            names = " and ".join(os.path.basename(p) for p in owners)
+            report.skipped.append({"path": str(target), "reason": f"left alone: {names} would share it "
+                                                                  "(--naming full gives each its own)"})
+            continue
+        tags = by_path.get(owners[0], [])
         if not tags and not os.path.lexists(target):
             continue
         try:
-            outcome = update_sidecar(target, tags)
+            outcome = update_sidecar(target, tags, make_folder=into is not None)
         except NotXMP as exc:
             report.skipped.append({"path": str(target), "reason": f"left alone: {exc}"})
             continue

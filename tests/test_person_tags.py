@@ -146,6 +146,87 @@ def test_clear_one_line_errors(lib_dir, tmp_path):
     assert len(export(lib_dir)) == 121  # nothing was written by any of them but the one tag added
 
 
+def test_a_forgotten_label_is_refused_when_the_last_argument_is_a_picture_file_or_folder(lib_dir, collection, tmp_path,
+                                                                                          monkeypatch):
+    first, second = sorted(str(p) for p in collection)[:2]
+    folder = str(Path(first).parent)
+    note = tmp_path / "note.txt"
+    note.write_text("x")
+    for label, what in ((second, "a picture"), (folder, "a folder"), (str(note), "a file")):
+        r = cli("tags", "add", first, label, "--library", lib_dir, code=2)
+        line = r.stderr.strip()
+        assert line.startswith("Error: the last argument is the label, and ") and "did you forget the label?" in line
+        assert len(line.splitlines()) == 1 and f"is {what}:" in line
+    monkeypatch.chdir(Path(first).parent.parent)  # a relative name counts too
+    r = cli("tags", "remove", first, Path(first).parent.name, "--library", lib_dir, code=2)
+    assert "is a folder" in r.stderr
+    assert export(lib_dir) == []  # nothing was written
+
+
+def test_taking_off_a_label_nothing_has_is_refused_with_the_labels_there(lib_dir, collection):
+    from clipdex.library.persontags import rejections
+
+    cli("tag", "--set", "kind", "--labels", SHAPE_LABELS, "--library", lib_dir)
+    rows = export(lib_dir)
+    picture, given = rows[0]["path"], rows[0]["label"]
+    r = cli("tags", "remove", picture, "rond", "--library", lib_dir, code=2)
+    assert r.stderr.strip() == f"Error: the picture has no tag 'rond', so nothing was taken off (its tags: {given})"
+    folder = str(Path(picture).parent)
+    r = cli("tags", "remove", folder, "rond", "--library", lib_dir, "--json", code=2)
+    assert r.stderr.startswith("Error: no picture there has the tag 'rond', so nothing was taken off (their tags: ")
+    assert given in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert rejections(Library.open(lib_dir)) == []  # no hold-back stored for a typo
+
+    # text and --json tell the same: pictures named, pictures that lost the tag
+    on_five = json.loads(cli("tags", "remove", folder, given, "--library", lib_dir, "--json").stdout)
+    had = sum(1 for row in rows if row["label"] == given and str(Path(row["path"]).parent) == folder)
+    assert (on_five["pictures"], on_five["changed"]) == (20, had) and 0 < had < 20
+    again = cli("tags", "remove", folder, given, "--library", lib_dir).stdout.strip()
+    assert again == f'"{given}" was taken off those pictures before; tagging passes will not give it back'
+    cli("tags", "add", folder, given, "--library", lib_dir)
+    text = cli("tags", "remove", folder, given, "--library", lib_dir).stdout.strip()
+    assert text == f'took "{given}" off 20 pictures (20 from person); tagging passes will not give it back'
+    cli("tags", "add", picture, given, "--library", lib_dir)
+    text = cli("tags", "remove", folder, given, "--library", lib_dir).stdout.strip()
+    assert text == f'took "{given}" off 1 picture of the 20 named (1 from person); tagging passes will not give it back'
+
+
+BAD_LABELS = ["a\uffffb", "a\ufffeb", "caf\udce9", "a\ud800b", "x\x9by", "evil\u202egpj.exe", "zero\u200bwidth",
+              "\ufeff", "line\u2028break", "a\ufdd0b"]
+
+
+@pytest.mark.parametrize("label", BAD_LABELS)
+def test_labels_that_are_not_plain_visible_text_are_refused(lib_dir, collection, label):
+    picture = sorted(str(p) for p in collection)[0]
+    r = cli("tags", "add", picture, label, "--library", lib_dir, code=2)
+    assert r.stderr.startswith("Error: the label ") and len(r.stderr.strip().splitlines()) == 1
+    assert ("not valid text" if "\udce9" in label or "\ud800" in label else "U+") in r.stderr
+    r = cli("tag", "--labels", f"{label},plain", "--library", lib_dir, code=2)  # a pass's labels as well
+    assert r.stderr.startswith("Error: the label ") and len(r.stderr.strip().splitlines()) == 1
+    assert export(lib_dir) == []
+
+
+def test_a_path_that_is_not_utf8_is_one_line(lib_dir):
+    r = cli("tags", "add", "/tmp/caf\udce9.jpg", "x", "--library", lib_dir, code=2)
+    assert r.stderr.strip() == "Error: /tmp/caf\\xe9.jpg is not in the library (its name is not valid UTF-8, and " \
+                               "the library holds no such name)"
+
+
+def test_labels_in_any_script_and_emoji_sequences_are_kept():
+    from clipdex.library.names import check_name
+
+    flag = "🏴\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f"
+    for label in ("plage", "Strand am Meer", "海滩", "می\u200cخواهم", "👨\u200d👩\u200d👧", flag):
+        assert check_name(label, "label") == label
+
+
+def test_probe_names_are_not_for_set_and_json_export_is_pointed_at(lib_dir):
+    r = cli("tag", "--set", "probe:x", "--labels", SHAPE_LABELS, "--library", lib_dir, code=2)
+    assert r.stderr.startswith("Error: 'probe:x': names starting with probe: are the passes probes give")
+    r = cli("tags", "export", "--json", "--library", lib_dir, code=2)
+    assert r.stderr.strip() == "Error: --json is for --format xmp's report; for the tags as JSON use --format json"
+
+
 # -- the page's routes -------------------------------------------------------------------------------------------
 @pytest.fixture()
 def client(lib_dir):
@@ -170,6 +251,24 @@ def test_the_page_adds_and_removes_a_tag(client, lib_dir):
     assert [t["label"] for t in client.get("/api/images/1").get_json()["tags"]] == ["beach"]  # the detail view's
     cli("tag", "--set", "kind", "--labels", SHAPE_LABELS, "--library", lib_dir)  # the removal sticks
     assert [t["label"] for t in client.get("/api/images/1/tags").get_json()["tags"]] == ["beach"]
+
+
+@pytest.mark.parametrize("body", ['{"label": "a\\ud800b"}', '{"label": "a\\uffffb"}', '{"label": "\\ufeff"}',
+                                  "[" * 100000 + "]" * 100000, '{"label": ' + "[" * 50000 + "]" * 50000 + "}"])
+def test_labels_xml_cannot_hold_and_deep_json_are_400_not_500(client, body):
+    before = client.get("/api/images/1/tags").get_json()["tags"]
+    for method in ("POST", "DELETE"):
+        r = client.open("/api/images/1/tags", method=method, data=body, content_type="application/json", headers=PAGE)
+        assert r.status_code == 400 and set(r.get_json()) == {"status", "message"}, (r.status_code, r.data[:200])
+    assert client.get("/api/images/1/tags").get_json()["tags"] == before
+
+
+def test_removing_a_label_the_picture_lacks_stores_nothing(client, lib_dir):
+    from clipdex.library.persontags import rejections
+
+    r = client.delete("/api/images/1/tags", json={"label": "nosuchlabel"}, headers=PAGE)
+    assert r.status_code == 400 and r.get_json()["message"].startswith("the picture has no tag 'nosuchlabel'")
+    assert rejections(Library.open(lib_dir)) == []
 
 
 def test_page_errors_take_the_one_json_shape(client):
@@ -228,12 +327,18 @@ def test_in_a_browser_a_tag_is_added_and_removed_in_the_detail_view(browser, lib
         expect(tags.first.locator("button.tag-remove")).to_be_visible()  # the list is tagedit.js's own
         given = tags.first.get_attribute("data-label")
         assert given in SHAPES and "kind" in tags.first.get_attribute("title")
+        expect(page.locator('#tag option[value="beach"]')).to_have_count(0)
         page.fill("#tag-add-label", "beach")
         page.keyboard.press("Enter")
         expect(page.locator('#detail-tags li[data-label="beach"]')).to_be_visible()
         expect(page.locator("#tag-add-label")).to_have_value("")
-        page.get_by_role("button", name=f"Remove tag {given}").click()
+        expect(page.locator('#tag option[value="beach"]')).to_have_text("beach (1)")  # the filter knows it now
+        remove = page.get_by_role("button", name=f"Remove tag {given}")
+        assert "will not give it back" in remove.get_attribute("title")
+        before = page.locator(f'#tag option[value="{given}"]').text_content()
+        remove.click()
         expect(page.locator(f'#detail-tags li[data-label="{given}"]')).to_have_count(0)
+        expect(page.locator(f'#tag option[value="{given}"]')).not_to_have_text(before)  # one picture fewer
         expect(page.locator("#tag-edit-error")).to_be_hidden()
         path = page.locator("#detail-path").text_content()
         rows = [r for r in export(lib_dir) if r["path"] == path]

@@ -185,10 +185,12 @@ def test_export_option_errors_are_one_line(own, tmp_path):
     r = cli("tags", "export", "--format", "xmp", "-o", str(tmp_path / "x"), "--library", lib_dir, code=2)
     assert r.stderr.startswith("Error: --output is for csv and json") and len(r.stderr.splitlines()) == 1
     r = cli("tags", "export", "--format", "csv", "--into", str(tmp_path / "d"), "--library", lib_dir, code=2)
-    assert r.stderr.strip() == "Error: --into and --json are for --format xmp"
+    assert r.stderr.strip() == "Error: --into is for --format xmp"
 
 
-def test_a_raw_and_its_jpeg_share_one_stem_sidecar_with_both_pictures_tags(own, tmp_path):
+def test_a_stem_two_pictures_would_share_is_left_alone(own, tmp_path):
+    """clipdex indexes no raw files, so photo.jpg and photo.png (or IMG_1.HEIC and IMG_1.JPG) are two pictures
+    with two sets of tags: one photo.xmp claiming both would be wrong for each."""
     from clipdex.synthetic import Sample, draw
 
     lib_dir, _ = own
@@ -199,9 +201,77 @@ def test_a_raw_and_its_jpeg_share_one_stem_sidecar_with_both_pictures_tags(own, 
     Indexer(Library.open(lib_dir), TINY_MODEL, workers=1, progress=False).run([str(pair)])
     cli("tags", "add", str(pair / "IMG_1.jpg"), "from-the-jpeg", "--library", lib_dir)
     cli("tags", "add", str(pair / "IMG_1.png"), "from-the-png", "--library", lib_dir)
-    report = json.loads(cli("tags", "export", "--format", "xmp", "--naming", "stem", "--library", lib_dir,
-                            "--json").stdout)
-    assert report["pictures"] == 26 and report["created"] == 25  # 24 + the pair's one
-    got = exif(pair / "IMG_1.xmp")[0]
-    assert {"from-the-jpeg", "from-the-png"} <= set(as_list(got["XMP-dc:Subject"]))
-    assert sorted(p.name for p in pair.iterdir()) == ["IMG_1.jpg", "IMG_1.png", "IMG_1.xmp"]
+    out = cli("tags", "export", "--format", "xmp", "--naming", "stem", "--library", lib_dir).stdout.splitlines()
+    assert out == ["26 pictures: 24 sidecars created, 0 merged, 0 unchanged, 1 left alone",
+                   f"  {pair / 'IMG_1.xmp'}: left alone: IMG_1.jpg and IMG_1.png would share it "
+                   "(--naming full gives each its own)"]
+    assert sorted(p.name for p in pair.iterdir()) == ["IMG_1.jpg", "IMG_1.png"]
+    cli("tags", "export", "--format", "xmp", "--library", lib_dir)  # full naming: one each
+    assert as_list(exif(pair / "IMG_1.jpg.xmp")[0]["XMP-dc:Subject"]) == ["from-the-jpeg"]
+    assert as_list(exif(pair / "IMG_1.png.xmp")[0]["XMP-dc:Subject"]) == ["from-the-png"]
+
+
+def test_pictures_not_on_disk_get_no_sidecar_and_no_folder_is_made(own, tmp_path):
+    lib_dir, pics = own
+    gone = sorted(pics.rglob("*.jpg"))[0]
+    gone.unlink()
+    unmounted = pics / "red"
+    n = len(list(unmounted.glob("*.jpg")))
+    shutil.move(unmounted, tmp_path / "elsewhere")  # as if the drive holding it were not mounted
+    out = cli("tags", "export", "--format", "xmp", "--library", lib_dir).stdout.splitlines()
+    assert out[0] == f"24 pictures: {23 - n} sidecars created, 0 merged, 0 unchanged, 2 left alone"
+    assert f"  {gone}: left alone: the picture is not there (deleted or moved?)" in out
+    assert f"  {unmounted}: left alone: the folder is not there (a drive not mounted?), so no sidecar for its " \
+           f"{n} pictures" in out
+    assert not unmounted.exists() and not Path(str(gone) + ".xmp").exists()
+    report = json.loads(cli("tags", "export", "--format", "xmp", "--into", str(tmp_path / "sc"), "--library",
+                            lib_dir, "--json").stdout)
+    assert report["created"] == 23 - n and len(report["skipped"]) == 2
+
+
+UTF16_DTD = ('<?xml version="1.0" encoding="{enc}"?>\n<!DOCTYPE x [<!ENTITY e "{e}">]>\n'
+             '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+             '<rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:title>{body}</dc:title>'
+             '</rdf:Description></rdf:RDF></x:xmpmeta>')
+
+
+@pytest.mark.parametrize("codec, declared", [("utf-16", "UTF-16"), ("utf-16-be", "UTF-16"), ("utf-16-le", "UTF-16"),
+                                             ("utf-32", "UTF-32"), ("utf-8-sig", "UTF-8"), ("utf-8", "ISO-8859-1")])
+def test_a_dtd_is_refused_in_any_encoding_before_an_entity_is_expanded(own, codec, declared):
+    """The reviewer's sidecar, small: in UTF-16 it once slipped past a byte search for <!DOCTYPE and expat
+    expanded its entity (a 16 MB file took 7 GB and was written back as 1.5 GB)."""
+    lib_dir, _ = own
+    sidecar = Path(sorted(export_rows(lib_dir))[0] + ".xmp")
+    data = UTF16_DTD.format(enc=declared, e="A" * 4096, body="&e;" * 64)
+    raw = (("\ufeff" if codec.endswith(("-be", "-le")) else "") + data).encode(codec)
+    sidecar.write_bytes(raw)
+    report = json.loads(cli("tags", "export", "--format", "xmp", "--library", lib_dir, "--json").stdout)
+    assert [s["path"] for s in report["skipped"]] == [str(sidecar)] and report["created"] == 23
+    assert sidecar.read_bytes() == raw  # untouched, nothing expanded into it
+    reason = report["skipped"][0]["reason"]
+    assert "DTD" in reason or (codec == "utf-32" and "not XML" in reason), reason
+
+
+def test_no_sidecar_is_ever_ill_formed(own):
+    """A label XML cannot hold, stored before labels were checked, leaves its sidecar alone instead."""
+    import xml.etree.ElementTree as ET
+
+    from sqlalchemy import select
+
+    from clipdex.library.schema import TagRow
+
+    lib_dir, pics = own
+    lib = Library.open(lib_dir)
+    with lib.session() as s:
+        tag = s.scalars(select(TagRow).order_by(TagRow.image_id)).first()
+        tag.label = "a\uffffb"
+        s.commit()
+    lib.close()
+    report = json.loads(cli("tags", "export", "--format", "xmp", "--library", lib_dir, "--json").stdout)
+    assert report["created"] == 23 and len(report["skipped"]) == 1
+    assert report["skipped"][0]["reason"] == "left alone: a tag holds U+FFFF, which XML cannot hold (take it off " \
+                                              "with clipdex tags remove)"
+    for sidecar in pics.rglob("*.xmp"):
+        ET.parse(sidecar)  # every one well-formed
+    r = cli("tags", "add", str(sorted(pics.rglob("*.jpg"))[0]), "a\uffffb", "--library", lib_dir, code=2)
+    assert r.stderr.strip() == "Error: the label 'a\\uffffb' holds an invisible or non-text character (U+FFFF)"

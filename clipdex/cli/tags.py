@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ from clipdex.cli.common import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    from clipdex.library import Library
     from clipdex.library.tags import TagStats
 
 
@@ -138,8 +140,10 @@ def tags_export(library: Path | None, fmt: str, output: Path | None, into: Path 
         for item in report.skipped:
             click.echo(f"  {printable(item['path'])}: {item['reason']}")
         return
-    if into is not None or as_json:
-        raise UsageError("--into and --json are for --format xmp")
+    if into is not None:
+        raise UsageError("--into is for --format xmp")
+    if as_json:
+        raise UsageError("--json is for --format xmp's report; for the tags as JSON use --format json")
     text = export_tags(lib, fmt)
     if not output:
         click.echo(text.rstrip("\n"))
@@ -156,6 +160,7 @@ def _person_edit(library: Path | None, paths: tuple[str, ...], label: str, actio
 
     lib = Library.open(library_path(library))
     ids = picture_ids(lib, list(paths))
+    _not_a_path(lib, label, action)
     edit = (add_tag if action == "add" else remove_tag)(lib, ids, label)
     if as_json:
         print_json(edit.as_dict())
@@ -167,8 +172,31 @@ def _person_edit(library: Path | None, paths: tuple[str, ...], label: str, actio
                    f"({edit.pictures - edit.changed} had it already){lifted}")
         return
     passes = ", ".join(f"{n} from {printable(name)}" for name, n in sorted(edit.tags_removed.items()))
-    click.echo(f'took "{shown}" off {plural(edit.changed, "picture", "pictures")}'
+    if not edit.changed:
+        click.echo(f'"{shown}" was taken off {"that picture" if edit.pictures == 1 else "those pictures"} '
+                   "before; tagging passes will not give it back")
+        return
+    of = f" of the {edit.pictures} named" if edit.pictures != edit.changed else ""
+    click.echo(f'took "{shown}" off {plural(edit.changed, "picture", "pictures")}{of}'
                f"{f' ({passes})' if passes else ''}; tagging passes will not give it back")
+
+
+def _not_a_path(lib: Library, label: str, action: str) -> None:
+    """Refuse a LABEL that names a file, a folder or a picture: the label was forgotten, most likely."""
+    from clipdex.errors import UsageError
+    from clipdex.library.catalog import ids_at_paths
+    from clipdex.library.names import check_name
+
+    path = os.path.abspath(os.path.expanduser(check_name(label, "label")))
+    if os.path.isdir(path):
+        what = "a folder"
+    elif os.path.lexists(path) or ids_at_paths(lib, [path]):
+        what = "a picture" if ids_at_paths(lib, [path]) else "a file"
+    else:
+        return
+    raise UsageError(f"the last argument is the label, and {printable(label)} is {what}: did you forget the label? "
+                     f"(clipdex tags {action} PATH... LABEL; for a label that is also a name here, run it from "
+                     "another folder)")
 
 
 @tags.command("add")

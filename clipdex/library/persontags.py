@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import func, select
 
 from clipdex.errors import UsageError
+from clipdex.indexer.scan import displayable, is_utf8
 from clipdex.library.catalog import allowed_ids, ids_at_paths
 from clipdex.library.schema import ImageRow, TagPassRow, TagRejectionRow, TagRow, utcnow
 from clipdex.library.tags import PERSON, check_name
@@ -55,6 +56,9 @@ def picture_ids(lib: Library, paths: list[str]) -> list[int]:
     found: dict[int, None] = {}  # in the order named, each once
     for raw in paths:
         path = os.path.abspath(os.path.expanduser(raw))
+        if not is_utf8(path):  # SQL cannot even look such a name up: the indexer never stores one
+            raise UsageError(f"{displayable(raw)} is not in the library (its name is not valid UTF-8, and the "
+                             "library holds no such name)")
         ids = sorted(ids_at_paths(lib, [path]))
         if not ids:
             under = allowed_ids(lib, folder=path)

@@ -39,7 +39,11 @@ def _only_from_the_page() -> None:
 
 
 def _label() -> str:
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # get_json's silent covers bad JSON, not JSON nested thousands deep
+        raise APIError(400, 'send the tag as JSON, e.g. {"label": "beach"} (this JSON is nested too deeply)') \
+            from None
     label = body.get("label") if isinstance(body, dict) else None
     if not isinstance(label, str):
         raise APIError(400, 'send the tag as JSON, e.g. {"label": "beach"}')

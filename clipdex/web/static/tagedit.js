@@ -47,6 +47,7 @@ function render(id, tags) {
     remove.className = "link tag-remove";
     remove.textContent = "×";
     remove.setAttribute("aria-label", `Remove tag ${tag.label}`);
+    remove.title = "Remove this tag (tagging passes will not give it back)";
     remove.addEventListener("click", () => edit("DELETE", id, tag.label));
     li.append(" ", remove);
     list.append(li);
@@ -58,6 +59,7 @@ async function edit(method, id, label) {
   try {
     const body = await call(method, id, label);
     if (shown === id) render(id, body.tags);
+    document.dispatchEvent(new CustomEvent("clipdex:tags-changed")); // app.js reloads the tag filter
     return true;
   } catch (err) {
     showProblem(err.message);
