@@ -26,9 +26,15 @@ from pathlib import Path
 import numpy as np
 
 from clipdex.ann.synthetic import clip_like_vectors
-from clipdex.duplicates import DEFAULT_THRESHOLD, TINY_THRESHOLD, find_duplicates
+from clipdex.duplicates import DEFAULT_THRESHOLD, DUPLICATES_NPROBE, TINY_THRESHOLD, find_duplicates
 from clipdex.duplicates.generated import write_collection
-from clipdex.duplicates.pixels import MAX_DIFFERENCE, difference, signature_of_file
+from clipdex.duplicates.pixels import (
+    MAX_COLOUR_DIFFERENCE,
+    MAX_DIFFERENCE,
+    colour_difference,
+    difference,
+    signature_of_file,
+)
 from clipdex.indexer import Indexer
 from clipdex.library import Library
 from clipdex.models import TINY_MODEL
@@ -59,6 +65,7 @@ def quality(subjects: int, folder: Path, workers: int = 2, thresholds: tuple = (
     vector_of = dict(zip(ids.tolist(), vectors))
     cos = {"copies": [], "second shots": []}
     diff = {"copies": [], "second shots": []}
+    colour = {"copies": [], "second shots": []}
     truth = collection.true_pairs()
     files = [str(f) for f in collection.files]
     for a, b in itertools.combinations(files, 2):
@@ -66,13 +73,16 @@ def quality(subjects: int, folder: Path, workers: int = 2, thresholds: tuple = (
             continue
         what = "copies" if frozenset((a, b)) in truth else "second shots"
         cos[what].append(float(vector_of[by_path[a]] @ vector_of[by_path[b]]))
-        diff[what].append(difference(signature_of_file(a), signature_of_file(b)))
+        sa, sb = signature_of_file(a), signature_of_file(b)
+        diff[what].append(difference(sa, sb))
+        colour[what].append(colour_difference(sa, sb))
     lib.close()
     return {"pictures": len(collection.files), "true pairs": true, "predicted pairs": predicted,
             "precision": precision, "recall": recall, "groups": sweep[None][4], "sweep": sweep,
             "write s": written, "find s": found,
             "cosine": {k: (min(v), float(np.median(v)), max(v)) for k, v in cos.items()},
-            "difference": {k: (min(v), float(np.median(v)), max(v)) for k, v in diff.items()}}
+            "difference": {k: (min(v), float(np.median(v)), max(v)) for k, v in diff.items()},
+            "colour": {k: (min(v), float(np.median(v)), max(v)) for k, v in colour.items()}}
 
 
 def _paths(lib: Library) -> tuple[list[int], list[str]]:
@@ -85,8 +95,9 @@ def _paths(lib: Library) -> tuple[list[int], list[str]]:
     return [r[0] for r in rows], [r[1] for r in rows]
 
 
-def speed(x: np.ndarray, kind: str, threshold: float) -> dict:
-    """Time the vector stage (a range search of every vector) on ``x`` in a ``kind`` base built as a library's is."""
+def speed(x: np.ndarray, kind: str, threshold: float, nprobes: tuple = (None,)) -> list[dict]:
+    """Time the vector stage (a range search of every vector) on ``x`` in a ``kind`` base built as a library's is,
+    once per ``nprobes`` entry (None: the base's tuned nprobe; ignored by a flat base)."""
     from clipdex.ann.build import build
     from clipdex.ann.live import LiveIndex
 
@@ -102,13 +113,16 @@ def speed(x: np.ndarray, kind: str, threshold: float) -> dict:
                     lambda n: (ids[order[:n]], x[order[:n]]), fetch)
     built = time.perf_counter() - began
     live = LiveIndex(x.shape[1], 1, base, fetch)
-    began, pairs = time.perf_counter(), set()
-    for start in range(0, count, 2048):
-        for n, (hits, _) in enumerate(live.range_search(x[start:start + 2048], threshold, 65)):
-            me = start + n + 1
-            pairs.update((min(me, int(h)), max(me, int(h))) for h in hits if h != me)
-    return {"kind": kind, "build s": built, "search s": time.perf_counter() - began, "pairs": pairs,
-            "nprobe": base.nprobe, "nlist": base.nlist}
+    out = []
+    for nprobe in nprobes:
+        began, pairs = time.perf_counter(), set()
+        for start in range(0, count, 2048):
+            for n, (hits, _) in enumerate(live.range_search(x[start:start + 2048], threshold, 65, nprobe)):
+                me = start + n + 1
+                pairs.update((min(me, int(h)), max(me, int(h))) for h in hits if h != me)
+        out.append({"kind": kind, "build s": built, "search s": time.perf_counter() - began, "pairs": pairs,
+                    "nprobe": nprobe or base.nprobe, "nlist": base.nlist})
+    return out
 
 
 def main() -> None:
@@ -119,7 +133,7 @@ def main() -> None:
     parser.add_argument("--skip-quality", action="store_true")
     args = parser.parse_args()
     print(f"default thresholds: cosine {DEFAULT_THRESHOLD} (CLIP models), {TINY_THRESHOLD} (tiny model); "
-          f"pixel difference {MAX_DIFFERENCE}")
+          f"pixel structure difference {MAX_DIFFERENCE}, colour {MAX_COLOUR_DIFFERENCE}")
     if not args.skip_quality:
         with tempfile.TemporaryDirectory() as tmp:
             q = quality(args.subjects, Path(tmp))
@@ -128,23 +142,22 @@ def main() -> None:
         print(f"  pair precision {q['precision']:.3f}, recall {q['recall']:.3f} ({q['predicted pairs']} predicted, "
               f"{q['true pairs']} true pairs, {q['groups']} groups); find_duplicates {q['find s']:.1f} s")
         for what in ("copies", "second shots"):
-            c, d = q["cosine"][what], q["difference"][what]
+            c, d, k = q["cosine"][what], q["difference"][what], q["colour"][what]
             print(f"  {what:<13} cosine min/median/max {c[0]:.3f}/{c[1]:.3f}/{c[2]:.3f}   "
-                  f"pixel difference {d[0]:.3f}/{d[1]:.3f}/{d[2]:.3f}")
+                  f"structure difference {d[0]:.3f}/{d[1]:.3f}/{d[2]:.3f}   colour {k[0]:.1f}/{k[1]:.1f}/{k[2]:.1f}")
         sys.stdout.flush()
     if not args.skip_speed:
         x = np.concatenate(list(clip_like_vectors(args.vectors)))
         exact = None
         for kind in ("flat", "ivf"):
-            s = speed(x, kind, DEFAULT_THRESHOLD)
-            shape = f", nlist {s['nlist']}, nprobe {s['nprobe']}" if kind == "ivf" else ""
-            found = "" if exact is None else f", {len(s['pairs'] & exact) / max(1, len(exact)):.3f} of the flat's"
-            exact = s["pairs"] if exact is None else exact
-            print(f"speed: {args.vectors:,} synthetic 512-d vectors, {kind}{shape}: range search of every vector "
-                  f"{s['search s']:.1f} s ({len(s['pairs']):,} candidate pairs at cosine >= {DEFAULT_THRESHOLD}"
-                  f"{found}; index built in {s['build s']:.1f} s)")
-            sys.stdout.flush()
-
+            for s in speed(x, kind, DEFAULT_THRESHOLD, (None,) if kind == "flat" else (None, DUPLICATES_NPROBE)):
+                shape = f", nlist {s['nlist']}, nprobe {s['nprobe']}" if kind == "ivf" else ""
+                found = "" if exact is None else f", {len(s['pairs'] & exact) / max(1, len(exact)):.3f} of the flat's"
+                exact = s["pairs"] if exact is None else exact
+                print(f"speed: {args.vectors:,} synthetic 512-d vectors, {kind}{shape}: range search of every "
+                      f"vector {s['search s']:.1f} s ({len(s['pairs']):,} candidate pairs at cosine >= "
+                      f"{DEFAULT_THRESHOLD}{found}; index built in {s['build s']:.1f} s)")
+                sys.stdout.flush()
 
 if __name__ == "__main__":
     main()

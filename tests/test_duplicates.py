@@ -8,6 +8,8 @@ import itertools
 import json
 import os
 import random
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ from clipdex.ann.live import LiveIndex
 from clipdex.ann.synthetic import clip_like_vectors
 from clipdex.duplicates import KEEP_RULES, find_duplicates, keeper_order
 from clipdex.duplicates.generated import DERIVATIONS, derive, random_scene, shoot_again, write_collection
-from clipdex.duplicates.pixels import MAX_DIFFERENCE, difference, signature_of_file
+from clipdex.duplicates.pixels import MAX_DIFFERENCE, difference, same_picture, signature_of_file
 from clipdex.errors import UsageError
 from clipdex.indexer import Indexer
 from clipdex.library import Library
@@ -94,9 +96,35 @@ def test_pixel_difference_tells_copies_from_second_shots(tmp_path):
         for how in DERIVATIONS:
             copy = derive(original, how, tmp_path / f"o{n}-{how}", rng)
             assert difference(mine, signature_of_file(copy)) <= MAX_DIFFERENCE, how
+            assert same_picture(mine, signature_of_file(copy)), how
         shot = tmp_path / f"o{n}-shot.jpg"
         shoot_again(scene, rng).render().save(shot, quality=92)
         assert difference(mine, signature_of_file(shot)) > MAX_DIFFERENCE
+        assert not same_picture(mine, signature_of_file(shot))
+
+
+def test_pixel_check_tells_flat_shapes_apart(tmp_path):
+    # the demo's pictures: one flat shape on a plain light background; the grey, normalised structure
+    # alone called many of them one picture (purple square ~ blue square), their colour does not
+    from clipdex.synthetic import write_collection as write_shapes
+
+    files = sorted(write_shapes(tmp_path, per_class=3, seed=7))
+    signatures = [signature_of_file(f) for f in files]
+    assert sum(difference(a, b) <= MAX_DIFFERENCE for a, b in itertools.combinations(signatures, 2)) > 10
+    same = [(files[i].name, files[j].name) for i, j in itertools.combinations(range(len(files)), 2)
+            if same_picture(signatures[i], signatures[j])]
+    assert same == []
+
+
+def test_signatures_refuse_what_is_not_a_regular_file(tmp_path):
+    from clipdex.errors import DecodeError
+
+    fifo = tmp_path / "planted.jpg"
+    os.mkfifo(fifo)
+    began = time.monotonic()
+    with pytest.raises(DecodeError, match="not a regular file"):
+        signature_of_file(fifo)
+    assert time.monotonic() - began < 5
 
 
 # -- grouping on a real library ----------------------------------------------------------------------
@@ -150,6 +178,79 @@ def test_bad_arguments_are_usage_errors(dup_library):
         find_duplicates(dup_library, keep="prettiest")
     with pytest.raises(UsageError):
         find_duplicates(dup_library, threshold=1.5)
+    with pytest.raises(UsageError, match="raise the threshold"):  # the budget of candidate pairs
+        find_duplicates(dup_library, max_pairs=3)
+
+
+def _exif_dated(image, path, taken: str = "2019:03:04 10:11:12"):
+    exif = image.getexif()
+    exif.get_ifd(0x8769)[36867] = taken  # DateTimeOriginal
+    image.save(path, quality=92, exif=exif)
+
+
+@pytest.fixture(scope="module")
+def case_library(tmp_path_factory):
+    """The demo's flat shapes, a crop of a crop (a chain), and a dated camera JPEG with its PNG conversion."""
+    from clipdex.synthetic import write_collection as write_shapes
+
+    folder = tmp_path_factory.mktemp("cases")
+    write_shapes(folder / "pictures" / "shapes", per_class=3, seed=7)
+    rng = random.Random(3)
+    image = random_scene(rng).render()
+    w, h = image.size
+    image.save(folder / "pictures" / "chain-0.jpg", quality=92)
+    once = image.crop((round(w * .06), round(h * .06), w, h))  # 6 % off two sides: a copy of chain-0
+    once.save(folder / "pictures" / "chain-1.jpg", quality=92)
+    w1, h1 = once.size
+    once.crop((round(w1 * .06), round(h1 * .06), w1, h1)).save(folder / "pictures" / "chain-2.jpg", quality=92)
+    camera = random_scene(rng).render()
+    _exif_dated(camera, folder / "pictures" / "IMG_0001.jpg")
+    camera.save(folder / "pictures" / "IMG_0001 (edited).png")
+    lib = Library.create(folder / "library")
+    Indexer(lib, TINY_MODEL, workers=1).run([str(folder / "pictures")])
+    return lib
+
+
+def test_no_group_among_the_demo_shapes(case_library):
+    groups = find_duplicates(case_library)
+    assert not [p.path for g in groups for p in g.pictures if "/shapes/" in p.path]
+
+
+def test_members_are_confirmed_against_the_keeper_not_through_a_chain(case_library):
+    groups = [g for g in find_duplicates(case_library) if "chain-" in g.keeper.path]
+    # chain-1 is a copy of chain-0 and chain-2 one of chain-1, but chain-2 is cropped 12 % from chain-0
+    assert [[os.path.basename(p.path) for p in g.pictures] for g in groups] == [["chain-0.jpg", "chain-1.jpg"]]
+    for g in find_duplicates(case_library):
+        keeper = signature_of_file(g.keeper.path)
+        assert all(same_picture(keeper, signature_of_file(p.path)) for p in g.pictures[1:])
+
+
+def test_largest_keeps_the_dated_original_over_a_bigger_conversion(case_library):
+    group = next(g for g in find_duplicates(case_library) if "IMG_0001" in g.keeper.path)
+    assert [os.path.basename(p.path) for p in group.pictures] == ["IMG_0001.jpg", "IMG_0001 (edited).png"]
+    assert group.pictures[1].size > group.keeper.size and group.keeper.captured_at is not None
+    text = invoke("duplicates", "--library", str(case_library.path)).stdout
+    assert "2019-03-04  " in text  # the capture date is shown
+
+
+def test_a_fifo_in_place_of_a_picture_costs_that_picture_only(tmp_path):
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    scene = random_scene(random.Random(8)).render()
+    scene.save(pictures / "a.jpg", quality=92)
+    scene.save(pictures / "b.png")
+    scene.resize((scene.width // 2, scene.height // 2)).save(pictures / "c.jpg", quality=90)
+    lib = Library.create(tmp_path / "library")
+    Indexer(lib, TINY_MODEL, workers=1).run([str(pictures)])
+    assert len(find_duplicates(lib)[0].pictures) == 3
+    (pictures / "b.png").unlink()
+    os.mkfifo(pictures / "b.png")  # no writer ever opens it: a blocking open would wait forever
+    found: list = []
+    worker = threading.Thread(target=lambda: found.append(find_duplicates(lib)), daemon=True)
+    worker.start()
+    worker.join(120)
+    assert not worker.is_alive(), "find_duplicates hangs on a FIFO"
+    assert [sorted(os.path.basename(p.path) for p in g.pictures) for g in found[0]] == [["a.jpg", "c.jpg"]]
 
 
 # -- CLI --------------------------------------------------------------------------------------------------------
@@ -189,6 +290,43 @@ def test_api_and_page_list_the_groups(client, dup_library):
     for g in body["groups"]:
         assert f'data-keeper="{g["keeper"]}"' in page
         assert all(f"/api/images/{p['id']}/thumbnail" in page for p in g["pictures"])
+
+
+def test_page_works_under_its_csp_and_shows_file_names(client, dup_library):
+    page = client.get("/duplicates").get_data(as_text=True)
+    assert "onchange" not in page and "<script>" not in page  # the CSP blocks inline scripts and handlers
+    assert "/static/duplicates.js" in page and client.get("/static/duplicates.js").status_code == 200
+    assert 'name="threshold"' in page and 'type="submit"' in page  # usable without a script too
+    for g in find_duplicates(dup_library):
+        assert all(f'<span class="dup-name" title="{p.path}">{os.path.basename(p.path)}</span>' in page
+                   for p in g.pictures)
+
+
+def test_page_and_api_refuse_cross_site_requests_and_costly_thresholds(client):
+    cross = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"}
+    for url in ("/duplicates?threshold=0.31", "/api/duplicates", "/duplicates"):
+        r = client.get(url, headers=cross)
+        assert r.status_code == 403 and set(r.get_json()) == {"status", "message"}
+    assert client.get("/duplicates", headers={"Sec-Fetch-Site": "same-origin"}).status_code == 200
+    for url in ("/api/duplicates?threshold=0.0001", "/duplicates?threshold=0.1", "/api/duplicates?threshold=-1"):
+        r = client.get(url)
+        assert r.status_code == 400, url
+    assert "at least 0.3" in client.get("/api/duplicates?threshold=0.0001").get_json()["message"]
+
+
+def test_a_second_computation_is_answered_busy_not_queued(client):
+    from clipdex.web import duplicates as web
+
+    assert web._lock.acquire(timeout=60)  # another request computing
+    try:
+        began = time.monotonic()
+        r = client.get("/api/duplicates?threshold=0.97")  # not cached
+        assert r.status_code == 503 and r.headers["Retry-After"] and "busy" in r.get_json()["message"]
+        assert client.get("/duplicates?threshold=0.97").status_code == 503
+        assert time.monotonic() - began < 5
+    finally:
+        web._lock.release()
+    assert client.get("/api/duplicates?threshold=0.97").status_code == 200
 
 
 def test_api_errors_have_the_api_shape(client):

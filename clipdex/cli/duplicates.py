@@ -26,8 +26,8 @@ def _progress(stage: str, done: int, total: int) -> None:
               help="Cosine similarity from which two pictures' vectors make them candidates, confirmed by their "
               "pixels [default: 0.9; 0.3 for the tiny demo model].")
 @click.option("--keep", type=click.Choice(["largest", "oldest", "newest", "shortest-path"]), default="largest",
-              show_default=True, help="Which picture of a group to keep: most pixels (then bytes), earliest or "
-              "latest capture date (else file time), or shortest path.")
+              show_default=True, help="Which picture of a group to keep: most pixels (then the one with a capture "
+              "date, then bytes), earliest or latest capture date (else file time), or shortest path.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV: one row per picture, with its group.")
 @library_option
@@ -62,4 +62,5 @@ def duplicates(threshold: float | None, keep: str, as_json: bool, as_csv: bool, 
             click.echo(f"\n#{n} {g.kind}")
             for p in g.pictures:
                 mark = "keep" if p is g.keeper else "    "
-                click.echo(f"  {mark}  {p.width}x{p.height}  {p.size:>10,} B  {printable(p.path)}")
+                taken = p.captured_at.strftime("%Y-%m-%d") if p.captured_at else "-"
+                click.echo(f"  {mark}  {p.width}x{p.height}  {p.size:>10,} B  {taken:<10}  {printable(p.path)}")

@@ -139,17 +139,23 @@ class Collection:
 
 
 def write_collection(folder: Path, subjects: int, *, seed: int = 0, copies: int = 2, shots: int = 1,
-                     exact: int = 1) -> Collection:
+                     exact: int = 1, taken: str | None = None) -> Collection:
     """``subjects`` originals (every third a PNG), each with ``copies`` derived copies (cycling through
     :data:`DERIVATIONS`), ``shots`` other photos of its subject (not duplicates), and, for the first
-    ``exact`` subjects, a byte-identical copy."""
+    ``exact`` subjects, a byte-identical copy. With ``taken`` ("YYYY:MM:DD HH:MM:SS") the originals carry
+    it as their EXIF capture date, as a camera's do; derived copies lose it, as many conversions do."""
     rng = random.Random(seed)
+    dated: dict = {}
+    if taken is not None:
+        exif = Image.Exif()
+        exif.get_ifd(0x8769)[36867] = taken  # Exif IFD, DateTimeOriginal
+        dated["exif"] = exif
     folder.mkdir(parents=True, exist_ok=True)
     out, turn = Collection(), 0
     for n in range(subjects):
         scene = random_scene(rng, (480, 360) if n % 4 else (360, 480))
         original = folder / (f"s{n:04d}-original" + (".png" if n % 3 == 0 else ".jpg"))
-        scene.render().save(original, quality=92)
+        scene.render().save(original, quality=92, **dated)
         group = [original]
         for _ in range(copies):
             how = DERIVATIONS[turn % len(DERIVATIONS)]
