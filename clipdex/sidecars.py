@@ -262,6 +262,10 @@ def _absent(paths: list[str]) -> tuple[list[str], list[dict]]:
         if os.path.lexists(path):
             present.append(path)
             continue
+        if not os.path.isabs(path):  # @NAME/...: a root name not declared on this machine (--root-name)
+            name = path.split("/", 1)[0]
+            gone[name] = gone.get(name, 0) + 1
+            continue
         folder = os.path.dirname(path)
         if isdir(folder):
             missing.append({"path": path, "reason": "left alone: the picture is not there (deleted or moved?)"})
@@ -270,8 +274,10 @@ def _absent(paths: list[str]) -> tuple[list[str], list[dict]]:
             folder = os.path.dirname(folder)
         gone[folder] = gone.get(folder, 0) + 1
     for folder, n in gone.items():
-        missing.append({"path": folder, "reason": f"left alone: the folder is not there (a drive not mounted?), "
-                                                  f"so no sidecar for its {n} picture{'s' if n != 1 else ''}"})
+        where = "the root name is not declared on this machine" if not os.path.isabs(folder) else \
+            "the folder is not there (a drive not mounted?)"
+        missing.append({"path": folder, "reason": f"left alone: {where}, so no sidecar for its {n} "
+                                                  f"picture{'s' if n != 1 else ''}"})
     return present, missing
 
 
@@ -290,11 +296,11 @@ def export_sidecars(lib: Library, into: str | Path | None = None, naming: str = 
     for row in export_rows(lib):
         by_path.setdefault(row["path"], []).append(row)
     with lib.session() as s:
-        every = list(s.scalars(select(ImageRow.path).order_by(ImageRow.path)))
+        every = [lib.places.local(p) for p in s.scalars(select(ImageRow.path).order_by(ImageRow.path))]
     pictures = set(every)
     report = SidecarReport(pictures=len(every))
     present, report.skipped = _absent(every)
-    base = layout_base(lib, every) if into is not None else None
+    base = layout_base(lib, present) if into is not None else None
     targets: dict[Path, list[str]] = {}
     for path in present:
         if into is None:

@@ -275,3 +275,25 @@ def test_no_sidecar_is_ever_ill_formed(own):
         ET.parse(sidecar)  # every one well-formed
     r = cli("tags", "add", str(sorted(pics.rglob("*.jpg"))[0]), "a\uffffb", "--library", lib_dir, code=2)
     assert r.stderr.strip() == "Error: the label 'a\\uffffb' holds an invisible or non-text character (U+FFFF)"
+
+
+def test_pictures_under_a_root_name_get_their_sidecars_at_this_machines_mount(tmp_path, monkeypatch):
+    """--root-name stores pictures as @NAME/...: sidecars go where this machine mounts NAME, and a machine that
+    does not declare NAME writes none (never a relative @NAME folder in the current directory)."""
+    mount = tmp_path / "archive"
+    write_collection(mount, per_class=1, seed=5)
+    lib_dir = str(tmp_path / "lib")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CLIPDEX_MACHINE", "a")
+    cli("index", str(mount), "--library", lib_dir, "--model", "tiny", "--workers", "1", "--root-name",
+        f"archive={mount}")
+    cli("tag", "--set", "kind", "--labels", SHAPE_LABELS, "--library", lib_dir)
+    out = cli("tags", "export", "--format", "xmp", "--library", lib_dir).stdout.strip()
+    assert out == "24 pictures: 24 sidecars created, 0 merged, 0 unchanged, 0 left alone"
+    assert len(list(mount.rglob("*.jpg.xmp"))) == 24
+    monkeypatch.setenv("CLIPDEX_MACHINE", "b")
+    out = cli("tags", "export", "--format", "xmp", "--library", lib_dir).stdout.splitlines()
+    assert out == ["24 pictures: 0 sidecars created, 0 merged, 0 unchanged, 1 left alone",
+                   "  @archive: left alone: the root name is not declared on this machine, so no sidecar for its "
+                   "24 pictures"]
+    assert not (tmp_path / "@archive").exists()
