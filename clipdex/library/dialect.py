@@ -187,6 +187,24 @@ class WriterLock:
             self.exclusive = True
 
 
+def copy_images(session: Session, rows: list[dict]) -> list[int]:
+    """Insert new ``images`` rows on a server with ``COPY`` (5-10 times the rate of INSERTs for 2 KB
+    vectors) inside ``session``'s transaction; their ids, in order, drawn from the table's sequence."""
+    if not rows:
+        return []
+    session.flush()  # what the ORM holds goes first
+    conn = session.connection().connection.driver_connection  # the psycopg connection, same transaction
+    columns = list(rows[0])
+    with conn.cursor() as cur:
+        cur.execute("SELECT nextval(pg_get_serial_sequence('images', 'id')) FROM generate_series(1, %s)",
+                    (len(rows),))
+        ids = [int(r[0]) for r in cur.fetchall()]
+        with cur.copy(f"COPY images (id, {', '.join(columns)}) FROM STDIN") as copy:
+            for image_id, row in zip(ids, rows):
+                copy.write_row((image_id, *(row[c] for c in columns)))
+    return ids
+
+
 def database_bytes(conn: Connection) -> int | None:
     """The size of a server's database in bytes (None for SQLite: its file is counted with the folder)."""
     if not on_server(conn):

@@ -7,7 +7,8 @@ same share may be mounted at ``/mnt/archive`` on one and ``/srv/photos`` on anot
 * every root records the machine it was given on (``roots.machine``; see :func:`machine`);
 * a root may be declared under a shared name (``--root-name archive=/mnt/archive``), kept
   per machine in ``meta`` (``root_name:<machine>:<name>`` = the mount point). Pictures under
-  it are stored as ``@archive/sub/pic.jpg``, relative to the name, and each machine reads them at its own mount point of that name.
+  it are stored as ``@archive/sub/pic.jpg``, relative to the name, and each machine reads
+  them at its own mount point of that name.
   A picture whose named root is not declared on this machine is simply not here: it is not
   served from here and never taken for deleted.
 

@@ -29,6 +29,9 @@ class Base(DeclarativeBase):
 
 #: Ids, file sizes and generations: SQLite's INTEGER is 64-bit already, PostgreSQL's is not.
 Big = Integer().with_variant(BigInteger(), "postgresql")
+#: Tables holding vectors keep them in the row on PostgreSQL: a 512-d vector (2 KB) is past the
+#: default TOAST threshold, where each would be compressed in vain (floats) and stored aside.
+INLINE = {"postgresql_with": {"toast_tuple_target": 8160}}
 
 
 def utcnow() -> dt.datetime:
@@ -47,7 +50,7 @@ class ImageRow(Base):
     """One indexed picture. ``id`` is the FAISS id and is never reused."""
 
     __tablename__ = "images"
-    __table_args__ = (Index("ix_images_hash", "content_hash"), {"sqlite_autoincrement": True})
+    __table_args__ = (Index("ix_images_hash", "content_hash"), {"sqlite_autoincrement": True, **INLINE})
 
     id: Mapped[int] = mapped_column(Big, primary_key=True)
     path: Mapped[str] = mapped_column(String, unique=True)
@@ -169,6 +172,7 @@ class StagedRow(Base):
     """
 
     __tablename__ = "staged_vectors"
+    __table_args__ = INLINE
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
     size: Mapped[int] = mapped_column(Big)
     mtime: Mapped[float] = mapped_column(Float)
@@ -216,7 +220,7 @@ class ModelVectorRow(Base):
     """
 
     __tablename__ = "model_vectors"
-    __table_args__ = (Index("ix_model_vectors_image", "image_id"),)
+    __table_args__ = (Index("ix_model_vectors_image", "image_id"), INLINE)
     model_identity: Mapped[str] = mapped_column(ForeignKey("held_models.identity", ondelete="CASCADE"),
                                                 primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)

@@ -17,6 +17,7 @@ import numpy as np
 from sqlalchemy import delete, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from clipdex.library import dialect
 from clipdex.library.schema import ImageRow, SkippedRow, TagRow, utcnow
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -138,11 +139,16 @@ def store_batch(lib: Library, pictures: list[Picture], failures: list[Failure], 
     pictures leave the skip list, failures join it, and ``forget_ids`` (changed files that now fail) are deleted.
     """
     now = utcnow()
-    rows: list[ImageRow] = []
+    rows: list[ImageRow | int] = []
     stored = lib.places.stored
+    copied: list[tuple[int, Picture]] = []  # on a server, new rows go by COPY (dialect.copy_images)
     with lib.session() as s:
         for p in pictures:
             row = s.get(ImageRow, p.image_id) if p.image_id is not None else None
+            if row is None and lib.server:
+                copied.append((len(rows), p))
+                rows.append(-1)
+                continue
             if row is None:
                 row = ImageRow(path=stored(p.path))
                 s.add(row)
@@ -157,8 +163,15 @@ def store_batch(lib: Library, pictures: list[Picture], failures: list[Failure], 
             lib.forget(s, forget_ids)
         for f in failures:
             s.merge(SkippedRow(path=stored(f.path), reason=f.reason, size=f.size, mtime=f.mtime, recorded_at=now))
+        if copied:
+            new_ids = dialect.copy_images(s, [
+                {"path": stored(p.path), "size": p.size, "mtime": p.mtime, "content_hash": p.content_hash,
+                 "width": p.width, "height": p.height, "captured_at": p.captured_at, "indexed_at": now,
+                 "vector": np.asarray(p.vector, dtype=np.float32).tobytes()} for _, p in copied])
+            for (at, _), image_id in zip(copied, new_ids):
+                rows[at] = image_id
         s.flush()
-        ids = [r.id for r in rows]
+        ids = [r if isinstance(r, int) else r.id for r in rows]
         lib.bump_generation(s, [*ids, *forget_ids])
         s.commit()
     return ids
