@@ -341,7 +341,7 @@ def test_an_ivf_index_larger_than_the_memory_limit_still_serves(tmp_path):
         q = lib.vectors_of([123])[1][0]
         def private_mb():
             return int(next(l for l in open("/proc/self/status") if l.startswith("VmData")).split()[1]) // 1024
-        limit = (private_mb() + 4) << 20  # less than the lists hold
+        limit = (private_mb() + 6) << 20  # less than the lists hold (8 MB)
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
         mode = sys.argv[1]
         if mode == "in-memory":

@@ -50,8 +50,12 @@ class IdsChecksum(NamedTuple):
 def ids_checksum(ids: np.ndarray) -> IdsChecksum:
     """:class:`IdsChecksum` of ``ids`` (its SQL twin is in :meth:`clipdex.library.Library.ids_checksum`)."""
     ids = np.asarray(ids, dtype=np.int64)
-    mixed = (ids.astype(np.uint64) * np.uint64(2654435761)) % np.uint64(1 << 32)
-    return IdsChecksum(len(ids), int(ids.sum()), int(mixed.sum()))
+    total = mixed = 0
+    for start in range(0, len(ids), 1 << 16):  # small temporaries: a process near its memory limit checks too
+        part = ids[start:start + (1 << 16)]
+        total += int(part.sum())
+        mixed += int(((part.astype(np.uint64) * np.uint64(2654435761)) % np.uint64(1 << 32)).sum())
+    return IdsChecksum(len(ids), total, mixed)
 
 
 @dataclass(frozen=True)
@@ -145,22 +149,23 @@ def _found(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def _digest(path: Path, size: int) -> str | None:
-    """A hash of the first ``size`` bytes of ``path``, read 8 MB at a time; None if it has fewer."""
-    digest, left = hashlib.blake2b(digest_size=16), size
-    with open(path, "rb") as fh:
+    """A hash of the first ``size`` bytes of ``path``, read through one 1 MB buffer (a process serving a
+    memory-mapped IVF larger than its memory still checks it); None if it has fewer."""
+    digest, left, buffer = hashlib.blake2b(digest_size=16), size, memoryview(bytearray(1 << 20))
+    with open(path, "rb", buffering=0) as fh:
         while left:
-            block = fh.read(min(left, 8 << 20))
-            if not block:
+            got = fh.readinto(buffer[:min(left, len(buffer))])
+            if not got:
                 return None
-            digest.update(block)
-            left -= len(block)
+            digest.update(buffer[:got])
+            left -= got
     return digest.hexdigest()
 
 
 def fingerprint(path: Path, dim: int) -> str | None:
     """What tells one index file from another with the same ids, and a damaged file from a sound one: a
     hash of all its bytes (an IVF's lists too: codes damaged or ids moved between lists would quietly lose
-    results), read 8 MB at a time. None when the file is not a sound one of ours."""
+    results), read 1 MB at a time. None when the file is not a sound one of ours."""
     try:
         if path.suffix == ".faiss":
             count = check_flat_file(path, dim)

@@ -122,7 +122,8 @@ class IndexKeeper:
         """Whether ``live`` holds exactly the database's ids (when both are at the same generation: a commit
         in between leaves it to the next load)."""
         generation, expected = self.lib.ids_snapshot()
-        return generation != live.generation or tuple(bases.ids_checksum(live.ids())) == tuple(expected)
+        ids = live.base.ids if live.base is not None and not live.pending else live.ids()
+        return generation != live.generation or tuple(bases.ids_checksum(ids)) == tuple(expected)
 
     def _with_log(self, base: bases.Base, dim: int) -> LiveIndex | None:
         live = LiveIndex(dim, base.generation, base, self._fetch(dim))
