@@ -43,7 +43,17 @@ def timed_commits() -> None:
     writes.store_batch = noted
 
 
-def index_once(files_root: Path, spec: str, work: Path, name: str, ray_options=None) -> dict:
+def blank_decode(path: str, size: int, mode: str, max_pixels: int):
+    """A decoder that reads nothing: black pixels, a hash of the path (every file distinct, none a copy)."""
+    import hashlib
+
+    from clipdex.decodepool import Decoded
+
+    digest = hashlib.sha256(path.encode()).hexdigest()
+    return Decoded(path, np.zeros((size, size, 3), np.uint8), 1600, 1200, None, digest)
+
+
+def index_once(files_root: Path, spec: str, work: Path, name: str, ray_options=None, decode_fn=None) -> dict:
     """A first index into a fresh library: its decode+encode seconds (the bar's), whole run seconds,
     the seconds until the first batch was committed, and the rate after it (pictures/s)."""
     from clipdex.indexer import Indexer
@@ -52,7 +62,8 @@ def index_once(files_root: Path, spec: str, work: Path, name: str, ray_options=N
     lib = Library.create(work / name)
     COMMITS.clear()
     start = time.perf_counter()
-    stats = Indexer(lib, spec, batch_size=32, ray=ray_options).run([str(files_root)])
+    extra = {"decode_fn": decode_fn} if decode_fn else {}
+    stats = Indexer(lib, spec, batch_size=32, ray=ray_options, **extra).run([str(files_root)])
     assert stats.indexed == len(list(files_root.glob("*.jpg"))) and stats.skipped == 0, stats.summary()
     (first, _), (last, _) = COMMITS[0], COMMITS[-1]
     after = sum(n for _, n in COMMITS[1:])
@@ -121,6 +132,13 @@ def main() -> None:
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
              logging_level="ERROR")
     print(f"ray.init (a local Ray, {os.cpu_count()} CPUs): {time.perf_counter() - t0:.1f}s, paid once", flush=True)
+    # The plumbing alone: no file read or decoded, the tiny model (~1 ms a picture): what each way costs a picture
+    for r in range(args.rounds):
+        got = {how: index_once(tmp / "pics", "tiny", tmp, f"blank-{how}-{r}", RayOptions() if how == "ray" else None,
+                               blank_decode) for how in ("local", "ray")}
+        print(f"  no decoding, tiny model, round {r + 1}: after the first batch local {got['local']['steady']:.0f} "
+              f"images/s ({1000 / got['local']['steady']:.1f} ms each), Ray {got['ray']['steady']:.0f} images/s "
+              f"({1000 / got['ray']['steady']:.1f} ms each)", flush=True)
     for model, spec in specs.items():
         runs: dict[str, list[dict]] = {"local": [], "ray": []}
         for r in range(args.rounds):
