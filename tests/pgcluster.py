@@ -82,9 +82,12 @@ class Cluster:
         return self.url(name)
 
     def clone(self, url: str) -> str:
-        """A new database holding what the database at ``url`` holds (nobody may be connected to it)."""
-        name = f"t{os.getpid()}_{next(self._names)}"
-        self._sql(f"CREATE DATABASE {name} TEMPLATE {url.rsplit('/', 1)[1]}")
+        """A new database holding what the database at ``url`` holds. Connections to it are closed first
+        (a template must have none): libraries still open on it reconnect (their pools check)."""
+        name, source = f"t{os.getpid()}_{next(self._names)}", url.rsplit("/", 1)[1]
+        self._sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{source}' "
+                  "AND pid <> pg_backend_pid()")
+        self._sql(f"CREATE DATABASE {name} TEMPLATE {source}")
         return self.url(name)
 
     def stop(self) -> None:

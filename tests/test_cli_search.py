@@ -15,17 +15,17 @@ import pytest
 from clipdex.indexer import Indexer
 from clipdex.models import TINY_MODEL
 from clipdex.synthetic import Sample, write_collection
-from tests.conftest import invoke
+from tests.conftest import BOTH, copy_library, invoke
 
+BACKENDS = BOTH  # every test using a library here runs on SQLite and on PostgreSQL
 TAKEN = dt.datetime(2021, 7, 14, 18, 30, 5)
 
 
 @pytest.fixture(scope="module")
-def dated(tmp_path_factory, library, collection) -> dict:
+def dated(tmp_path_factory, library, collection, request) -> dict:
     """A copy of the session library plus two pictures taken on 2021-07-14 and one broken file, tagged twice."""
     base = tmp_path_factory.mktemp("dated")
-    lib = base / "lib"
-    shutil.copytree(library.path, lib)
+    lib = copy_library(library, base / "lib", request)
     folder = base / "dated"
     write_collection(folder, per_class=1, samples=[Sample("red", "circle"), Sample("blue", "square")], taken=TAKEN)
     (folder / "broken.jpg").write_text("not a picture")
@@ -48,16 +48,16 @@ def search_json(*args: str) -> dict:
 def test_image_search_leaves_the_picture_itself_out(library, collection, monkeypatch):
     root = next(iter(collection)).parent.parent
     example = root / "red" / "circle-000.jpg"
-    found = search_json("--image", str(example), "-k", "4", "--library", str(library.path))
+    found = search_json("--image", str(example), "-k", "4", "--library", library.location)
     paths = [r["path"] for r in found["results"]]
     assert str(example) not in paths
     assert len(paths) == 4 and all("/red/circle-" in p for p in paths)
 
-    kept = search_json("--image", str(example), "-k", "4", "--include-self", "--library", str(library.path))
+    kept = search_json("--image", str(example), "-k", "4", "--include-self", "--library", library.location)
     assert kept["results"][0]["path"] == str(example) and kept["results"][0]["score"] > 0.99
 
     monkeypatch.chdir(root / "red")  # a relative path names the same picture
-    relative = search_json("--image", "circle-000.jpg", "-k", "4", "--library", str(library.path))
+    relative = search_json("--image", "circle-000.jpg", "-k", "4", "--library", library.location)
     assert [r["path"] for r in relative["results"]] == paths
 
 
@@ -120,12 +120,12 @@ def test_an_unknown_tag_names_the_closest_ones(dated):
 
 
 def test_a_tag_in_an_untagged_library(library):
-    out = invoke("search", "a shape", "--tag", "red", "--library", str(library.path))
+    out = invoke("search", "a shape", "--tag", "red", "--library", library.location)
     assert out.stdout == "No results: no picture has the tag 'red' (no picture is tagged yet: see clipdex tag --help)\n"
 
 
 def test_a_folder_without_indexed_pictures(library, tmp_path):
-    out = invoke("search", "a shape", "--folder", str(tmp_path / "elsewhere"), "--library", str(library.path))
+    out = invoke("search", "a shape", "--folder", str(tmp_path / "elsewhere"), "--library", library.location)
     assert out.stdout == f"No results: no indexed picture under {tmp_path / 'elsewhere'}\n"
 
 
@@ -171,7 +171,7 @@ def test_info_and_skipped_name_the_library_and_agree(dated):
 
 
 def test_skipped_with_nothing_skipped(library):
-    assert invoke("skipped", "--library", str(library.path)).stdout == f"No skipped files in {library.path}.\n"
+    assert invoke("skipped", "--library", library.location).stdout == f"No skipped files in {library.location}.\n"
 
 
 def test_the_last_day_there_is_can_end_a_range(dated):

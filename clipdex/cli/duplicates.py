@@ -53,7 +53,7 @@ def duplicates(threshold: float | None, keep: str, as_json: bool, as_csv: bool, 
                 out.writerow([n, g.kind, "yes" if p is g.keeper else "no", p.id, p.path, p.width, p.height, p.size,
                               p.captured_at.isoformat() if p.captured_at else ""])
     elif not groups:
-        click.echo(f"No duplicates among the {plural(lib.count(), 'picture', 'pictures')} in {lib.path}.")
+        click.echo(f"No duplicates among the {plural(lib.count(), 'picture', 'pictures')} in {lib.location}.")
     else:
         extra = sum(len(g.pictures) - 1 for g in groups)
         click.echo(f"{plural(len(groups), 'group', 'groups')} of duplicates ({plural(extra, 'picture', 'pictures')} "

@@ -88,9 +88,9 @@ def skipped(library: Path | None, as_json: bool) -> None:
         print_json([{"path": p, "reason": r} for p, r in rows])
         return
     if not rows:
-        click.echo(f"No skipped files in {lib.path}.")
+        click.echo(f"No skipped files in {lib.location}.")
         return
-    click.echo(f"{plural(len(rows), 'skipped file', 'skipped files')} in {lib.path} (retried once they change):")
+    click.echo(f"{plural(len(rows), 'skipped file', 'skipped files')} in {lib.location} (retried once they change):")
     for path, reason in rows:
         click.echo(f"{printable(path)}\t{printable(reason)}")
 

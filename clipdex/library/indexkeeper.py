@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import socket
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -34,7 +33,7 @@ from clipdex.ann import policy
 from clipdex.ann.build import BuildReport, Say, build
 from clipdex.ann.live import LiveIndex
 from clipdex.errors import LibraryError
-from clipdex.library import changes
+from clipdex.library import changes, places
 from clipdex.library.schema import Meta
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,7 +51,7 @@ class IndexKeeper:
         self._live: LiveIndex | None = None
         self._lock = threading.Lock()
         if lib.server:  # this machine's cache folder
-            machine = hashlib.sha256(f"{socket.gethostname()}:{lib.path}".encode()).hexdigest()[:16]
+            machine = hashlib.sha256(f"{places.machine()}:{lib.path}".encode()).hexdigest()[:16]
             self.record_key = f"{RECORD}@{machine}"
         else:
             self.record_key = RECORD
@@ -100,7 +99,7 @@ class IndexKeeper:
     def _load(self, attempts: int = 3) -> LiveIndex:
         dim = self.lib.dim
         if dim is None:
-            raise LibraryError(f"library at {self.lib.path} is empty")
+            raise LibraryError(f"library at {self.lib.location} is empty")
         live = self._from_record(dim)
         if live is None and self.lib.get_meta(self.record_key) is None:  # never another library's file
             live = self._from_legacy_file(dim)
@@ -113,7 +112,7 @@ class IndexKeeper:
         live = self._with_log(base, dim)
         if live is None:  # the log was restarted while we built (a model switch), or it is damaged
             if attempts <= 1:
-                raise LibraryError(f"the change log of library {self.lib.path} is damaged (meta "
+                raise LibraryError(f"the change log of library {self.lib.location} is damaged (meta "
                                    f"{changes.CHANGES_FROM!r}): run clipdex index on it to repair it")
             return self._load(attempts - 1)
         return live

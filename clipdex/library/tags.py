@@ -348,7 +348,7 @@ def save_probe(lib: Library, name: str, spec: ModelSpec, dim: int, classes: list
         if current is None:
             lib.bind_model(s, spec, dim)
         elif current != spec.identity:
-            raise ModelMismatch(f"library {lib.path} was built with model {lib.model_spec}, not {spec}: "
+            raise ModelMismatch(f"library {lib.location} was built with model {lib.model_spec}, not {spec}: "
                                 "a probe must read the library's own embeddings", requested=str(spec))
         s.merge(ProbeRow(name=name, model_identity=spec.identity, classes=json.dumps(classes), weights=weights,
                          bias=bias, metrics=json.dumps(metrics), created_at=utcnow()))

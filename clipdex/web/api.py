@@ -133,7 +133,7 @@ def run_search(vector, exclude: set[int] | None = None, timings: dict | None = N
 def health():
     try:
         lib = state().library()  # the settings every answer relies on must read back sound
-        return jsonify({"status": "ok", "library": str(lib.path), "generation": lib.generation,
+        return jsonify({"status": "ok", "library": lib.location, "generation": lib.generation,
                         "model": str(lib.model_spec), "dim": lib.dim, "backend": state().loaded_backend})
     except Exception as exc:  # noqa: BLE001 - health reports, never raises
         return error_response(503, message_for(exc) if isinstance(exc, ClipdexError) else str(exc))
