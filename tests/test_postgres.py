@@ -194,3 +194,31 @@ def test_root_names_are_checked(library_at):
     assert r.exit_code == 2 and "a root name is NAME=PATH" in r.stderr
     r = invoke("info", "--library", library_at, "--root-name", "bad name=/x")
     assert r.exit_code == 2 and "letters, digits" in r.stderr
+
+
+def test_models_switch_back_and_drop_and_tagging_passes_on_a_server(library_at, tmp_path):
+    tiny_b = f"local-dir:{Path(__file__).parent / 'data' / 'tiny-b'}"
+    pics = tmp_path / "pics"
+    write_collection(pics, per_class=1, seed=6, samples=[Sample(c, s) for c in list(COLORS)[:3] for s in ("circle", "star")])
+
+    def run(*args: str) -> dict | list:
+        out = invoke(*args, "--library", library_at, "--json")
+        assert out.exit_code == 0, out.stderr
+        return json.loads(out.stdout)
+
+    assert run("index", str(pics), "--model", "tiny", "--workers", "1")["indexed"] == 6
+    before = Library.open(library_at).load_vectors()
+    assert run("index", str(pics), "--model", tiny_b, "--workers", "1")["indexed"] == 6  # built beside, switched
+    assert Library.open(library_at).dim == 32
+    back = run("models", "use", "tiny")  # tiny's vectors were held: nothing encoded
+    assert back["encoded"] == 0
+    again = Library.open(library_at).load_vectors()
+    assert np.array_equal(before[0], again[0]) and np.array_equal(before[1], again[1])
+    models = {m["model"]: m for m in run("models")}
+    assert models["tiny"]["active"] and models[tiny_b]["complete"]
+    run("models", "drop", tiny_b)
+    assert [m["model"] for m in run("models")] == ["tiny"]
+    tagged = run("tag", "--labels", "circle,star")
+    assert tagged["images"] == 6
+    hits = run("search", "a shape", "--tag", "star", "-k", "10")["results"]
+    assert hits and all("star" in Path(h["path"]).name for h in hits)
