@@ -4,6 +4,7 @@ template (``CREATE DATABASE ... TEMPLATE``), so each test starts empty in millis
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import os
@@ -55,7 +56,10 @@ class Cluster:
         subprocess.run([*self._as, *args], check=True, capture_output=True, cwd=self.folder)
 
     def start(self, durable: bool = False) -> Cluster:
-        """initdb and start; ``durable`` keeps PostgreSQL's fsync and synchronous commits (tests do without)."""
+        """initdb and start; ``durable`` keeps PostgreSQL's fsync and synchronous commits (tests do without).
+        Clusters left running by test processes that were killed (no teardown) are stopped first."""
+        self._sweep()
+        (self.folder / "owner.pid").write_text(str(os.getpid()))
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", self.user, "-A", "trust",
                   "--no-sync", "-E", "UTF8", "--locale=C")
         opts = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c max_connections=200"
@@ -65,6 +69,21 @@ class Cluster:
         self._template = "clipdex_template"
         self._sql(f"CREATE DATABASE {self._template}")
         return self
+
+    def _sweep(self) -> None:
+        for owner in Path(tempfile.gettempdir()).glob("clipdex-pg-*/owner.pid"):
+            try:
+                pid = int(owner.read_text())
+                os.kill(pid, 0)
+                continue  # its test process is alive
+            except ProcessLookupError:
+                pass
+            except (ValueError, OSError):
+                continue
+            data = owner.parent / "data"
+            with contextlib.suppress(subprocess.CalledProcessError, OSError):
+                self._run(str(self.bin / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+            shutil.rmtree(owner.parent, ignore_errors=True)
 
     def url(self, database: str) -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
