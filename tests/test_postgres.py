@@ -44,22 +44,30 @@ def test_two_index_processes_on_different_folders_share_one_library_while_a_serv
     lib = Library.create(library_at)
     Indexer(lib, TINY_MODEL, workers=1).run([str(first)])
     client = create_app({"LIBRARY": library_at, "TESTING": True}).test_client()
-    one = write_collection(tmp_path / "one", per_class=1, seed=11, samples=[Sample(c, "star") for c in COLORS] * 3)
-    two = write_collection(tmp_path / "two", per_class=1, seed=12, samples=[Sample(c, "circle") for c in COLORS] * 3)
+    one = write_collection(tmp_path / "one", per_class=3, seed=11, samples=[Sample(c, "star") for c in COLORS])
+    two = write_collection(tmp_path / "two", per_class=3, seed=12, samples=[Sample(c, "circle") for c in COLORS])
     procs = [index_process(library_at, tmp_path / "one"), index_process(library_at, tmp_path / "two")]
-    answers, seen = 0, []
+    answers, seen, snapshots = 0, [], set()
     deadline = time.monotonic() + 240
     while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
         r = client.get("/api/search", query_string={"q": "a star", "k": 100})
         assert r.status_code == 200, r.get_json()
         seen.append(len(r.get_json()["results"]))
         answers += 1
+        generation, checksum = lib.ids_snapshot()  # one statement: a generation and the ids it holds
+        snapshots.add((generation, checksum.count))
     outs = [p.communicate(timeout=60) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err
     reports = [json.loads(out) for out, _ in outs]
     assert [r["indexed"] for r in reports] == [len(one), len(two)]
     assert answers >= 3 and seen == sorted(seen)  # answered throughout; never fewer pictures than before
+    # no reader saw half a batch: every commit adds 2 pictures (1 + even), one count per generation, growing
+    assert all(count % 2 == 1 for _, count in snapshots), sorted(snapshots)
+    by_generation = sorted(snapshots)
+    assert any(1 < count < 1 + len(one) + len(two) for _, count in by_generation)  # seen mid-run
+    assert len({g for g, _ in by_generation}) == len(by_generation)
+    assert [c for _, c in by_generation] == sorted(c for _, c in by_generation)
 
     fresh = Library.open(library_at)
     expected = {str(first / "a.jpg"), *map(str, one), *map(str, two)}
@@ -199,7 +207,8 @@ def test_root_names_are_checked(library_at):
 def test_models_switch_back_and_drop_and_tagging_passes_on_a_server(library_at, tmp_path):
     tiny_b = f"local-dir:{Path(__file__).parent / 'data' / 'tiny-b'}"
     pics = tmp_path / "pics"
-    write_collection(pics, per_class=1, seed=6, samples=[Sample(c, s) for c in list(COLORS)[:3] for s in ("circle", "star")])
+    write_collection(pics, per_class=1, seed=6,
+                     samples=[Sample(c, s) for c in list(COLORS)[:3] for s in ("circle", "star")])
 
     def run(*args: str) -> dict | list:
         out = invoke(*args, "--library", library_at, "--json")
