@@ -127,6 +127,10 @@ def main() -> None:
         print(f"{model}: model ready in {time.perf_counter() - t0:.1f}s", flush=True)
 
     timed_commits()
+    # The blank decoder goes to the decode worker processes by name: they import it from this folder.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent),
+                                                              os.environ.get("PYTHONPATH")]))
+    from bench_ray import blank_decode as importable_blank
     ray = import_ray()
     t0 = time.perf_counter()
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
@@ -135,7 +139,7 @@ def main() -> None:
     # The plumbing alone: no file read or decoded, the tiny model (~1 ms a picture): what each way costs a picture
     for r in range(args.rounds):
         got = {how: index_once(tmp / "pics", "tiny", tmp, f"blank-{how}-{r}", RayOptions() if how == "ray" else None,
-                               blank_decode) for how in ("local", "ray")}
+                               importable_blank) for how in ("local", "ray")}
         print(f"  no decoding, tiny model, round {r + 1}: after the first batch local {got['local']['steady']:.0f} "
               f"images/s ({1000 / got['local']['steady']:.1f} ms each), Ray {got['ray']['steady']:.0f} images/s "
               f"({1000 / got['ray']['steady']:.1f} ms each)", flush=True)

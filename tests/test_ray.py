@@ -16,6 +16,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[test,ray]')")
 
+from clipdex.errors import ClipdexError  # noqa: E402
 from clipdex.indexer import Indexer  # noqa: E402
 from clipdex.indexer.distributed import RayOptions  # noqa: E402
 from clipdex.library import Library  # noqa: E402
@@ -88,6 +89,10 @@ def test_same_library_as_a_local_run_and_a_rerun_encodes_nothing(cluster, tmp_pa
     again = Indexer(lib, TINY_MODEL, ray=RayOptions()).run([str(pics)])
     assert (again.encoded, again.indexed, again.unchanged) == (0, 0, len(local_vectors))
 
+    rebuilt = Indexer(lib, TINY_MODEL, ray=RayOptions()).run([str(pics)], rebuild=True)  # the staged path too
+    assert rebuilt.rebuilt and rebuilt.encoded == len(local_vectors)
+    assert_same_vectors(vectors_by_path(lib), local_vectors)
+
 
 def test_bad_files_are_skipped_with_the_local_reasons(cluster, tmp_path, messy):  # noqa: F811
     local = Library.create(tmp_path / "local")
@@ -156,3 +161,13 @@ def test_without_ray_installed_the_flag_says_how_to_install_it(tmp_path, pics):
     assert out.returncode == 2
     assert out.stderr == "Error: --ray needs Ray Data, which is not installed: pip install 'clipdex[ray]'\n"
     assert not (tmp_path / "lib").exists()  # nothing was touched
+
+
+def test_a_task_that_fails_on_the_cluster_stops_the_run_in_one_line(cluster, tmp_path, pics):
+    lib = Library.create(tmp_path / "lib")
+    unpicklable = lambda path, size, mode, max_pixels: None  # noqa: E731 - decode workers cannot import it
+    with pytest.raises(ClipdexError) as failed:
+        Indexer(lib, TINY_MODEL, decode_fn=unpicklable, ray=RayOptions()).run([str(pics)])
+    message = str(failed.value)
+    assert message.startswith("the Ray cluster could not finish the run (") and "\n" not in message, message
+    assert "\x1b[" not in message and message.endswith("run the same indexing again to continue from there")

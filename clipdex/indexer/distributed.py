@@ -42,7 +42,10 @@ RAY_INSTALL = "pip install 'clipdex[ray]'"
 LOCAL = "local"
 #: Environment variables the driver passes on to the cluster's workers (model caches, offline mode).
 _PASSED_ENV = ("CLIPDEX_", "HF_", "OPEN_CLIP_", "TORCH_HOME", "XDG_CACHE_HOME")
-_DECODE_BLOCK = 32  # files a decoding task takes: its worker's start (~25 ms) is then ~1 ms a file
+#: Files a decoding task takes, then one encoder call: Ray Data costs ~0.4 s a block on 2 busy cores (a blank
+#: decoder and the tiny model ran 25-34 pictures/s in blocks of 32, 38-48/s in blocks of 75), so blocks are large;
+#: the driver still commits ``batch_size`` at a time, and a run is cut into at least 4 blocks.
+_BLOCK = 128
 _DECODE_MEMORY = 256 << 20  # bytes a decoding task may take (a 180-megapixel picture is refused before that)
 _ADDRESS = re.compile(r"^(auto|local|ray://\S+|[A-Za-z0-9_.\-\[\]:]+:\d{1,5})$")
 
@@ -76,6 +79,23 @@ def import_ray() -> Any:
     except ImportError:
         raise UsageError(f"--ray needs Ray Data, which is not installed: {RAY_INSTALL}") from None
     return ray
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for what failed on the cluster: the innermost cause Ray wrapped, without colours."""
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "cause", None) or exc.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
+    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    name, text = type(exc).__name__, lines[-1] if lines else ""
+    return text if text.startswith(name) else f"{name}: {text}" if text else name
 
 
 # --- what runs on the cluster -------------------------------------------------------------
@@ -126,15 +146,17 @@ def decode_block(batch: dict[str, np.ndarray], size: int, mode: str, max_pixels:
 class EncodeActor:
     """A Ray Data actor holding one loaded model: encodes the decoded rows of each batch it is given."""
 
-    def __init__(self, spec: ModelSpec, backend: str | None, device: str | None):
+    def __init__(self, spec: ModelSpec, backend: str | None, device: str | None, batch_size: int):
         self.encoder = Encoder(spec, device=device, backend=backend, bulk=True).load()
+        self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         pixels = batch.pop("pixels")
-        ok = np.array([not e for e in batch["error"]], bool)
-        vectors = np.zeros((len(ok), self.encoder.dim), np.float32)
-        if ok.any():
-            vectors[ok] = self.encoder.encode_pixels(pixels[ok])
+        ok = np.flatnonzero([not e for e in batch["error"]])
+        vectors = np.zeros((len(pixels), self.encoder.dim), np.float32)
+        for first in range(0, len(ok), self.batch_size):  # the model sees --batch-size pictures at a time
+            rows = ok[first:first + self.batch_size]
+            vectors[rows] = self.encoder.encode_pixels(pixels[rows])
         batch["vector"] = vectors
         return batch
 
@@ -214,7 +236,7 @@ class RaySource:
         # One block of files is one decoding task and then one encoding call whose vectors come back at
         # once: no batch_size on either stage, so Ray Data never gathers several blocks into one call
         # (an actor call's rows come back only when it ends: the driver would wait for many batches).
-        block = max(1, min(self.batch_size, _DECODE_BLOCK, math.ceil(len(paths) / 4)))
+        block = max(1, min(_BLOCK, math.ceil(len(paths) / 4)))
         ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=math.ceil(len(paths) / block))
         # The two stages differ in what they reserve, so Ray Data never fuses decoding into the encoder actors.
         ds = ds.map_batches(decode_block, batch_size=None, batch_format="numpy", zero_copy_batch=False,
@@ -224,7 +246,7 @@ class RaySource:
         ds = ds.map_batches(EncodeActor, batch_size=None, batch_format="numpy", zero_copy_batch=False,
                             compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus or None,
                             fn_constructor_kwargs={"spec": self.encoder.spec, "backend": self.encoder.requested_backend,
-                                                   "device": None})
+                                                   "device": None, "batch_size": self.batch_size})
         # Each block as it comes (a batch size here would wait for the next block to fill a batch).
         batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
         while True:
@@ -233,8 +255,7 @@ class RaySource:
             except StopIteration:
                 return
             except self.ray.exceptions.RayError as exc:  # a task that failed every retry, a lost cluster
-                first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-                raise ClipdexError(f"the Ray cluster could not finish the run ({first.strip()}); what was "
+                raise ClipdexError(f"the Ray cluster could not finish the run ({_reason(exc)}); what was "
                                    "committed stays: run the same indexing again to continue from there") from None
             for first in range(0, len(batch["path"]), chunk):
                 yield self._take(batch, range(first, min(len(batch["path"]), first + chunk)))
