@@ -231,3 +231,30 @@ def test_models_switch_back_and_drop_and_tagging_passes_on_a_server(library_at, 
     assert tagged["images"] == 6
     hits = run("search", "a shape", "--tag", "star", "-k", "10")["results"]
     assert hits and all("star" in Path(h["path"]).name for h in hits)
+
+
+def test_a_real_server_on_a_url_with_a_password_never_shows_it(library_at, tmp_path):
+    import re
+    import urllib.request
+
+    pics = tmp_path / "pics"
+    write_collection(pics, per_class=1, seed=7, samples=[Sample("red", "circle"), Sample("blue", "star")])
+    with_password = library_at.replace("postgres@", "postgres:s3cret-word@", 1)  # the test cluster trusts anyone
+    assert invoke("index", str(pics), "--library", with_password, "--model", "tiny", "--workers", "1").exit_code == 0
+    proc = subprocess.Popen([sys.executable, "-m", "clipdex", "serve", "--port", "0", "--library", with_password],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        ready = proc.stdout.readline()
+        match = re.fullmatch(rf"clipdex: serving {re.escape(library_at.replace('postgres@', 'postgres:***@'))} "
+                             r"on (http://127\.0\.0\.1:\d+/)  \(Ctrl-C stops\)\n", ready)
+        assert match, (ready, proc.poll())
+        with urllib.request.urlopen(match.group(1) + "api/search?q=a+red+circle&k=1") as r:
+            hits = json.loads(r.read())["results"]
+        assert Path(hits[0]["path"]).parent.name == "red"
+        with urllib.request.urlopen(match.group(1)) as r:
+            assert "s3cret-word" not in r.read().decode()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    assert "s3cret-word" not in ready + err

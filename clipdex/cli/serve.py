@@ -127,7 +127,8 @@ def serve(library: Path | None, host: str, port: int, threads: int, allowed_host
                    "restart needed", err=True)
     if problem is None:
         threading.Thread(target=state.warm_up_image, name="clipdex-image-tower", daemon=True).start()
-    click.echo(f"clipdex: serving {path} on {_url(host, server)}  (Ctrl-C stops)")
+    shown = state.library_path  # a database URL without its password
+    click.echo(f"clipdex: serving {shown} on {_url(host, server)}  (Ctrl-C stops)")
     watcher, interrupted = None, False
     if follow:
         from clipdex.indexer.watch import start_watch_process
