@@ -138,6 +138,9 @@ def test_urls_in_words(library_at, tmp_path):
         Library.open(library_at)
     with pytest.raises(LibraryError, match="names no database"):
         Library.open("postgresql://user@host")
+    r = invoke("info", "--library", "mysql://user@host/photos")
+    assert (r.exit_code, r.stderr) == (1, "Error: a library's database server must be PostgreSQL, not mysql "
+                                          "(mysql://user@host/photos)\n")
 
 
 def test_a_named_root_is_found_served_and_kept_on_a_machine_that_mounts_it_elsewhere(library_at, tmp_path,

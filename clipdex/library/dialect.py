@@ -59,6 +59,9 @@ def server_url(where: str) -> URL:
         url = url.set(drivername="postgresql+psycopg")
     if url.get_backend_name() == "sqlite":
         raise LibraryError(f"give a SQLite library as its folder, not as {shown(url)}")
+    if url.get_backend_name() != "postgresql":  # the writers' locks are PostgreSQL's advisory locks
+        raise LibraryError(f"a library's database server must be PostgreSQL, not {url.get_backend_name()} "
+                           f"({shown(url)})")
     if not url.database:
         raise LibraryError(f"the library URL {shown(url)} names no database")
     return url
