@@ -18,7 +18,7 @@ from clipdex.ann.base import Base, flat_index
 from clipdex.ann.build import build
 from clipdex.ann.live import LiveIndex
 from clipdex.ann.synthetic import clip_like_vectors
-from clipdex.duplicates import KEEP_RULES, find_duplicates, keeper_order
+from clipdex.duplicates import DUPLICATES_NPROBE, KEEP_RULES, find_duplicates, keeper_order
 from clipdex.duplicates.generated import DERIVATIONS, derive, random_scene, shoot_again, write_collection
 from clipdex.duplicates.pixels import MAX_DIFFERENCE, difference, same_picture, signature_of_file
 from clipdex.errors import UsageError
@@ -49,8 +49,8 @@ def _fetch(ids_all: np.ndarray, x: np.ndarray):
     return fetch
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf"])
-def test_range_search_matches_exact_search(vectors, kind):
+@pytest.mark.parametrize("kind,nprobe", [("flat", None), ("ivf", None), ("ivf", DUPLICATES_NPROBE)])
+def test_range_search_matches_exact_search(vectors, kind, nprobe):
     ids, x = vectors
     fetch = _fetch(ids, x)
     order = np.random.default_rng(0).permutation(len(ids))
@@ -59,7 +59,7 @@ def test_range_search_matches_exact_search(vectors, kind):
     assert base.kind == kind
     live = LiveIndex(x.shape[1], 1, base, fetch)
     q = x[:300]
-    found = live.range_search(q, 0.9)
+    found = live.range_search(q, 0.9, nprobe=nprobe)  # near duplicates need few lists: they are close
     expected = _brute(x, ids, q, 0.9)
     got = [set(h.tolist()) for h, _ in found]
     assert all(g <= e for g, e in zip(got, expected))  # never a pair below the threshold
