@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -105,6 +106,36 @@ def test_bad_files_are_skipped_with_the_local_reasons(cluster, tmp_path, messy):
     assert set(reasons) == set(EXPECTED)
     for name, reason in EXPECTED.items():
         assert reasons[name].startswith(reason), (name, reasons[name])
+
+
+def kill_worker_once(path: str, size: int, mode: str, max_pixels: int):
+    """The real decoder, except that the first time it sees ``die.jpg`` it kills the Ray worker running its
+    task (the parent of the forkserver this decoder was forked from): a node process lost mid-task."""
+    from clipdex.decodepool import decode_file
+
+    marker = Path(path).parent.parent / "worker-killed"
+    if Path(path).name == "die.jpg":
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            pass
+        else:
+            with open(f"/proc/{os.getppid()}/stat") as fh:
+                ray_worker = int(fh.read().rsplit(")", 1)[1].split()[1])
+            os.kill(ray_worker, signal.SIGKILL)
+            time.sleep(5)  # never returns to the dead worker; exits on its own
+    return decode_file(path, size, mode, max_pixels)
+
+
+def test_a_worker_killed_mid_task_costs_a_retry_not_the_run(cluster, tmp_path):
+    pics = tmp_path / "pics"
+    write_collection(pics, per_class=1, seed=4)
+    shutil.copy(next(pics.rglob("*.jpg")), pics / "die.jpg")
+    lib = Library.create(tmp_path / "lib")
+    stats = Indexer(lib, TINY_MODEL, timeout=60, decode_fn=kill_worker_once, ray=RayOptions()).run([str(pics)])
+    assert (tmp_path / "worker-killed").exists()  # a Ray worker really died mid-task
+    assert (stats.indexed, stats.skipped) == (25, 0)
+    assert len(rows(lib)) == 25
 
 
 def count(db: Path) -> int:
