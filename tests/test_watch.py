@@ -23,9 +23,11 @@ from pathlib import Path
 
 import pytest
 
+from clipdex.errors import ClipdexError, LibraryError, ModelMismatch, ModelUnavailable, NoLibrary, UsageError
 from clipdex.indexer import Indexer
-from clipdex.indexer.watch import PassReport, Watcher
+from clipdex.indexer.watch import PassReport, Watcher, passes_by_itself
 from clipdex.library import Library, writes
+from clipdex.library.storage import DiskFull, ReadOnlyLibrary
 from clipdex.models import TINY_MODEL
 from clipdex.synthetic import write_collection
 from tests.conftest import invoke
@@ -395,3 +397,128 @@ def test_serve_watch_follows_the_library_folders_and_stops_with_the_server(tmp_p
         out, _ = proc.communicate(timeout=60)
     assert "watching " + str(pics) in out and "stopped watching" in out and "Traceback" not in out, out
     wait_until(lambda: processes_in_group(proc.pid) == [], "the watcher's processes gone", deadline=10)
+
+
+# -- errors that waiting will not mend stop the watcher, as they stop `clipdex index` ------------------------
+
+
+def stopped_by_itself(run: Running) -> BaseException:
+    """The error a watcher's :meth:`Watcher.run` ended with, waited for (a watcher retrying forever never ends)."""
+    wait_until(lambda: not run.thread.is_alive(), "the watcher to stop by itself", deadline=30)
+    assert len(run.errors) == 1, run.errors
+    return run.errors[0]
+
+
+def index_error(lib_path: Path, pics: Path, model: str) -> ClipdexError:
+    """What `clipdex index` raises for the same library, folder and model."""
+    with pytest.raises(ClipdexError) as raised:
+        Indexer(Library.create(lib_path), model, workers=1).run([str(pics)])
+    return raised.value
+
+
+def test_a_bad_model_stops_the_watcher_at_once_with_the_error_of_index(tmp_path, pics):
+    (tmp_path / "empty-model").mkdir()
+    for model in ("bogus", f"local-dir:{tmp_path / 'nowhere'}", f"local-dir:{tmp_path / 'empty-model'}"):
+        lib_path = tmp_path / "lib"
+        lib = Library.create(lib_path)
+        run = Running(Watcher(lib, [str(pics)], model, quiet=0.3, recheck=0.2, retry=0.2, workers=1))
+        run.thread.start()
+        error = stopped_by_itself(run)
+        lib.discard_if_unused()  # as the command does: nothing was stored
+        expected = index_error(lib_path, pics, model)
+        assert isinstance(error, ModelUnavailable) and type(error) is type(expected), (model, error)
+        assert str(error) == str(expected)
+        assert "error" not in run.kinds()  # no "(trying again every …s)"
+        assert not lib_path.exists()
+
+
+def test_another_models_library_stops_the_watcher_before_it_watches(tmp_path, pics):
+    lib = Library.create(tmp_path / "lib")
+    Indexer(lib, TINY_MODEL, workers=1).run([str(pics)])
+    run = Running(Watcher(lib, [str(pics)], "ViT-B-32:openai", retry=0.2, workers=1))
+    run.thread.start()
+    error = stopped_by_itself(run)
+    assert isinstance(error, ModelMismatch) and "was built with model" in str(error)
+    assert run.kinds() == []
+
+
+def test_a_library_folder_that_vanishes_stops_the_watcher_saying_so(tmp_path, pics, spare):
+    lib_path = tmp_path / "lib"
+    lib = Library.create(lib_path)
+    run = Running(Watcher(lib, [str(pics)], TINY_MODEL, quiet=0.3, recheck=0.2, retry=0.2, workers=1))
+    run.thread.start()
+    run.next_pass(0)
+    shutil.rmtree(lib_path)  # a library on a drive that was unmounted
+    shutil.copy(spare / "red" / "star-000.jpg", pics / "later.jpg")
+    error = stopped_by_itself(run)
+    assert isinstance(error, LibraryError)
+    assert str(error) == (f"the library folder {lib_path} is gone (deleted, or on a drive no longer mounted): "
+                          "nothing more can be indexed into it")
+    assert "error" not in run.kinds()  # never "cannot lock the library … No such file or directory"
+
+
+def test_only_a_busy_library_or_a_full_disk_is_worth_trying_again(tmp_path, pics):
+    lib = Library.create(tmp_path / "lib")
+    Indexer(lib, TINY_MODEL, workers=1).run([str(pics)])
+    with lib.write_lock(), pytest.raises(LibraryError) as busy:  # what a pass meets while `index` runs
+        with Library.open(tmp_path / "lib").write_lock():
+            pass
+    assert passes_by_itself(busy.value)
+    assert passes_by_itself(DiskFull(f"the disk holding the library at {lib.path} is full"))
+    db = tmp_path / "damaged" / "library.db"
+    db.parent.mkdir()
+    db.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(LibraryError) as damaged:
+        Library.open(db.parent).count()
+    for error in (damaged.value, NoLibrary(str(tmp_path / "none")), ReadOnlyLibrary("read-only"),
+                  ModelUnavailable("bad model spec"), UsageError("bad"), ModelMismatch("another model"),
+                  LibraryError(f"cannot lock the library at {lib.path}: No such file or directory")):
+        assert not passes_by_itself(error), error
+
+
+def clipdex_process(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """A real ``clipdex`` process, given a minute (a watcher retrying forever would be killed and fail the test)."""
+    return subprocess.run([sys.executable, "-P", "-m", "clipdex", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.slow  # real processes, one of them importing torch
+def test_the_command_stops_on_what_index_stops_on_with_its_line_and_code(tmp_path, pics):
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "no-cache")}  # the default model's weights absent
+    for model, env in (("bogus", None), (f"local-dir:{tmp_path / 'nowhere'}", None), (None, offline)):
+        chosen = ["--model", model] if model else []
+        index = clipdex_process("index", str(pics), "--library", "lib", *chosen, cwd=tmp_path, env=env)
+        watch = clipdex_process("watch", str(pics), "--library", "lib", *chosen, "--json", cwd=tmp_path, env=env)
+        assert index.returncode == 2 and index.stderr.startswith("Error: "), index.stderr
+        assert (watch.returncode, watch.stderr) == (index.returncode, index.stderr), model
+        last = json.loads(watch.stdout.splitlines()[-1])
+        assert last["event"] == "error" and last["fatal"] is True
+        assert index.stderr.startswith(f"Error: {last['message']}")
+        assert "trying again" not in watch.stdout + watch.stderr and "cannot lock" not in watch.stderr
+        assert not (tmp_path / "lib").exists()
+    assert "no network access" in index.stderr and "--model local-dir:DIR" in index.stderr  # the advice, both
+
+
+@pytest.mark.slow  # a real server
+def test_serve_says_when_its_watcher_stops_and_goes_on_answering(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    missing = tmp_path / "nolib"  # its watcher stops at once: "no library at …"
+    proc = subprocess.Popen([sys.executable, "-m", "clipdex", "serve", "--library", str(missing), "--port", str(port),
+                             "--watch"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    said: list[str] = []
+    reader = threading.Thread(target=lambda: said.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: any("the watcher stopped" in line for line in said), "the server saying so", deadline=120)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as page:
+            assert page.status == 200
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
+    out = "".join(said)
+    assert f"Error: no library at {missing}" in out and "the watcher stopped (exit 1)" in out, out
+    assert "Traceback" not in out, out

@@ -78,6 +78,15 @@ def _url(host: str, server) -> str:  # noqa: ANN001 - a waitress server
     return f"http://{shown}:{port}/"
 
 
+def _report_watcher_end(watcher, stopping: threading.Event) -> None:  # noqa: ANN001 - a subprocess.Popen
+    """Say so when ``serve --watch``'s watcher stops by itself: it did on an error waiting would not mend
+    (its ``Error:`` line is just above), and the server goes on without it."""
+    code = watcher.wait()
+    if code != 0 and not stopping.is_set():
+        click.echo(f"clipdex: the watcher stopped (exit {code}): the library is no longer kept current; the server "
+                   "goes on answering (fix what its Error line says, then restart serve --watch)", err=True)
+
+
 @click.command()
 @library_option
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -129,11 +138,13 @@ def serve(library: Path | None, host: str, port: int, threads: int, allowed_host
         threading.Thread(target=state.warm_up_image, name="clipdex-image-tower", daemon=True).start()
     shown = state.library_path  # a database URL without its password
     click.echo(f"clipdex: serving {shown} on {_url(host, server)}  (Ctrl-C stops)")
-    watcher, interrupted = None, False
+    watcher, interrupted, stopping = None, False, threading.Event()
     if follow:
         from clipdex.indexer.watch import start_watch_process
 
         watcher = start_watch_process(path, backend)
+        threading.Thread(target=_report_watcher_end, args=(watcher, stopping), name="clipdex-watcher",
+                         daemon=True).start()
     try:
         server.run()
     except KeyboardInterrupt:
@@ -144,4 +155,5 @@ def serve(library: Path | None, host: str, port: int, threads: int, allowed_host
         if watcher is not None:
             from clipdex.indexer.watch import stop_watch_process
 
+            stopping.set()
             stop_watch_process(watcher, grace=10.0 if interrupted else 0.0)  # Ctrl-C reached it too

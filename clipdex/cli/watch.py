@@ -20,6 +20,7 @@ from clipdex.cli.common import (
     printable,
     tell,
 )
+from clipdex.errors import ClipdexError
 
 
 def _stop_on_signals() -> dict:
@@ -67,8 +68,11 @@ def watch(paths: tuple[Path, ...], library: Path | None, model: str | None, sett
     folder or moved file keeps its vectors (nothing is re-encoded); a picture deleted is removed;
     a folder that goes away (an unmounted drive) keeps its pictures and is swept again when it
     comes back. One line per pass on stdout (--json: one JSON object per line, with an "event"
-    key: watching, pass, offline, back, error, stopped). Ctrl-C (or SIGTERM) stops cleanly: a
-    pass cut short loses at most its batch in flight, which the next run indexes.
+    key: watching, pass, offline, back, error, stopped). A library busy with another writer (or a
+    full disk) is tried again every few seconds; any other error (a bad --model, weights not here,
+    a damaged library) stops it at once with the error and exit code of `clipdex index`.
+    Ctrl-C (or SIGTERM) stops cleanly: a pass cut short loses at most its batch in flight, which
+    the next run indexes.
     """
     from clipdex.indexer.watch import Watcher
     from clipdex.library import Library
@@ -101,6 +105,11 @@ def watch(paths: tuple[Path, ...], library: Path | None, model: str | None, sett
     except KeyboardInterrupt:
         lib.discard_if_unused()
         notify("stopped", {"message": "stopped watching"})
+    except ClipdexError as exc:  # what waiting will not mend: stops as `clipdex index` would (Error: line, its code)
+        lib.discard_if_unused()
+        if as_json:
+            notify("error", {"fatal": True, "message": str(exc)})
+        raise
     except BaseException:
         lib.discard_if_unused()  # a first run that fails (a missing folder) leaves no empty library behind
         raise

@@ -42,11 +42,12 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
-from clipdex.errors import ClipdexError, ModelMismatch, UsageError
+from clipdex.errors import ClipdexError, LibraryError, ModelMismatch, UsageError
 from clipdex.imaging import is_image_path
 from clipdex.indexer.run import Indexer, IndexStats
 from clipdex.indexer.scan import Scan, normalise_roots
 from clipdex.library import Library, writes
+from clipdex.library.storage import DiskFull
 
 #: What the watcher tells its caller: ``(kind, details)``; see :class:`Watcher`.
 Notify = Callable[[str, dict], None]
@@ -97,6 +98,21 @@ def _hidden(path: str, root: str) -> bool:
     return any(part.startswith(".") for part in rel.split(os.sep) if part not in ("", "."))
 
 
+#: What the library says when another writer holds it (its lock file, a server's writer lock, SQLite's own
+#: lock): the only :class:`LibraryError` that goes away by itself.
+_BUSY = ("another clipdex process", "other clipdex processes", "is busy: another program holds it locked")
+
+
+def passes_by_itself(exc: ClipdexError) -> bool:
+    """True for a failed pass worth trying again as it is: the library busy with another writer, or its
+    disk full (space may be freed). Anything else (a bad or missing model, another model's library,
+    a damaged, read-only or vanished library) stays until someone acts: ``clipdex index`` stops on it,
+    and so does the watcher."""
+    if isinstance(exc, DiskFull):
+        return True
+    return type(exc) is LibraryError and any(words in str(exc) for words in _BUSY)
+
+
 class _Handler(FileSystemEventHandler):
     def __init__(self, watcher: Watcher, root: str):
         self.watcher, self.root = watcher, root
@@ -122,7 +138,9 @@ class Watcher:
     file left 0.5 s later, waiting for the other half of the move);
     ``max_wait``: a pass runs after this long even while events keep coming; ``recheck``:
     how often the folders themselves are checked (gone, back, remounted); ``retry``: seconds
-    before a failed pass (library busy with another writer, disk full) is tried again;
+    before a failed pass (library busy with another writer, disk full) is tried again; any other
+    :class:`ClipdexError` of a pass (see :func:`passes_by_itself`) stops :meth:`run`, raised as
+    ``clipdex index`` would raise it;
     ``poll``: use the polling observer (every ``poll_interval`` seconds) instead of inotify,
     which is also used where inotify cannot watch a folder. ``notify(kind, details)`` hears
     ``watching``, ``pass`` (details: :meth:`PassReport.as_dict`, and ``report``), ``offline``,
@@ -331,9 +349,14 @@ class Watcher:
         batch = self._take(now)
         if batch is None:
             return
+        if not self.lib.server and not os.path.isdir(self.lib.path):  # its lock would say "No such file"
+            raise LibraryError(f"the library folder {self.lib.path} is gone (deleted, or on a drive no longer "
+                               "mounted): nothing more can be indexed into it")
         try:
             report = self.run_pass(batch, now)
         except ClipdexError as exc:
+            if not passes_by_itself(exc):
+                raise  # a bad model, a damaged library: waiting will not mend it
             self._put_back(batch)
             self._not_before = time.monotonic() + self.retry
             if str(exc) != self._failure:
@@ -351,6 +374,7 @@ class Watcher:
         The folders are swept once first, to catch up with what changed while nobody watched.
         """
         stop = stop or threading.Event()
+        self.indexer()  # a malformed model spec, a missing model folder, another model's library: before watching
         try:
             self._check_roots(time.monotonic())
             if not self._watches and not self._offline:
