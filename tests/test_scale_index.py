@@ -386,3 +386,101 @@ def test_filters_holding_unknown_negative_or_huge_ids_are_answered(tmp_path):
     maintain(lib)
     far = Library.open(lib.path)
     assert found(far, xs[6], 1, np.array([4611686018427387904, 8])) == [4611686018427387904]
+
+
+# -- things under an index file's name that are not our files; what killed rewrites leave ---------------------
+
+
+def recorded(lib: Library) -> Path:
+    return lib.path / json.loads(lib.get_meta("index_file"))["file"]
+
+
+@pytest.mark.parametrize("planted", ["a directory", "a FIFO", "a symlink to a file elsewhere"])
+def test_something_else_under_the_name_being_saved_is_moved_aside_and_the_save_succeeds(tmp_path, planted):
+    xs = vectors(3000, seed=21)
+    lib = new_library(tmp_path / "lib", xs[:2000])
+    maintain(lib)
+    writes.store_batch(lib, pictures(xs[2000:], 2000), [], [])
+    target = lib.path / f"index.{lib.generation}.faiss"  # the name the next save writes
+    outside = tmp_path / "elsewhere.txt"
+    outside.write_text("not clipdex's")
+    (lib.path / "index.0.faiss").mkdir()  # another generation's name: left alone, never a failed clean-up
+    if planted == "a directory":
+        target.mkdir()
+        (target / "kept.txt").write_text("mine")
+    elif planted == "a FIFO":
+        os.mkfifo(target)
+    else:
+        target.symlink_to(outside)
+    maintain(lib)  # an IsADirectoryError here before
+    assert recorded(lib) == target and target.is_file() and not target.is_symlink()
+    if planted == "a directory":
+        assert (lib.path / f"{target.name}.moved-aside" / "kept.txt").read_text() == "mine"
+    assert outside.read_text() == "not clipdex's" and (lib.path / "index.0.faiss").is_dir()
+    fresh = Library.open(lib.path)
+    assert fresh.index().ids().tolist() == fresh.load_vectors()[0].tolist()
+    assert [found(fresh, xs[i], 1) for i in (5, 2500)] == [[6], [2501]]
+
+
+def test_a_directory_at_the_recorded_name_is_moved_aside_by_a_reader_which_then_saves(tmp_path):
+    """Before, every reader process rebuilt the index in memory on every start: its save failed."""
+    lib = new_library(tmp_path / "lib", vectors(2000, seed=22))
+    maintain(lib)
+    path = recorded(lib)
+    path.unlink()
+    path.mkdir()
+    fresh = Library.open(lib.path)
+    assert fresh.index().ids().tolist() == fresh.load_vectors()[0].tolist()
+    assert recorded(fresh) == path and path.is_file() and (lib.path / f"{path.name}.moved-aside").is_dir()
+    assert Library.open(lib.path).keeper._verified(json.loads(lib.get_meta("index_file")), DIM) is not None
+
+
+def test_index_ends_cleanly_with_directories_named_like_index_files(tmp_path):
+    """`clipdex index` with a directory at another index file's name and one at the recorded name (rebuilt at the
+    same generation): both runs end with exit 0 and no traceback (IsADirectoryError after the commit before)."""
+    from clipdex.synthetic import write_collection
+    from tests.conftest import invoke
+
+    write_collection(tmp_path / "pics", per_class=1, seed=23)
+    lib_path = tmp_path / "lib"
+    first = invoke("index", str(tmp_path / "pics"), "--library", str(lib_path), "--model", "tiny", "--workers", "1")
+    assert first.exit_code == 0, first.stderr
+    lib = Library.open(lib_path)
+    path = recorded(lib)
+    (lib_path / "index.0.faiss").mkdir()  # another generation's name: left alone
+    path.unlink()
+    path.mkdir()
+    (path / "kept.txt").write_text("mine")
+    again = invoke("index", str(tmp_path / "pics"), "--library", str(lib_path), "--workers", "1")
+    assert again.exit_code == 0, again.stderr
+    assert recorded(Library.open(lib_path)) == path and path.is_file()
+    assert (lib_path / f"{path.name}.moved-aside" / "kept.txt").read_text() == "mine"
+    assert (lib_path / "index.0.faiss").is_dir()
+    searched = invoke("search", "a red circle", "--library", str(lib_path), "-k", "1")
+    assert searched.exit_code == 0 and "circle" in searched.stdout
+
+
+def test_what_a_killed_rewrite_left_goes_when_a_run_ends_even_with_nothing_to_rebuild(tmp_path):
+    lib = new_library(tmp_path / "lib", vectors(2000, seed=24))
+    lib.keeper.set_kind("ivf")
+    maintain(lib)
+    keep = recorded(lib)
+    leftovers = [lib.path / f".index.{lib.generation + 1}.faiss.k2j4_x9.tmp",  # killed while writing
+                 lib.path / f"index.{lib.generation + 1}.faiss",  # killed between the rename and the record
+                 lib.path / "index.0.ivf"]
+    for path in leftovers:
+        path.write_bytes(b"\0" * 4096)
+    (lib.path / "index.1.faiss").symlink_to(tmp_path / "nowhere")
+    leftovers.append(lib.path / "index.1.faiss")
+    others = [lib.path / name for name in ("index.7.faiss.bak", "notes.index.3.ivf", ".index.3.ivf.tmp.keep",
+                                           "my.index.5.faiss.x.tmp")]
+    for path in others:
+        path.write_text("not clipdex's")
+    (lib.path / ".index.9.ivf.abc.tmp").mkdir()  # a directory under our temporary name: left alone
+    maintain(lib, final=False)  # nothing due, not the end of a run: nothing touched
+    assert all(os.path.lexists(p) for p in leftovers)
+    assert maintain(lib) is None  # the end of a run, nothing to rebuild
+    assert not [p for p in leftovers if os.path.lexists(p)]
+    assert all(p.read_text() == "not clipdex's" for p in others) and (lib.path / ".index.9.ivf.abc.tmp").is_dir()
+    assert recorded(lib) == keep and keep.is_file()
+    assert Library.open(lib.path).keeper._verified(json.loads(lib.get_meta("index_file")), DIM) is not None

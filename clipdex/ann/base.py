@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -33,6 +35,7 @@ from clipdex.atomicfile import write_atomic_with
 FLAT, IVF = "flat", "ivf"
 _SUFFIX = {FLAT: "faiss", IVF: "ivf"}
 _FILE_RE = re.compile(r"^index\.(\d+)\.(faiss|ivf)$")
+_TEMPORARY_RE = re.compile(r"^\.index\.\d+\.(faiss|ivf)\..+\.tmp$")  # what a save killed mid-way leaves
 
 
 class IdsChecksum(NamedTuple):
@@ -137,10 +140,53 @@ class Base:
         """Write this base's file atomically (fsynced before the rename); its path and :func:`fingerprint`.
         Other index files stay."""
         target = self.path_in(folder)
-        for leftover in folder.glob(".index*.tmp"):  # from a run killed while saving
-            leftover.unlink(missing_ok=True)
+        tidy(folder)  # what a save killed mid-way left
+        make_room(target)
         write_atomic_with(target, lambda tmp: faiss.write_index(self.index, str(tmp)), durable=True)
         return target, fingerprint(target, self.index.d) or ""
+
+
+def make_room(target: Path) -> None:
+    """Clear the way for an index file at ``target``: a symlink, FIFO, socket or device under its name is removed; a
+    directory there (never one of ours) is renamed aside, to ``<name>.moved-aside`` (``.1``, ``.2`` … if taken), with
+    whatever it holds. A regular file stays, to be replaced atomically."""
+    try:
+        mode = target.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(mode):
+        return
+    if not stat.S_ISDIR(mode):
+        target.unlink(missing_ok=True)
+        return
+    n = 0
+    while os.path.lexists(aside := target.with_name(f"{target.name}.moved-aside{f'.{n}' if n else ''}")):
+        n += 1
+    os.rename(target, aside)
+
+
+def tidy(folder: Path, keep: str | None = None) -> list[Path]:
+    """Remove what earlier saves left in ``folder``, holding the lock index files are written under: temporary
+    files of saves killed mid-way (``.index.<generation>.<kind>.<random>.tmp``) and, when ``keep`` names the
+    recorded file, every other ``index.<generation>.<kind>`` (a symlink or FIFO under such a name too). Anything
+    else, and a directory under any of those names, stays. Never raises; returns what was removed."""
+    removed: list[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for path in entries:
+        if not (_TEMPORARY_RE.match(path.name) or (keep is not None and _FILE_RE.match(path.name)
+                                                    and path.name != keep)):
+            continue
+        try:
+            if stat.S_ISDIR(path.lstat().st_mode):
+                continue
+            path.unlink()  # a reader that mapped it keeps it until it lets go
+        except OSError:
+            continue
+        removed.append(path)
+    return removed
 
 
 def _found(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

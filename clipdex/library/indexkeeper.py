@@ -188,9 +188,7 @@ class IndexKeeper:
                 changes.prune(s, self._prunable(s, previous["generation"]))
             (changes.distrust if distrust else changes.heal)(s, base.generation)
             s.commit()
-        for other in bases.index_files(self.lib.path):
-            if other != path:
-                other.unlink(missing_ok=True)  # a reader that mapped it keeps it until it lets go
+        bases.tidy(self.lib.path, keep=path.name)  # older files, and any left by a rewrite killed part-way
 
     def _prunable(self, session, upto: int) -> int:  # noqa: ANN001 - a Session
         """How far the change log may be pruned: ``upto``, or on a server the oldest generation any
@@ -222,6 +220,9 @@ class IndexKeeper:
             return self._maintain(say, final)
 
     def _maintain(self, say: Say | None, final: bool) -> BuildReport | None:
+        if final:  # the end of a run: what a killed rewrite left goes, even when nothing is due
+            record = self.record()
+            bases.tidy(self.lib.path, keep=record["file"] if record is not None else None)
         dim, count = self.lib.dim, self.lib.count()
         if dim is None or count == 0:
             return None
