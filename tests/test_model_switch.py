@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import sqlite3
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -182,3 +183,49 @@ def test_models_lists_one_model_for_a_library_of_one_and_use_of_the_active_one_c
     out = invoke("models", "use", "tiny", "--library", str(copied))
     assert out.stdout == "tiny is already the library's model\n"
     assert Library.open(copied).generation == before
+
+
+def test_a_search_overtaken_by_a_switch_is_told_apart_and_the_server_never_mixes_two_models(small):
+    """A switch commits at any moment: a search that encoded with the old model, or began from a snapshot
+    older than the switch, compared two models' vectors (with equal widths, silently)."""
+    from clipdex.search.query import one_model
+    from clipdex.web import create_app
+
+    lib_dir, pics = small
+    assert invoke("index", str(pics), "--library", str(lib_dir), "--model", TINY_B, "--workers", "1").exit_code == 0
+    assert invoke("models", "use", "tiny", "--library", str(lib_dir)).exit_code == 0
+    lib, tiny, tiny_b = Library.open(lib_dir), Encoder("tiny").load(), Encoder(TINY_B).load()
+    held = lib.index().generation
+    assert one_model(lib, tiny, held) and not one_model(lib, tiny_b, held)
+    assert invoke("models", "use", TINY_B, "--library", str(lib_dir)).exit_code == 0
+    assert not one_model(lib, tiny, held)  # began before the switch: its snapshot is tiny's
+    assert not one_model(lib, tiny_b, held)  # the right model now, but an older snapshot
+    assert one_model(lib, tiny_b, lib.index().generation)
+
+    client = create_app({"LIBRARY": lib_dir, "WARM_UP": False}).test_client()
+    answers = {}
+    for model in ("tiny", TINY_B):
+        assert invoke("models", "use", model, "--library", str(lib_dir)).exit_code == 0
+        answers[model] = client.get("/api/search?q=a+red+circle&k=5").get_json()["results"]
+    stop, seen, failures = threading.Event(), [], []
+
+    def ask() -> None:
+        while not stop.is_set():
+            got = client.get("/api/search?q=a+red+circle&k=5")
+            (seen if got.status_code in (200, 503) else failures).append(got.get_json())
+
+    askers = [threading.Thread(target=ask) for _ in range(2)]
+    for t in askers:
+        t.start()
+    try:
+        for model in ("tiny", TINY_B) * 3:
+            out = invoke("models", "use", model, "--library", str(lib_dir))
+            assert out.exit_code == 0, out.stderr
+    finally:
+        stop.set()
+        for t in askers:
+            t.join(30)
+    assert not failures
+    ids = [tuple(h["id"] for h in answer["results"]) for answer in seen if "results" in answer]
+    known = {tuple(h["id"] for h in a) for a in answers.values()}
+    assert ids and set(ids) <= known

@@ -91,12 +91,13 @@ def search(query: str | None, library: Path | None, model: str | None, image: Pa
     (0..1; 0.5 and above is a match), --json also the raw cosine ("score").
     """
     request_quick_exit()
-    from clipdex.errors import UsageError
+    from clipdex.errors import LibraryError, UsageError
     from clipdex.library import Library
     from clipdex.library.catalog import ids_at_paths
     from clipdex.search import build_query, day_range, find_matches, parse_day, sort_hits, why_empty, with_relevance
     from clipdex.search import search as run_search
     from clipdex.search.matches import closest_miss
+    from clipdex.search.query import one_model
 
     if not (query and query.strip()) and image is None:
         raise UsageError("nothing to search for: give a text query, --image PATH, or both")
@@ -108,6 +109,7 @@ def search(query: str | None, library: Path | None, model: str | None, image: Pa
     since, until = day_range(first_day, last_day)
     lib = Library.open(library_path(library))
     encoder = loaded(lib.encoder_for(model, backend=backend, quick_start=True))
+    held = lib.index().generation  # the snapshot the search starts from (see one_model below)
     vector = build_query(encoder, text=query, image=image, negative=negative)
     text_only = image is None
     has_not = bool(negative and negative.strip())
@@ -119,18 +121,27 @@ def search(query: str | None, library: Path | None, model: str | None, image: Pa
         exclude = ids_at_paths(lib, sorted({os.path.abspath(image), os.path.realpath(image)})) or None
     filters = {"tag": tag, "folder": str(folder) if folder else None, "since": since, "until": until}
     matches = None
-    if only_matches:
-        hits = sort_hits(find_matches(lib, encoder, positive, exclude=exclude, negative=unwanted, **filters), sort)
-        matches = len(hits)
-        hits = hits[:k] if k else hits
-    else:
-        hits = run_search(lib, vector, k or 20, exclude=exclude, **filters)
-        hits = sort_hits(with_relevance(lib, encoder, positive, hits) if text_only else hits, sort)
-    reasons = [] if hits else why_empty(lib, **filters)
-    only_self = not hits and bool(exclude) and bool(run_search(lib, vector, 1, **filters))
-    miss = None
-    if only_matches and not hits and not reasons:  # the filters leave pictures, none of them matches
-        miss = closest_miss(lib, encoder, positive, negative=unwanted, exclude=exclude, **filters)
+    overtaken = LibraryError(f"library {lib.path} switched models during this search: run it again")
+    try:
+        if only_matches:
+            hits = sort_hits(find_matches(lib, encoder, positive, exclude=exclude, negative=unwanted, **filters),
+                             sort)
+            matches = len(hits)
+            hits = hits[:k] if k else hits
+        else:
+            hits = run_search(lib, vector, k or 20, exclude=exclude, **filters)
+            hits = sort_hits(with_relevance(lib, encoder, positive, hits) if text_only else hits, sort)
+        reasons = [] if hits else why_empty(lib, **filters)
+        only_self = not hits and bool(exclude) and bool(run_search(lib, vector, 1, **filters))
+        miss = None
+        if only_matches and not hits and not reasons:  # the filters leave pictures, none of them matches
+            miss = closest_miss(lib, encoder, positive, negative=unwanted, exclude=exclude, **filters)
+    except (ValueError, RuntimeError):  # widths differ: a model switch overtook the search, or a real fault
+        if one_model(lib, encoder, held):
+            raise
+        raise overtaken from None
+    if not one_model(lib, encoder, held):
+        raise overtaken
     if as_json:
         why = [{"kind": "only_self"}] if only_self else [r.as_dict() for r in reasons]
         body = {"query": query, "image": str(image) if image else None, "not": negative,

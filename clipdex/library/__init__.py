@@ -35,6 +35,7 @@ from clipdex.library.writes import delete_in_chunks
 from clipdex.models import DEFAULT_MODEL, Encoder, ModelSpec, parse_model_spec
 
 LOCK_NAME = ".write.lock"
+INDEX_LOCK_NAME = ".index.lock"
 #: Larger than any CLIP embedding; a ``dim`` beyond it is damage, not a model.
 MAX_DIM = 1 << 16
 MAX_GENERATION = 1 << 62
@@ -49,7 +50,7 @@ def _refuse_file(path: Path) -> None:
 
 def _remove_library_files(folder: Path, created_folders: list[Path]) -> None:
     """Delete what clipdex writes in a library folder, then the folders made for it (deepest first, if empty)."""
-    for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", DB_NAME + "-journal", LOCK_NAME):
+    for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", DB_NAME + "-journal", LOCK_NAME, INDEX_LOCK_NAME):
         (folder / name).unlink(missing_ok=True)
     for leftover in [*index_files(folder), *folder.glob(".index*.tmp")]:
         leftover.unlink(missing_ok=True)
@@ -226,13 +227,10 @@ class Library(VectorReads):
     @contextlib.contextmanager
     def index_lock(self) -> Iterator[None]:
         """Held while this machine's index file is replaced and recorded, without waiting (:class:`LibraryError`
-        when busy): the writer lock of a SQLite library, a lock file in a server library's cache folder."""
-        if self._writer is None:
-            with self.write_lock():
-                yield
-        else:
-            with self._lock_file(".index.lock"):
-                yield
+        when busy): a lock file beside the index files, apart from the writers' lock, so a server saving the
+        index it rebuilt never turns a writer (``index``, ``models use``) away."""
+        with self._lock_file(INDEX_LOCK_NAME):
+            yield
 
     @contextlib.contextmanager
     def _lock_file(self, name: str) -> Iterator[None]:

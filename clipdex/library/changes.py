@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from clipdex.library import Library
 
 CHANGES_FROM = "changes_from"
+VECTORS_FROM = "vectors_from"
 #: Rows per INSERT (SQLite's bound-parameter limit is 32766; two per row).
 _INSERT_ROWS = 5000
 
@@ -55,9 +56,21 @@ def record(session: Session, generation: int, ids: Iterable[int]) -> None:
 
 
 def restart(session: Session, generation: int) -> None:
-    """Everything may have changed at ``generation`` (a model switch): readers before it load afresh."""
+    """Everything may have changed at ``generation`` (a model switch): readers before it load afresh, and
+    ``meta.vectors_from`` says that no vector older than it may be compared with one from after."""
     session.execute(delete(ChangeRow))
     session.merge(Meta(key=CHANGES_FROM, value=str(generation)))
+    session.merge(Meta(key=VECTORS_FROM, value=str(generation)))
+
+
+def vectors_model(lib: Library) -> tuple[str | None, int]:
+    """``(model identity, vectors_from)`` read in one statement: which model made the vectors now, and
+    from which generation on (a search holding an index snapshot older than that mixes two models)."""
+    with lib.engine.connect() as conn:
+        row = conn.execute(text(
+            "SELECT (SELECT value FROM meta WHERE key = 'model_identity'), "
+            "(SELECT value FROM meta WHERE key = 'vectors_from')")).one()
+    return row[0], (_number(row[1]) if row[1] else 0)
 
 
 def prune(session: Session, upto: int) -> None:

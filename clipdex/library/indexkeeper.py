@@ -208,10 +208,8 @@ class IndexKeeper:
 
         Cheap when nothing is due (a few small queries: it runs after every batch). ``final`` (the end
         of a run) also checks the recorded file itself, and brings a flat base fully up to date.
-        On a server, a writer on the same machine already doing it is left to it.
+        A process on this machine already replacing it (a writer, or a server saving what it rebuilt) is left to it.
         """
-        if not self.lib.server:
-            return self._maintain(say, final)
         with contextlib.ExitStack() as held:
             try:
                 held.enter_context(self.lib.index_lock())

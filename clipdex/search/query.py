@@ -11,7 +11,7 @@ import numpy as np
 
 from clipdex.errors import DecodeError, UsageError
 from clipdex.imaging import load_for_model
-from clipdex.library import Library
+from clipdex.library import Library, changes
 from clipdex.library.catalog import allowed_ids, hit_rows
 from clipdex.models import Encoder
 
@@ -117,3 +117,11 @@ def search(
         for i, score in ranked
         if i in rows
     ]
+
+
+def one_model(lib: Library, encoder: Encoder, generation: int) -> bool:
+    """Whether a search that began holding an index snapshot at ``generation`` and encoded its query with
+    ``encoder`` compared vectors of one model only: no model switch (or rebuild) committed since, and the
+    library's model is the encoder's. Checked after the search: a switch commits at any moment."""
+    identity, since = changes.vectors_model(lib)
+    return identity == encoder.spec.identity and since <= generation

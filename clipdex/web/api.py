@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
+import numpy as np
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
 from werkzeug.routing import IntegerConverter
 
 from clipdex.errors import ClipdexError, DecodeError, UsageError
+from clipdex.library import Library
 from clipdex.library.catalog import picture_tags, tag_counts
+from clipdex.models import Encoder
 from clipdex.search.filters import day_range, parse_day, why_empty
 from clipdex.search.matches import SORTS, closest_miss, find_matches, sort_hits, with_relevance
-from clipdex.search.query import build_query, search
+from clipdex.search.query import build_query, one_model, search
 from clipdex.web import media
 from clipdex.web.errors import APIError, error_response, message_for
 from clipdex.web.media import image_row
@@ -89,28 +93,57 @@ def sort_arg() -> str:
     return raw
 
 
-def run_search(vector, exclude: set[int] | None = None, timings: dict | None = None,
-               text: tuple | None = None) -> Response:
-    """One page of results. ``text``: ``(positive, negative)`` unit vectors of a text-only query (negative
-    None without ``not=``), so relevance is calibrated on the positive text and ``matches=1`` (every match,
-    paged; ``not=`` leaves out its own matches) is allowed."""
+#: How many times a search is run again when a model switch commits while it runs, before a 503.
+SWITCH_RETRIES = 3
+
+
+def run_search(make: Callable[[Encoder], tuple], exclude: set[int] | None = None) -> Response:
+    """One page of results for the query ``make(encoder)`` builds: ``(vector, text)``, where ``text`` is
+    ``(positive, negative)`` unit vectors of a text-only query (negative None without ``not=``), so relevance
+    is calibrated on the positive text and ``matches=1`` (every match, paged; ``not=`` leaves out its own
+    matches) is allowed; None for a query holding a picture.
+
+    The query's model and the vectors it is compared with must be one model's: a search that a model
+    switch overtook (see :func:`one_model`) is run again with the new model, then answered 503."""
     k = int_arg("k", 20, 1, MAX_K)
     offset = int_arg("offset", 0, 0, MAX_OFFSET)
     only_matches, sort = flag_arg("matches"), sort_arg()
-    if only_matches and text is None:
-        raise APIError(400, "matches=1 needs a text query without a picture (relevance is calibrated for text)")
-    started = time.perf_counter()
     lib = state().library()
+    for _ in range(SWITCH_RETRIES):
+        encoder = state().encoder()
+        held = lib.index().generation
+        started = time.perf_counter()
+        vector, text = make(encoder)
+        if only_matches and text is None:
+            raise APIError(400, "matches=1 needs a text query without a picture (relevance is calibrated for text)")
+        timings = {"encode": time.perf_counter() - started}
+        try:
+            body = page(lib, encoder, vector, text, k, offset, only_matches, sort, exclude)
+        except (ValueError, RuntimeError):  # widths differ: a switch overtook the search, or a real fault
+            if one_model(lib, encoder, held):
+                raise
+            continue
+        timings["search"] = time.perf_counter() - started - timings["encode"]
+        if one_model(lib, encoder, held):
+            break
+    else:
+        raise APIError(503, "the library is switching models: try again in a moment", {"Retry-After": "1"})
+    response = jsonify(body)
+    response.headers["Server-Timing"] = ", ".join(f"{name};dur={sec * 1000:.2f}" for name, sec in timings.items())
+    return response
+
+
+def page(lib: Library, encoder: Encoder, vector: np.ndarray, text: tuple | None, k: int, offset: int,
+         only_matches: bool, sort: str, exclude: set[int] | None) -> dict:
+    """The answer's body: one page of results, the number of matches, why a first page is empty."""
     positive, negative = text or (vector, None)
     if only_matches:
-        every = sort_hits(find_matches(lib, state().encoder(), positive, exclude=exclude, negative=negative,
-                                       **filters()), sort)
+        every = sort_hits(find_matches(lib, encoder, positive, exclude=exclude, negative=negative, **filters()), sort)
         hits = every[offset:offset + k + 1]
     else:
         hits = search(lib, vector, k + 1, offset=offset, exclude=exclude, **filters())
-        hits = with_relevance(lib, state().encoder(), positive, hits) if text else hits
+        hits = with_relevance(lib, encoder, positive, hits) if text else hits
         hits = sort_hits(hits[:k], sort) + hits[k:]  # the page is sorted; the ranking chose it
-    timings = {**(timings or {}), "search": time.perf_counter() - started}
     body = {
         "results": [h.as_dict() for h in hits[:k]],
         "k": k,
@@ -122,11 +155,9 @@ def run_search(vector, exclude: set[int] | None = None, timings: dict | None = N
     if not hits and offset == 0:  # why nothing: reasons as data, the page words them
         body["why_empty"] = [r.as_dict() for r in why_empty(lib, **filters())]
         if only_matches and not body["why_empty"]:  # pictures pass the filters, none matches
-            body["why_empty"] = [closest_miss(lib, state().encoder(), positive, negative=negative, exclude=exclude,
+            body["why_empty"] = [closest_miss(lib, encoder, positive, negative=negative, exclude=exclude,
                                               **filters())]
-    response = jsonify(body)
-    response.headers["Server-Timing"] = ", ".join(f"{name};dur={sec * 1000:.2f}" for name, sec in timings.items())
-    return response
+    return body
 
 
 @bp.get("/health")
@@ -149,12 +180,15 @@ def search_text():
     q = text_arg("q")
     if q is None:
         raise APIError(400, "q is required (the text to search for)")
-    started = time.perf_counter()
-    encoder, negative = state().encoder(), text_arg("not")
-    vector = build_query(encoder, text=q, negative=negative)
-    # relevance is the positive text's; not= ranks a page, or leaves out its own matches with matches=1
-    text = (build_query(encoder, text=q), build_query(encoder, text=negative)) if negative else (vector, None)
-    return run_search(vector, timings={"encode": time.perf_counter() - started}, text=text)
+    negative = text_arg("not")
+
+    def make(encoder: Encoder) -> tuple:
+        vector = build_query(encoder, text=q, negative=negative)
+        # relevance is the positive text's; not= ranks a page, or leaves out its own matches with matches=1
+        return vector, ((build_query(encoder, text=q), build_query(encoder, text=negative)) if negative
+                        else (vector, None))
+
+    return run_search(make)
 
 
 @bp.post("/search")
@@ -162,27 +196,33 @@ def search_upload():
     upload = request.files.get("image")
     if upload is None:
         raise APIError(400, "send the picture as a multipart form field named 'image'")
-    encoder = state().encoder()
-    started = time.perf_counter()
-    try:
-        pixels = uploads().decode(upload.read(), encoder.image_size, encoder.resize_mode)
-    except DecoderBusy as exc:
-        raise APIError(503, str(exc), {"Retry-After": "2"}) from None
-    except DecodeError as exc:
-        raise APIError(422, f"cannot use the uploaded file: {exc}") from None
-    vector = build_query(encoder, text=text_arg("q"), negative=text_arg("not"),
-                         image_vector=encoder.encode_pixels(pixels[None])[0])
-    return run_search(vector, timings={"encode": time.perf_counter() - started})
+    data, q, negative = upload.read(), text_arg("q"), text_arg("not")
+
+    def make(encoder: Encoder) -> tuple:
+        try:
+            pixels = uploads().decode(data, encoder.image_size, encoder.resize_mode)
+        except DecoderBusy as exc:
+            raise APIError(503, str(exc), {"Retry-After": "2"}) from None
+        except DecodeError as exc:
+            raise APIError(422, f"cannot use the uploaded file: {exc}") from None
+        return build_query(encoder, text=q, negative=negative,
+                           image_vector=encoder.encode_pixels(pixels[None])[0]), None
+
+    return run_search(make)
 
 
 @bp.get("/images/<id:image_id>/similar")
 def similar(image_id: int):
     lib = state().library()
     image_row(lib, image_id)
-    found, vectors = lib.vectors_of([image_id])
-    if not len(found):
-        raise APIError(404, f"no picture with id {image_id}")
-    return run_search(vectors[0], exclude={image_id})
+
+    def make(_encoder: Encoder) -> tuple:
+        found, vectors = lib.vectors_of([image_id])
+        if not len(found):
+            raise APIError(404, f"no picture with id {image_id}")
+        return vectors[0], None
+
+    return run_search(make, exclude={image_id})
 
 
 @bp.get("/images/<id:image_id>")
