@@ -19,7 +19,7 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip ins
 
 from clipdex.errors import ClipdexError  # noqa: E402
 from clipdex.indexer import Indexer  # noqa: E402
-from clipdex.indexer.distributed import RayOptions  # noqa: E402
+from clipdex.indexer.distributed import RayOptions, worker_env  # noqa: E402
 from clipdex.library import Library  # noqa: E402
 from clipdex.models import TINY_MODEL  # noqa: E402
 from clipdex.synthetic import write_collection  # noqa: E402
@@ -202,3 +202,29 @@ def test_a_task_that_fails_on_the_cluster_stops_the_run_in_one_line(cluster, tmp
     message = str(failed.value)
     assert message.startswith("the Ray cluster could not finish the run (") and "\n" not in message, message
     assert "\x1b[" not in message and message.endswith("run the same indexing again to continue from there")
+
+
+SECRET = "Ph0t0s-S3cret"
+
+
+def test_workers_get_no_library_url_nor_any_secret():
+    env = {"CLIPDEX_LIBRARY": f"postgresql://clipdex:{SECRET}@db/photos", "CLIPDEX_CACHE_DIR": "/c",
+           "CLIPDEX_ROOT_NAMES": "a=/x", "CLIPDEX_MACHINE": "m", "HF_TOKEN": SECRET, "PGPASSWORD": SECRET,
+           "HF_ENDPOINT": f"https://me:{SECRET}@mirror", "HF_HOME": "/hf", "CLIPDEX_ONNX_CACHE": "/onnx",
+           "HF_HUB_OFFLINE": "1"}
+    assert worker_env(env) == {"HF_HOME": "/hf", "CLIPDEX_ONNX_CACHE": "/onnx", "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.mark.slow  # a real driver process joining the cluster
+def test_the_database_password_never_reaches_the_cluster(cluster, tmp_path, pics):
+    """``CLIPDEX_LIBRARY`` with a password in the driver's environment: Ray logs every job's runtime env
+    (world-readable), so nothing of it may be in the cluster's logs; what workers need still goes."""
+    env = {"RAY_ADDRESS": cluster, "CLIPDEX_LIBRARY": f"postgresql://clipdex:{SECRET}@127.0.0.1:1/photos",
+           "HF_TOKEN": SECRET, "TRANSFORMERS_OFFLINE": "1"}
+    done = run_cli("index", str(pics), "--library", str(tmp_path / "lib"), "--model", "tiny", "--ray", "auto",
+                   env=env)
+    assert done.returncode == 0, done.stderr
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    texts = [p.read_text(errors="replace") for p in logs.rglob("*") if p.is_file()]
+    assert any('"TRANSFORMERS_OFFLINE": "1"' in t for t in texts)  # the runtime env is logged, with what is passed
+    assert not [t for t in texts if SECRET in t or "CLIPDEX_LIBRARY" in t]

@@ -40,14 +40,26 @@ from clipdex.models import Encoder, ModelSpec
 RAY_INSTALL = "pip install 'clipdex[ray]'"
 #: ``--ray`` with no value: start a Ray instance on this machine for the run.
 LOCAL = "local"
-#: Environment variables the driver passes on to the cluster's workers (model caches, offline mode).
-_PASSED_ENV = ("CLIPDEX_", "HF_", "OPEN_CLIP_", "TORCH_HOME", "XDG_CACHE_HOME")
+#: Environment variables the driver passes on to the cluster's workers: only where models and their caches are and
+#: how to fetch them. Never the library (``CLIPDEX_LIBRARY``, whose URL may hold the database password: workers never
+#: open it), nor tokens: Ray writes a job's runtime env into its logs (world-readable) and shows it to anyone who can
+#: reach the cluster. The values are still checked by :func:`worker_env`.
+PASSED_ENV = ("CLIPDEX_BACKEND", "CLIPDEX_ONNX_CACHE", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_ENDPOINT",
+              "TRANSFORMERS_OFFLINE", "TORCH_HOME", "XDG_CACHE_HOME")
+_CREDENTIALS = re.compile(r"://[^/@\s]*@")  # a URL with a user (and maybe a password) in it
 #: Files a decoding task takes, then one encoder call: Ray Data costs ~0.4 s a block on 2 busy cores (a blank
 #: decoder and the tiny model ran 25-34 pictures/s in blocks of 32, 38-48/s in blocks of 75), so blocks are large;
 #: the driver still commits ``batch_size`` at a time, and a run is cut into at least 4 blocks.
 _BLOCK = 128
 _DECODE_MEMORY = 256 << 20  # bytes a decoding task may take (a 180-megapixel picture is refused before that)
 _ADDRESS = re.compile(r"^(auto|local|ray://\S+|[A-Za-z0-9_.\-\[\]:]+:\d{1,5})$")
+
+
+def worker_env(environ: dict[str, str] | os._Environ[str] | None = None) -> dict[str, str]:
+    """What of ``environ`` (this process's environment) goes to the workers: the :data:`PASSED_ENV` variables that are
+    set, except a value naming a user in a URL (``https://user:secret@host``), which stays here."""
+    environ = os.environ if environ is None else environ
+    return {k: environ[k] for k in PASSED_ENV if environ.get(k) and not _CREDENTIALS.search(environ[k])}
 
 
 def looks_like_address(value: str) -> bool:
@@ -184,7 +196,7 @@ class RaySource:
         """Connect to the cluster (or start a local Ray), unless this process is connected already."""
         ray = self.ray
         if not ray.is_initialized():
-            env = {k: v for k, v in os.environ.items() if k.startswith(_PASSED_ENV)}
+            env = worker_env()
             where = "a local Ray" if self.options.address == LOCAL else f"the Ray cluster at {self.options.address}"
             self.say(f"connecting to {where} …")
             try:
