@@ -174,6 +174,6 @@ def copied(tmp_path, library) -> Path:
     with sqlite3.connect(tmp_path / "lib" / "clipdex.db") as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
-    for extra in ("clipdex.db-wal", "clipdex.db-shm", ".write.lock"):
+    for extra in ("clipdex.db-wal", "clipdex.db-shm", ".write.lock", ".index.lock"):
         (tmp_path / "lib" / extra).unlink(missing_ok=True)
     return tmp_path / "lib"
