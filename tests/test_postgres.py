@@ -261,3 +261,165 @@ def test_a_real_server_on_a_url_with_a_password_never_shows_it(library_at, tmp_p
         proc.terminate()
         _, err = proc.communicate(timeout=60)
     assert "s3cret-word" not in ready + err
+
+
+# -- issue #11 reviews: lock files, roles, URLs, races, frozen writers ---------------------------------------------
+def one_error(r) -> str:
+    assert r.exit_code == 1 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), r.stderr
+    return lines[0]
+
+
+def test_a_symlink_planted_as_a_lock_file_is_never_followed_nor_its_target_truncated(tmp_path):
+    from clipdex.library import INDEX_LOCK_NAME, LOCK_NAME
+
+    lib = Library.create(tmp_path / "lib")  # a SQLite library: the cache folder of a server's is the same
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    for name, lock in ((LOCK_NAME, lib.write_lock), (INDEX_LOCK_NAME, lib.index_lock)):
+        (lib.path / name).unlink(missing_ok=True)
+        (lib.path / name).symlink_to(victim)
+        with pytest.raises(LibraryError, match="is a symlink"):
+            with lock():
+                pass
+        assert victim.read_text() == "precious"
+        (lib.path / name).unlink()
+        (lib.path / name).write_text("left by someone")  # a plain file: locked, never truncated
+        with lock():
+            assert (lib.path / name).read_text() == "left by someone"
+
+
+def role_url(url: str, role: str) -> str:
+    return url.replace("postgres@", f"{role}@", 1)
+
+
+def test_a_role_that_may_not_create_tables_is_told_what_to_grant(pg_cluster, tmp_path):
+    url = pg_cluster.new_database()
+    database = url.rsplit("/", 1)[1]
+    pg_cluster._sql("DO $$ BEGIN CREATE ROLE maker LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    pg_cluster._sql("REVOKE CREATE ON SCHEMA public FROM PUBLIC", database)  # PostgreSQL 15's default
+    pics = tmp_path / "pics"
+    write_collection(pics, per_class=1, seed=8, samples=[Sample("red", "circle")])
+    r = invoke("index", str(pics), "--library", role_url(url, "maker"), "--model", "tiny", "--workers", "1")
+    line = one_error(r)
+    assert f"createdb -O maker {database}" in line and "GRANT CREATE ON SCHEMA public TO maker" in line, line
+
+
+def test_a_select_only_role_searches_and_keeps_its_index_in_memory(pg_cluster, tmp_path, monkeypatch):
+    url = pg_cluster.new_database()
+    database = url.rsplit("/", 1)[1]
+    pics = tmp_path / "pics"
+    write_collection(pics, per_class=1, seed=9, samples=[Sample(c, "star") for c in COLORS])
+    assert invoke("index", str(pics), "--library", url, "--model", "tiny", "--workers", "1").exit_code == 0
+    pg_cluster._sql("DO $$ BEGIN CREATE ROLE viewer LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    pg_cluster._sql("GRANT SELECT ON ALL TABLES IN SCHEMA public TO viewer", database)
+    monkeypatch.setenv("CLIPDEX_CACHE_DIR", str(tmp_path / "kiosk"))  # no index file here yet: one is built
+    viewer = role_url(url, "viewer")
+    r = invoke("search", "a red star", "--library", viewer, "-k", "1", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert Path(json.loads(r.stdout)["results"][0]["path"]).parent.name == "red"
+    line = one_error(invoke("tags", "add", str(pics / "red"), "mine", "--library", viewer))
+    assert "may only read" in line, line
+
+
+def test_passwords_in_any_part_of_a_url_are_never_shown_and_bad_urls_are_one_line(pg_cluster):
+    from clipdex.library import dialect
+
+    base = f"postgresql://postgres@127.0.0.1:{pg_cluster.port}"
+    for url in (f"{base}/nosuch?password=s3cretPW", f"{base}/nosuch?sslmode=disable&password=s3cretPW",
+                f"postgresql://postgres:s3c@retPW@127.0.0.1:{pg_cluster.port}/nosuch",
+                f"postgresql://postgres:s3cretPW@[::1:{pg_cluster.port}/nosuch",
+                f"postgresql://postgres:s3cretPW@127.0.0.1:{pg_cluster.port}/nosuch?connect_timeout=abc",
+                f"POSTGRESQL://postgres:s3cretPW@127.0.0.1:{pg_cluster.port}/nosuch",
+                f"postgresql+psycopg2://postgres:s3cretPW@127.0.0.1:{pg_cluster.port}/nosuch"):
+        line = one_error(invoke("info", "--library", url))
+        assert "s3c" not in line and "retPW" not in line, (url, line)
+        assert "s3c" not in dialect.shown(url) and "retPW" not in dialect.shown(url)
+    assert "%40" in one_error(invoke("info", "--library", "postgresql://u:s3c@retPW@127.0.0.1:1/db"))
+    assert "postgresql://" in one_error(invoke("info", "--library", "postgresql+psycopg2://u@h/db"))
+    assert "cannot use the library database" in one_error(
+        invoke("info", "--library", f"POSTGRESQL://postgres@127.0.0.1:{pg_cluster.port}/nosuch"))
+
+
+def test_two_runs_over_the_same_folder_end_well_or_in_one_line(library_at, tmp_path):
+    first = tmp_path / "first"
+    draw(Sample("blue", "square")).save((first.mkdir(), first / "a.jpg")[1])
+    Indexer(Library.create(library_at), TINY_MODEL, workers=1).run([str(first)])
+    pics = write_collection(tmp_path / "pics", per_class=3, seed=13, samples=[Sample(c, "square") for c in COLORS])
+    for i in range(6):  # bad files too: both runs record them as skipped
+        (tmp_path / "pics" / f"junk{i}.jpg").write_text("not a picture")
+    for _ in range(2):
+        procs = [index_process(library_at, tmp_path / "pics"), index_process(library_at, tmp_path / "pics")]
+        outs = [p.communicate(timeout=240) for p in procs]
+        for p, (_, err) in zip(procs, outs):
+            assert p.returncode == 0 or (p.returncode == 1 and len(err.strip().splitlines()) == 1
+                                         and err.startswith("Error: ")), err
+    r = invoke("index", str(tmp_path / "pics"), "--library", library_at, "--workers", "1", "--json")
+    assert r.exit_code == 0, r.stderr
+    with Library.open(library_at).session() as s:
+        assert sorted(s.scalars(select(ImageRow.path))) == sorted([str(first / "a.jpg"), *map(str, pics)])
+
+
+def test_a_commit_waits_for_a_frozen_writer_only_so_long(library_at, tmp_path, monkeypatch):
+    import psycopg
+
+    from clipdex.library import dialect
+
+    pics = tmp_path / "pics"
+    write_collection(pics, per_class=1, seed=14, samples=[Sample("red", "circle")])
+    lib = Library.create(library_at)
+    Indexer(lib, TINY_MODEL, workers=1).run([str(pics)])
+    monkeypatch.setattr(dialect, "LOCK_TIMEOUT_S", 2)
+    draw(Sample("blue", "star")).save(pics / "new.jpg")
+    with psycopg.connect(library_at) as frozen:  # holds what a writer stopped inside its commit holds
+        frozen.execute("SELECT pg_advisory_xact_lock(%s)", (dialect._signed(dialect.GENERATION),))
+        started = time.monotonic()
+        with pytest.raises(LibraryError, match="held a lock of .* for 2 s"):
+            Indexer(Library.open(library_at), TINY_MODEL, workers=1).run([str(pics)])
+        assert time.monotonic() - started < 30
+    assert Indexer(Library.open(library_at), TINY_MODEL, workers=1).run([str(pics)]).encoded == 1
+
+
+def test_a_run_that_lost_its_writer_lock_stores_nothing_more(library_at, tmp_path):
+    import psycopg
+
+    pics = tmp_path / "pics"
+    write_collection(pics, per_class=1, seed=15, samples=[Sample("red", "circle")])
+    lib = Library.create(library_at)
+    Indexer(lib, TINY_MODEL, workers=1).run([str(pics)])
+    with lib.write_lock():
+        with psycopg.connect(library_at, autocommit=True) as admin:  # the server drops the lock's connection
+            admin.execute("SELECT pg_terminate_backend(%s)", (lib._writer.pid,))
+        with lib.session() as s, pytest.raises(LibraryError, match="lost its writer lock"):
+            Library.bump_generation(s, [])
+    with lib.write_lock(), lib.session() as s:  # taken again, it works
+        Library.bump_generation(s, [])
+        s.commit()
+
+
+def test_people_tagging_the_same_pictures_at_once_never_collide(library_at, tmp_path):
+    import threading
+
+    from clipdex.library.persontags import add_tag
+
+    pics = tmp_path / "pics"
+    write_collection(pics, per_class=2, seed=16, samples=[Sample("red", "circle")])
+    Indexer(Library.create(library_at), TINY_MODEL, workers=1).run([str(pics)])
+    libs = [Library.open(library_at) for _ in range(4)]
+    ids = sorted(libs[0].load_vectors()[0].tolist())
+    barrier, errors, edits = threading.Barrier(4), [], []
+
+    def edit(lib: Library) -> None:
+        barrier.wait()
+        try:
+            edits.append(add_tag(lib, ids, "ours").changed)
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=edit, args=(lib,)) for lib in libs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and sorted(edits) == [0, 0, 0, len(ids)]

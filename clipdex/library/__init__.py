@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -199,7 +200,10 @@ class Library(VectorReads):
         self.engine.dispose()
 
     def session(self) -> Session:
-        return Session(self.engine, expire_on_commit=False)
+        s = Session(self.engine, expire_on_commit=False)
+        if self._writer is not None and self._writer.conn is not None:  # its commits check the run's lock
+            s.info[dialect.WRITER_INFO] = self._writer
+        return s
 
     @contextlib.contextmanager
     def write_lock(self, exclusive: bool = False) -> Iterator[None]:
@@ -234,9 +238,13 @@ class Library(VectorReads):
 
     @contextlib.contextmanager
     def _lock_file(self, name: str) -> Iterator[None]:
-        try:
-            fh = open(self.path / name, "w")
+        try:  # never follow a symlink planted under the name, never truncate: flock needs no content
+            fd = os.open(self.path / name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fh = os.fdopen(fd, "w")
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise LibraryError(f"cannot lock the library at {self.path}: {self.path / name} is a symlink; "
+                                   "remove it") from None
             if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
                 raise storage.ReadOnlyLibrary(storage.read_only_message(self.path)) from None
             raise LibraryError(f"cannot lock the library at {self.path}: {exc.strerror}") from None
@@ -289,7 +297,7 @@ class Library(VectorReads):
         dialect.lock_generation(session)
         value = session.execute(select(Meta.value).where(Meta.key == "generation")).scalar()
         bind = session.get_bind()
-        db = bind.url.render_as_string(hide_password=True) if dialect.on_server(session) \
+        db = dialect.shown(bind.url) if dialect.on_server(session) \
             else Path(bind.url.database or DB_NAME)
         generation = (storage.meta_number(db, "generation", value, 0, MAX_GENERATION) if value is not None else 0) + 1
         Library.set_meta(session, "generation", str(generation))

@@ -35,6 +35,12 @@ from clipdex.errors import LibraryError
 WRITERS = 0x636C_6970_6465_7801  # "clipdex" + 1: held by writers, shared or exclusive
 GENERATION = 0x636C_6970_6465_7802  # held by a commit's transaction while it bumps the generation
 SCHEMA = 0x636C_6970_6465_7803  # held while the schema is created or upgraded
+PERSON_TAGS = 0x636C_6970_6465_7804  # held by a transaction that adds or takes off people's tags
+
+#: How long a commit waits for another's commit lock before giving up (a frozen writer never hangs the rest).
+LOCK_TIMEOUT_S = 60
+#: TCP keepalives: a vanished machine's connection (and its locks) goes in minutes, not after 2 hours.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 6}
 
 _URL_RE = re.compile(r"^[a-z][a-z0-9+]*://", re.IGNORECASE)
 
@@ -44,19 +50,48 @@ def is_url(where: object) -> bool:
     return isinstance(where, str) and _URL_RE.match(where) is not None and not where.startswith("file://")
 
 
+#: Query parameters libpq reads secrets from: never shown.
+_SECRET_PARAMS = ("password", "sslpassword", "passfile")
+
+
+def _masked(where: str) -> str:
+    """A URL SQLAlchemy cannot parse, as messages show it: the scheme and what follows the last ``@``,
+    without the query (all a password could be in)."""
+    scheme, _, rest = where.partition("://")
+    rest = rest.split("?", 1)[0]
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}" if "@" in rest else f"{scheme}://{rest}"
+
+
 def shown(url: URL | str) -> str:
-    """The URL as messages show it (no password)."""
-    return make_url(url).render_as_string(hide_password=True)
+    """The URL as messages show it: no password, in its userinfo or as a query parameter (``?password=``)."""
+    try:
+        url = make_url(url)
+    except (ArgumentError, ValueError, TypeError):
+        return _masked(str(url))
+    secret = [k for k in url.query if k.lower() in _SECRET_PARAMS]
+    if secret:
+        url = url.update_query_dict({k: "***" for k in secret})
+    if url.host and "@" in url.host:  # an unescaped "@" in the password: the rest of it would be the host
+        return _masked(str(url.render_as_string(hide_password=False)))
+    return url.render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
 
 
 def server_url(where: str) -> URL:
     """The SQLAlchemy URL of ``where``; ``postgresql://`` means psycopg 3 (``clipdex[postgres]``)."""
     try:
         url = make_url(where)
-    except ArgumentError:
-        raise LibraryError(f"{where!r} is neither a library folder nor a database URL") from None
+        url.port  # noqa: B018 - parsed lazily by some versions
+    except (ArgumentError, ValueError):
+        raise LibraryError(f"{shown(where)} is neither a library folder nor a database URL") from None
+    url = url.set(drivername=url.drivername.lower())
+    if url.host and "@" in url.host:
+        raise LibraryError(f"the library URL {shown(url)} has an '@' in its user name or password: "
+                           "write it as %40") from None
     if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+psycopg")
+    elif url.get_backend_name() == "postgresql" and url.drivername != "postgresql+psycopg":
+        raise LibraryError(f"clipdex talks to PostgreSQL through psycopg 3: write the library URL as "
+                           f"postgresql://..., not {url.drivername}:// ({shown(url)})")
     if url.get_backend_name() == "sqlite":
         raise LibraryError(f"give a SQLite library as its folder, not as {shown(url)}")
     if url.get_backend_name() != "postgresql":  # the writers' locks are PostgreSQL's advisory locks
@@ -67,14 +102,45 @@ def server_url(where: str) -> URL:
     return url
 
 
-def _translate(where: str):  # noqa: ANN202 - an event handler
+def _one_line(exc: BaseException) -> str:
+    said = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    return said[:400]
+
+
+def _denied(exc: BaseException, statement: str | None, url: URL, where: str) -> LibraryError:
+    """Permission denied, in words: what the role may not do, and what to grant."""
+    from clipdex.library.storage import ReadOnlyLibrary
+
+    role, database = url.username or "this role", url.database
+    said = _one_line(exc).split(" LINE ", 1)[0]
+    schema = re.search(r"permission denied for schema (\S+)", said)
+    if schema or (statement or "").lstrip().upper().startswith(("CREATE", "ALTER", "DROP")):
+        name = schema.group(1) if schema else "public"
+        return LibraryError(
+            f"the role {role} may not create tables in database {database} (schema {name}) for the library "
+            f"{where}: make it the database's owner (createdb -O {role} {database}, or ALTER DATABASE "
+            f"{database} OWNER TO {role}), or GRANT CREATE ON SCHEMA {name} TO {role}")
+    return ReadOnlyLibrary(f"the role {role} may only read the library {where} ({said}): it can be searched "
+                           "here but not changed")
+
+
+def _translate(where: str, url: URL):  # noqa: ANN202 - an event handler
     def handle_error(ctx: ExceptionContext) -> None:
         import psycopg
+        from psycopg import errors
 
         exc = ctx.original_exception
-        if isinstance(exc, psycopg.OperationalError):  # unreachable, refused, no such database, disk full...
-            said = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
-            raise LibraryError(f"cannot use the library database {where}: {said[:400]}") from None
+        if isinstance(exc, (errors.InsufficientPrivilege, errors.ReadOnlySqlTransaction)):
+            raise _denied(exc, ctx.statement, url, where) from None
+        if isinstance(exc, errors.UniqueViolation):  # two runs stored the same pictures at once
+            raise LibraryError(f"another clipdex process stored some of the same pictures in {where} at the "
+                               f"same time ({_one_line(exc).split(' DETAIL:', 1)[0]}); run again") from None
+        if isinstance(exc, errors.LockNotAvailable):
+            raise LibraryError(f"another clipdex process has held a lock of {where} for "
+                               f"{LOCK_TIMEOUT_S} s (frozen or cut off?); try again, or end it") from None
+        if isinstance(exc, psycopg.OperationalError) or (
+                isinstance(exc, psycopg.Error) and ctx.statement is None):  # unreachable, bad option, no database...
+            raise LibraryError(f"cannot use the library database {where}: {_one_line(exc)}") from None
 
     return handle_error
 
@@ -83,13 +149,14 @@ def server_engine(url: URL, where: str) -> Engine:
     """An engine on a database server whose connection failures are :class:`LibraryError` in words
     (naming the library as ``where``)."""
     try:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+        engine = create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8,
+                               connect_args={k: v for k, v in KEEPALIVES.items() if k not in url.query})
     except NoSuchModuleError:
         raise LibraryError(f"clipdex cannot talk to {url.get_backend_name()} databases ({where})") from None
     except ModuleNotFoundError as exc:
         raise LibraryError(f"the library {where} needs the {exc.name} module: pip install 'clipdex[postgres]'") \
             from None
-    event.listen(engine, "handle_error", _translate(where))
+    event.listen(engine, "handle_error", _translate(where, url))
     return engine
 
 
@@ -128,11 +195,31 @@ def upsert(session: Session, table: Any, values: dict, keys: list[str]) -> None:
                     else stmt.on_conflict_do_nothing(index_elements=keys))
 
 
+def _xact_lock(session: Session, key: int) -> None:
+    """Take advisory lock ``key`` until the transaction ends, waiting :data:`LOCK_TIMEOUT_S` at most."""
+    before = session.execute(text("SELECT current_setting('lock_timeout')")).scalar()
+    session.execute(text("SELECT set_config('lock_timeout', :t, true)"), {"t": f"{LOCK_TIMEOUT_S}s"})
+    session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _signed(key)})
+    session.execute(text("SELECT set_config('lock_timeout', :t, true)"), {"t": before})
+
+
+def lock_person_tags(session: Session) -> None:
+    """Serialise edits of people's tags (they read, then insert: two at once would collide on a server,
+    where incremental writers share the writer lock); the first statement of such a transaction."""
+    if on_server(session):
+        _xact_lock(session, PERSON_TAGS)
+
+
 def lock_generation(session: Session) -> None:
     """Serialise commits that bump the generation (held until this transaction ends); SQLite's writer
-    lock already does."""
-    if on_server(session):
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _signed(GENERATION)})
+    lock already does. Waits :data:`LOCK_TIMEOUT_S` at most (a writer frozen inside its commit never hangs
+    the others), and checks the run still holds its writer lock (:meth:`WriterLock.check`)."""
+    if not on_server(session):
+        return
+    _xact_lock(session, GENERATION)
+    writer = session.info.get(WRITER_INFO)
+    if writer is not None:
+        writer.check(session)
 
 
 def lock_schema(conn: Connection) -> None:
@@ -141,13 +228,37 @@ def lock_schema(conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _signed(SCHEMA)})
 
 
+#: ``Session.info`` key of the :class:`WriterLock` a session's commits are made under.
+WRITER_INFO = "clipdex_writer"
+
+
 class WriterLock:
-    """The writers' advisory lock on a server, held on a connection of its own for a whole run."""
+    """The writers' advisory lock on a server, held on a connection of its own for a whole run.
+
+    That connection stays idle; it is kept from ``idle_session_timeout`` and has TCP keepalives, and
+    every commit that bumps the generation checks that its lock is still held (:meth:`check`), so a
+    run whose lock went with its connection (a server restart, ``pg_terminate_backend``, a pooler in
+    transaction mode) stops before committing instead of writing beside a rebuild.
+    """
 
     def __init__(self, engine: Engine, where: str):
         self.engine, self.where = engine, where
         self.conn: Connection | None = None
         self.exclusive = False
+        self.pid: int | None = None
+
+    def check(self, session: Session) -> None:
+        """:class:`LibraryError` unless this run's lock connection still holds the writers' lock."""
+        if self.pid is None:
+            return
+        held = session.execute(text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = :pid "
+            "AND objsubid = 1 AND classid::bigint = :hi AND objid::bigint = :lo"),
+            {"pid": self.pid, "hi": WRITERS >> 32, "lo": WRITERS & 0xFFFF_FFFF}).scalar()
+        if not held:
+            raise LibraryError(f"this run lost its writer lock on {self.where} (the server closed its connection: "
+                               "a restart, idle_session_timeout, a connection pooler?); nothing more was stored: "
+                               "run it again")
 
     def _try(self, function: str) -> bool:
         assert self.conn is not None
@@ -166,6 +277,10 @@ class WriterLock:
             return
         self.conn = self.engine.connect()
         try:
+            self.pid = self.conn.execute(text("SELECT pg_backend_pid()")).scalar()
+            if (self.conn.dialect.server_version_info or (0,)) >= (14,):
+                self.conn.execute(text("SET idle_session_timeout = 0"))  # it is idle the whole run, on purpose
+            self.conn.commit()
             if not self._try("pg_try_advisory_lock_shared"):
                 raise LibraryError(f"another clipdex process is rebuilding or tagging {self.where}; "
                                    "wait for it to finish")
@@ -173,7 +288,7 @@ class WriterLock:
                 self.make_exclusive()
             yield
         finally:
-            conn, self.conn, self.exclusive = self.conn, None, False
+            conn, self.conn, self.exclusive, self.pid = self.conn, None, False, None
             with contextlib.suppress(Exception):
                 conn.execute(text("SELECT pg_advisory_unlock_all()"))
                 conn.commit()
@@ -197,6 +312,16 @@ def copy_images(session: Session, rows: list[dict]) -> list[int]:
         return []
     session.flush()  # what the ORM holds goes first
     conn = session.connection().connection.driver_connection  # the psycopg connection, same transaction
+    from psycopg import errors
+
+    try:
+        return _copy(conn, rows)
+    except errors.UniqueViolation as exc:  # another run stored one of these pictures since we looked
+        raise LibraryError(f"another clipdex process stored some of the same pictures at the same time "
+                           f"({_one_line(exc).split(' DETAIL:', 1)[0]}); run again") from None
+
+
+def _copy(conn: Any, rows: list[dict]) -> list[int]:
     columns = list(rows[0])
     with conn.cursor() as cur:
         cur.execute("SELECT nextval(pg_get_serial_sequence('images', 'id')) FROM generate_series(1, %s)",

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 
 from clipdex.errors import UsageError
 from clipdex.indexer.scan import displayable, is_utf8
+from clipdex.library import dialect
 from clipdex.library.catalog import allowed_ids, ids_at_paths
 from clipdex.library.schema import ImageRow, TagPassRow, TagRejectionRow, TagRow, utcnow
 from clipdex.library.tags import PERSON, check_name
@@ -96,6 +97,7 @@ def add_tag(lib: Library, ids: list[int], label: str) -> PersonEdit:
     label = check_name(label, "label")
     edit = PersonEdit("add", label, pictures=len(ids))
     with lib.write_lock(), lib.session() as s:
+        dialect.lock_person_tags(s)
         person = _person_pass(s)
         have = {t.image_id for t in _existing(s, TagRow, ids, label, TagRow.pass_id == person.id)}
         now = utcnow()
@@ -115,6 +117,7 @@ def remove_tag(lib: Library, ids: list[int], label: str) -> PersonEdit:
     label = check_name(label, "label")
     edit = PersonEdit("remove", label, pictures=len(ids))
     with lib.write_lock(), lib.session() as s:
+        dialect.lock_person_tags(s)
         names = {i: name for i, name in s.execute(select(TagPassRow.id, TagPassRow.name))}
         given = _existing(s, TagRow, ids, label)
         refused = {r.image_id for r in _existing(s, TagRejectionRow, ids, label)}
