@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -25,13 +24,15 @@ from clipdex.search.calibration import BACKGROUND, MATCH, VOCABULARY_ID, backgro
 from clipdex.search.evaluation import evaluate, split_combinations
 from clipdex.synthetic import write_collection
 from clipdex.web import create_app
-from tests.conftest import invoke
+from tests.conftest import BOTH, copy_library, invoke, new_location
+
+BACKENDS = BOTH  # every test here runs on SQLite and on PostgreSQL
 
 DATES = {"2021": dt.datetime(2021, 7, 1, 12), "2019": dt.datetime(2019, 3, 5, 9), "undated": None}
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, backend, request):
     """A fresh collection with 5 of the 24 colour + shape combinations absent, each present one 4 times:
     twice taken in 2021, once in 2019, once undated; indexed with the tiny model."""
     present, absent = split_combinations(5, seed=11)
@@ -40,7 +41,7 @@ def world(tmp_path_factory):
     for n, (folder, taken) in enumerate(DATES.items()):
         truth |= write_collection(root / folder, per_class=2 if folder == "2021" else 1, seed=20 + n,
                                   samples=present, taken=taken)
-    lib = Library.create(tmp_path_factory.mktemp("match-lib") / "lib")
+    lib = Library.create(new_location(backend, request, tmp_path_factory.mktemp("match-lib") / "lib"))
     Indexer(lib, TINY_MODEL, workers=2, progress=False).run([str(root)])
     truth = {str(p.resolve()): s for p, s in truth.items()}
     return SimpleNamespace(lib=lib, truth=truth, present=present, absent=absent)
@@ -51,7 +52,7 @@ def showing(world, want) -> set[str]:
 
 
 def cli_json(world, *args: str) -> dict:
-    out = invoke("search", *args, "--library", str(world.lib.path), "--json")
+    out = invoke("search", *args, "--library", world.lib.location, "--json")
     assert out.exit_code == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -92,7 +93,7 @@ def test_an_absent_combination_gets_an_empty_answer_that_says_why(world):
     (reason,) = found["why_empty"]
     assert reason["kind"] == "no_match" and reason["closest"]["relevance"] < MATCH
     assert world.truth[reason["closest"]["path"]] != sample
-    out = invoke("search", query, "--only-matches", "--library", str(world.lib.path))
+    out = invoke("search", query, "--only-matches", "--library", world.lib.location)
     assert out.exit_code == 0
     assert out.stdout == (f"No picture matches (the closest, {reason['closest']['path']}, has relevance "
                           f"{reason['closest']['relevance']:.2f}; a match needs 0.50)\n")
@@ -103,7 +104,7 @@ def test_people_see_calibrated_relevance_and_scripts_also_get_the_raw_cosine(wor
     query = f"a {sample.color} {sample.shape}"
     found = cli_json(world, query, "-k", "6")["results"]
     assert set(found[0]) >= {"id", "path", "score", "relevance", "width", "height", "captured_at"}
-    lines = invoke("search", query, "-k", "6", "--library", str(world.lib.path)).stdout.splitlines()
+    lines = invoke("search", query, "-k", "6", "--library", world.lib.location).stdout.splitlines()
     assert lines == [f"{r['relevance']:.2f}  {r['path']}" for r in found]
     # the first 4 show the query, the next ones do not, and relevance says so where raw cosine cannot
     assert [r["relevance"] >= MATCH for r in found] == [True] * 4 + [False] * 2
@@ -118,26 +119,24 @@ def test_matches_sorted_by_capture_date_undated_last(world):
     dated = [d for d in dates if d is not None]
     assert dates == dated + [None] * (len(dates) - len(dated)) and dated == sorted(dated)
     assert dated[0].startswith("2019-") and dated[-1].startswith("2021-")
-    lines = invoke("search", "a star", "--only-matches", "--sort", "date", "--library", str(world.lib.path)).stdout
+    lines = invoke("search", "a star", "--only-matches", "--sort", "date", "--library", world.lib.location).stdout
     assert lines.splitlines()[0].split()[1] == dated[0][:10] and lines.splitlines()[-1].split()[1] == "undated"
 
 
 def test_only_matches_wants_a_text_query(world):
     picture = next(iter(world.truth))
-    out = invoke("search", "--image", picture, "--only-matches", "--library", str(world.lib.path))
+    out = invoke("search", "--image", picture, "--only-matches", "--library", world.lib.location)
     assert out.exit_code == 2 and out.stderr.startswith("Error: --only-matches needs a text query")
     plain = cli_json(world, "--image", picture, "-k", "3")["results"]
     assert plain and all(r["relevance"] is None for r in plain)  # a picture as query: raw similarity only
 
 
 @pytest.fixture()
-def writable(tmp_path, library) -> Library:
+def writable(tmp_path, library, request):
     """A private copy of the session library (all 24 combinations), to change its settings."""
-    shutil.copytree(library.path, tmp_path / "lib")
-    with sqlite3.connect(tmp_path / "lib" / "clipdex.db") as conn:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
-    return Library.open(tmp_path / "lib")
+    lib = Library.open(copy_library(library, tmp_path / "lib", request))
+    yield lib
+    lib.close()
 
 
 def test_calibration_is_kept_in_the_library_per_model_and_read_back(writable, encoder):
@@ -168,7 +167,7 @@ def test_calibration_is_kept_in_the_library_per_model_and_read_back(writable, en
 
 @pytest.fixture(scope="module")
 def client(world):
-    return create_app({"LIBRARY": world.lib.path, "TESTING": True}).test_client()
+    return create_app({"LIBRARY": world.lib.location, "TESTING": True}).test_client()
 
 
 def test_api_matches_pages_through_every_match(client, world, encoder):
@@ -217,7 +216,7 @@ def served(world):
 
     import waitress
 
-    srv = waitress.create_server(create_app({"LIBRARY": world.lib.path}), host="127.0.0.1", port=0, threads=2)
+    srv = waitress.create_server(create_app({"LIBRARY": world.lib.location}), host="127.0.0.1", port=0, threads=2)
     threading.Thread(target=srv.run, daemon=True).start()
     yield f"http://127.0.0.1:{srv.effective_port}"
     srv.close()
@@ -284,12 +283,15 @@ def test_a_filter_that_keeps_pictures_none_matching_is_not_blamed(world, client)
     (reason,) = ok["why_empty"]
     assert reason["kind"] == "no_match" and reason["among"] == kept and reason["closest"]["relevance"] < MATCH
     out = invoke("search", query, "--only-matches", "--folder", folder, "--not", other.color,
-                 "--library", str(world.lib.path))
+                 "--library", world.lib.location)
     assert out.stdout.startswith(f"No picture matches among the {kept} pictures the filters keep (the closest, ")
     assert "left out the ones that do" in out.stdout
 
 
-def test_a_search_does_not_wait_for_a_writer_to_store_the_calibration(writable, encoder):
+def test_a_search_does_not_wait_for_a_writer_to_store_the_calibration(backend, request, encoder):
+    if backend != "sqlite":
+        pytest.skip("holds SQLite's write lock on clipdex.db with sqlite3 (BEGIN IMMEDIATE)")
+    writable = request.getfixturevalue("writable")
     key = stored.meta_key(encoder.spec.identity)
     with writable.session() as s:
         s.execute(delete(Meta).where(Meta.key == key))
@@ -312,13 +314,13 @@ def test_a_search_does_not_wait_for_a_writer_to_store_the_calibration(writable, 
 TINY_B = f"local-dir:{Path(__file__).parent / 'data' / 'tiny-b'}"
 
 
-def test_the_second_model_ranks_right_and_its_cut_off_errs_on_the_side_of_leaving_out(tmp_path):
+def test_the_second_model_ranks_right_and_its_cut_off_errs_on_the_side_of_leaving_out(tmp_path, library_at):
     """tests/data/tiny-b (32 numbers, another seed): the same default cut-off keeps precision, but this weak model
     scores near misses (a red circle for "a red square") as high as true matches, so no cut-off of any score reaches
     the recall and empty-answer bars (benchmarks/eval_matches.py prints its figures; README says so)."""
     present, absent = split_combinations(6, seed=0)
     truth = write_collection(tmp_path / "pics", per_class=4, seed=5, samples=present)
-    lib = Library.create(tmp_path / "lib")
+    lib = Library.create(library_at)
     Indexer(lib, TINY_B, workers=1, progress=False).run([str(tmp_path / "pics")])
     enc = lib.encoder_for(TINY_B)
     scores = evaluate(lib, enc, truth, absent, phrasings=("a {c} {s}",))
