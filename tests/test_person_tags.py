@@ -2,13 +2,12 @@
 and the page's add/remove routes guarded against cross-site requests.
 
 Everything runs the real ``clipdex`` commands in-process (or the real Flask app) on a private
-copy of the shared tiny-model library, with real SQLite.
+copy of the shared tiny-model library, on SQLite and on PostgreSQL.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,16 +17,18 @@ from clipdex.cli import main
 from clipdex.library import Library
 from clipdex.synthetic import COLORS, SHAPES
 from clipdex.web import create_app
+from tests.conftest import BOTH, copy_library
+
+BACKENDS = BOTH  # every test here runs on SQLite and on PostgreSQL
 
 SHAPE_LABELS = ",".join(SHAPES)
 COLOUR_LABELS = ",".join(COLORS)
 
 
 @pytest.fixture()
-def lib_dir(tmp_path, library) -> str:
-    dest = tmp_path / "lib"
-    shutil.copytree(library.path, dest)
-    return str(dest)
+def lib_dir(tmp_path, library, request) -> str:
+    """A private copy of the shared library: its folder, or its cloned database's URL (``--library`` takes both)."""
+    return copy_library(library, tmp_path / "lib", request)
 
 
 def cli(*args: str, code: int = 0):
