@@ -1,19 +1,21 @@
 """Tagging passes add up (issue #7): another label set adds its tags, the same one replaces only its own.
 
 Everything runs the real ``clipdex`` commands in-process, on a private copy of the shared
-library, and checks the exact lines people read.
+library (SQLite and PostgreSQL), and checks the exact lines people read.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 from click.testing import CliRunner
 
 from clipdex.cli import main
 from clipdex.synthetic import COLORS, SHAPES
+from tests.conftest import BOTH, copy_library
+
+BACKENDS = BOTH  # every test here runs on SQLite and on PostgreSQL
 
 COLOUR_LABELS = ",".join(COLORS)  # red,green,blue,yellow,purple,orange
 COLOUR_PASS = "red, green, blue, yellow, purple, orange"
@@ -21,10 +23,9 @@ SHAPE_PASS = "circle, square, triangle, star"
 
 
 @pytest.fixture()
-def lib_dir(tmp_path, library):
-    dest = tmp_path / "lib"
-    shutil.copytree(library.path, dest)
-    return str(dest)
+def lib_dir(tmp_path, library, request) -> str:
+    """A private copy of the shared library: its folder, or its cloned database's URL (``--library`` takes both)."""
+    return copy_library(library, tmp_path / "lib", request)
 
 
 def cli(*args: str, code: int = 0):
