@@ -26,7 +26,9 @@ from clipdex.indexer import Indexer
 from clipdex.library import Library
 from clipdex.models import TINY_MODEL
 from clipdex.web import create_app
-from tests.conftest import invoke
+from tests.conftest import BOTH, invoke, new_location
+
+BACKENDS = BOTH  # the tests on a library run on SQLite and on PostgreSQL
 
 
 # -- range search ---------------------------------------------------------------------
@@ -129,12 +131,12 @@ def test_signatures_refuse_what_is_not_a_regular_file(tmp_path):
 
 # -- grouping on a real library ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def dup_library(tmp_path_factory):
+def dup_library(tmp_path_factory, backend, request):
     folder = tmp_path_factory.mktemp("dups")
     collection = write_collection(folder / "pictures", 8, seed=11, copies=5, shots=1, exact=2)
     for n, path in enumerate(sorted(collection.files, key=lambda p: p.name, reverse=True)):
         os.utime(path, (1_600_000_000 + 3600 * n, 1_600_000_000 + 3600 * n))  # distinct file times for "oldest"
-    lib = Library.create(folder / "library")
+    lib = Library.create(new_location(backend, request, folder / "library"))
     Indexer(lib, TINY_MODEL, workers=1).run([str(folder / "pictures")])
     lib.collection = collection
     return lib
@@ -189,7 +191,7 @@ def _exif_dated(image, path, taken: str = "2019:03:04 10:11:12"):
 
 
 @pytest.fixture(scope="module")
-def case_library(tmp_path_factory):
+def case_library(tmp_path_factory, backend, request):
     """The demo's flat shapes, a crop of a crop (a chain), and a dated camera JPEG with its PNG conversion."""
     from clipdex.synthetic import write_collection as write_shapes
 
@@ -206,7 +208,7 @@ def case_library(tmp_path_factory):
     camera = random_scene(rng).render()
     _exif_dated(camera, folder / "pictures" / "IMG_0001.jpg")
     camera.save(folder / "pictures" / "IMG_0001 (edited).png")
-    lib = Library.create(folder / "library")
+    lib = Library.create(new_location(backend, request, folder / "library"))
     Indexer(lib, TINY_MODEL, workers=1).run([str(folder / "pictures")])
     return lib
 
@@ -229,18 +231,18 @@ def test_largest_keeps_the_dated_original_over_a_bigger_conversion(case_library)
     group = next(g for g in find_duplicates(case_library) if "IMG_0001" in g.keeper.path)
     assert [os.path.basename(p.path) for p in group.pictures] == ["IMG_0001.jpg", "IMG_0001 (edited).png"]
     assert group.pictures[1].size > group.keeper.size and group.keeper.captured_at is not None
-    text = invoke("duplicates", "--library", str(case_library.path)).stdout
+    text = invoke("duplicates", "--library", case_library.location).stdout
     assert "2019-03-04  " in text  # the capture date is shown
 
 
-def test_a_fifo_in_place_of_a_picture_costs_that_picture_only(tmp_path):
+def test_a_fifo_in_place_of_a_picture_costs_that_picture_only(tmp_path, library_at):
     pictures = tmp_path / "pictures"
     pictures.mkdir()
     scene = random_scene(random.Random(8)).render()
     scene.save(pictures / "a.jpg", quality=92)
     scene.save(pictures / "b.png")
     scene.resize((scene.width // 2, scene.height // 2)).save(pictures / "c.jpg", quality=90)
-    lib = Library.create(tmp_path / "library")
+    lib = Library.create(library_at)
     Indexer(lib, TINY_MODEL, workers=1).run([str(pictures)])
     assert len(find_duplicates(lib)[0].pictures) == 3
     (pictures / "b.png").unlink()
@@ -255,7 +257,7 @@ def test_a_fifo_in_place_of_a_picture_costs_that_picture_only(tmp_path):
 
 # -- CLI --------------------------------------------------------------------------------------------------------
 def test_cli_json_csv_and_text(dup_library):
-    lib = str(dup_library.path)
+    lib = dup_library.location
     result = invoke("duplicates", "--library", lib, "--json")
     assert result.exit_code == 0, result.stderr
     groups = json.loads(result.stdout)["groups"]
@@ -270,16 +272,16 @@ def test_cli_json_csv_and_text(dup_library):
 
 
 def test_cli_errors_take_one_line(dup_library):
-    result = invoke("duplicates", "--library", str(dup_library.path), "--threshold", "2")
+    result = invoke("duplicates", "--library", dup_library.location, "--threshold", "2")
     assert result.exit_code == 2 and result.stderr.startswith("Error: threshold") and result.stderr.count("\n") == 1
-    result = invoke("duplicates", "--library", str(dup_library.path), "--json", "--csv")
+    result = invoke("duplicates", "--library", dup_library.location, "--json", "--csv")
     assert result.exit_code == 2 and result.stderr.startswith("Error:")
 
 
 # -- web -------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def client(dup_library):
-    return create_app({"LIBRARY": dup_library.path, "TESTING": True, "WARM_UP": False}).test_client()
+    return create_app({"LIBRARY": dup_library.location, "TESTING": True, "WARM_UP": False}).test_client()
 
 
 def test_api_and_page_list_the_groups(client, dup_library):
