@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import threading
 from pathlib import Path
 
@@ -21,22 +20,39 @@ from clipdex.models import Encoder
 from clipdex.search import build_query
 from clipdex.synthetic import write_collection
 from clipdex.web.state import WebState
-from tests.conftest import invoke
+from tests.conftest import BOTH, copy_library, invoke
 from tests.terminal import Terminal
 
 TINY_B = f"local-dir:{Path(__file__).parent / 'data' / 'tiny-b'}"
+
+BACKENDS = BOTH  # every test here runs on SQLite and on PostgreSQL
 
 
 def top_hits(lib: Library, encoder: Encoder, text: str = "a red circle", k: int = 5) -> list[int]:
     return [i for i, _ in lib.index().search(build_query(encoder, text), k)]
 
 
-def staged(lib_dir: Path) -> int:
-    with sqlite3.connect(f"file:{lib_dir / 'clipdex.db'}?mode=ro", uri=True) as conn:
-        return conn.execute("SELECT count(*) FROM staged_vectors").fetchone()[0]
+def query(location: str, sql: str, **params) -> list[tuple]:
+    """Rows of ``sql`` read straight from the library's database (SQLite or PostgreSQL)."""
+    lib = Library.open(location)
+    try:
+        with lib.engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text(sql), params).all()]
+    finally:
+        lib.close()
 
 
-def listed(lib_dir: Path) -> dict[str, dict]:
+def staged(location: str) -> int:
+    return query(location, "SELECT count(*) FROM staged_vectors")[0][0]
+
+
+@pytest.fixture()
+def copied(tmp_path, library, request) -> str:
+    """A private copy of the session library: its folder, or its cloned database's URL."""
+    return copy_library(library, tmp_path / "lib", request)
+
+
+def listed(lib_dir: str) -> dict[str, dict]:
     out = invoke("models", "--library", str(lib_dir), "--json")
     assert out.exit_code == 0, out.stderr
     return {m["model"]: m for m in json.loads(out.stdout)}
@@ -101,11 +117,11 @@ def _paths(lib: Library) -> tuple[list[int], list[str]]:
 
 
 @pytest.fixture()
-def small(tmp_path) -> tuple[Path, Path]:
+def small(tmp_path, library_at) -> tuple[str, Path]:
     """A library of 24 pictures indexed with tiny, a probe 'colours' trained on it, and zero-shot tags."""
     pics = tmp_path / "pics"
     write_collection(pics, per_class=1, seed=3)
-    lib_dir = tmp_path / "lib"
+    lib_dir = library_at
     assert invoke("index", str(pics), "--library", str(lib_dir), "--model", "tiny", "--workers", "1").exit_code == 0
     out = invoke("probe", "train", str(pics), "--name", "colours", "--library", str(lib_dir))
     assert out.exit_code == 0, out.stderr
@@ -114,10 +130,9 @@ def small(tmp_path) -> tuple[Path, Path]:
     return lib_dir, pics
 
 
-def _tags(lib_dir: Path, source: str) -> dict[str, str]:
-    with sqlite3.connect(lib_dir / "clipdex.db") as conn:
-        return dict(conn.execute("SELECT i.path, t.label FROM tags t JOIN images i ON i.id = t.image_id "
-                                 "WHERE t.source = ?", (source,)).fetchall())
+def _tags(lib_dir: str, source: str) -> dict[str, str]:
+    return dict(query(lib_dir, "SELECT i.path, t.label FROM tags t JOIN images i ON i.id = t.image_id "
+                               "WHERE t.source = :source", source=source))
 
 
 def test_probes_and_tags_stay_usable_with_their_model_and_a_held_model_completes_when_used(small, tmp_path):
@@ -168,8 +183,7 @@ def test_probes_and_tags_stay_usable_with_their_model_and_a_held_model_completes
     assert out.exit_code == 0, out.stderr
     assert json.loads(out.stdout)["vectors"] == 48
     assert list(listed(lib_dir)) == ["tiny"]
-    with sqlite3.connect(lib_dir / "clipdex.db") as conn:
-        assert conn.execute("SELECT count(*) FROM model_vectors").fetchone() == (0,)
+    assert query(lib_dir, "SELECT count(*) FROM model_vectors") == [(0,)]
     assert Library.open(lib_dir).info()["images"] == size["images"] == 48
     again = invoke("models", "use", TINY_B, "--library", str(lib_dir))
     assert again.exit_code == 2 and "holds no vectors of model" in again.stderr
