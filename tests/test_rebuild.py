@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import text
 
 from clipdex.cli import main
 from clipdex.decodepool import decode_file
@@ -18,14 +18,16 @@ from clipdex.indexer import Indexer
 from clipdex.library import Library
 from clipdex.models import Encoder, tiny_model_dir
 from clipdex.search import build_query
+from tests.conftest import BOTH, copy_library
 from tests.terminal import Terminal
+
+BACKENDS = BOTH  # every test on a library runs on SQLite and on PostgreSQL
 
 
 @pytest.fixture()
-def copied(tmp_path, library) -> Path:
-    """A private copy of the session library (120 pictures, tiny model)."""
-    shutil.copytree(library.path, tmp_path / "lib")
-    return tmp_path / "lib"
+def copied(tmp_path, library, request) -> str:
+    """A private copy of the session library (120 pictures, tiny model): its folder, or its cloned database's URL."""
+    return copy_library(library, tmp_path / "lib", request)
 
 
 @pytest.fixture()
@@ -39,9 +41,14 @@ def top_hits(lib: Library, encoder: Encoder, text: str = "a red circle", k: int 
     return [i for i, _ in lib.index().search(build_query(encoder, text), k)]
 
 
-def staged(lib_dir: Path) -> int:
-    with sqlite3.connect(f"file:{lib_dir / 'clipdex.db'}?mode=ro", uri=True) as conn:
-        return conn.execute("SELECT count(*) FROM staged_vectors").fetchone()[0]
+def staged(location: str) -> int:
+    """Vectors staged by an unfinished rebuild, read straight from the library's database."""
+    lib = Library.open(location)
+    try:
+        with lib.engine.connect() as conn:
+            return conn.execute(text("SELECT count(*) FROM staged_vectors")).scalar_one()
+    finally:
+        lib.close()
 
 
 def test_a_rebuild_with_a_model_that_cannot_load_changes_nothing(copied, library, encoder, collection):
@@ -91,13 +98,13 @@ def test_kill_9_mid_rebuild_keeps_the_old_library_then_the_rerun_switches(copied
     assert staged(copied) == 0
 
 
-def test_a_rebuild_covers_the_whole_library_and_reports_what_is_gone(tmp_path, encoder, other_model):
+def test_a_rebuild_covers_the_whole_library_and_reports_what_is_gone(tmp_path, library_at, encoder, other_model):
     from clipdex.synthetic import write_collection
 
     here, there = tmp_path / "here", tmp_path / "there"
     write_collection(here, per_class=1, seed=3)
     write_collection(there, per_class=1, seed=4)
-    lib = Library.create(tmp_path / "lib")
+    lib = Library.create(library_at)
     Indexer(lib, encoder, workers=2, progress=False).run([str(here), str(there)])
     (here / "red" / "circle-000.jpg").unlink()                 # deleted under the folder given
     (there / "blue" / "square-000.jpg").unlink()               # gone from a folder not given this time
@@ -111,8 +118,8 @@ def test_a_rebuild_covers_the_whole_library_and_reports_what_is_gone(tmp_path, e
     assert why
     expected = {gone: "file not found when the library was rebuilt", str(bad): why}
     assert stats.skipped_files == expected
-    assert dict(Library.open(lib.path).skipped()) == expected
-    fresh = Library.open(lib.path)
+    assert dict(Library.open(lib.location).skipped()) == expected
+    fresh = Library.open(lib.location)
     assert fresh.info()["images"] == 45 and fresh.model_spec.identity == other_model
     assert sum(1 for p in fresh.load_vectors()[0]) == fresh.index().ntotal == 45
     from clipdex.library.held import listing  # tiny's vectors are kept, less those of the pictures removed
@@ -126,9 +133,10 @@ def test_staging_made_for_another_model_is_discarded(copied, collection, other_m
 
     lib = Library.open(copied)
     spec = Encoder(other_model).spec
-    staging.begin(lib, spec, 64)
     ids, vectors = lib.load_vectors()
-    staging.stage(lib, [], [staging.Unusable(int(ids[0]), "made up")])
+    with lib.write_lock():  # as a rebuild stages (on PostgreSQL begin() makes the writer's hold exclusive)
+        staging.begin(lib, spec, 64)
+        staging.stage(lib, [], [staging.Unusable(int(ids[0]), "made up")])
     assert staging.pending(lib) == (str(spec), 1)
     root = next(iter(collection)).parent.parent
     stats = Indexer(lib, encoder, workers=2, progress=False).run([str(root)], rebuild=True)
@@ -137,6 +145,7 @@ def test_staging_made_for_another_model_is_discarded(copied, collection, other_m
 
 
 def test_an_upgraded_database_stages_like_a_new_one(tmp_path):
+    # SQLite only (not parametrised by backend): upgrades a version 1 clipdex.db file kept in tests/data
     from sqlalchemy import inspect
 
     old_dir = tmp_path / "old"
