@@ -18,6 +18,9 @@ from clipdex.indexer import Indexer
 from clipdex.library import Library
 from clipdex.models import TINY_MODEL
 from clipdex.synthetic import SHAPES, Sample, draw
+from tests.conftest import BOTH, copy_library
+
+BACKENDS = BOTH  # every test on a library runs on SQLite and on PostgreSQL
 
 CODE_NAMES = {"zorblat": "red", "quixotl": "blue", "fendrak": "green", "mirvane": "yellow"}
 
@@ -33,10 +36,9 @@ def write_classes(folder: Path, classes: dict[str, str], per_class: int, seed: i
 
 
 @pytest.fixture(scope="module")
-def lib_dir(tmp_path_factory, library):
-    dest = tmp_path_factory.mktemp("cls") / "lib"
-    shutil.copytree(library.path, dest)
-    return dest
+def lib_dir(tmp_path_factory, library, request) -> str:
+    """A copy of the shared library for this module: its folder, or its cloned database's URL."""
+    return copy_library(library, tmp_path_factory.mktemp("cls") / "lib", request)
 
 
 @pytest.fixture(scope="module")
@@ -103,14 +105,14 @@ def test_a_wrong_prompt_set_scores_lower(lib_dir, colours):
     assert worst["p_predicted"] >= bad[0]["mistakes"][-1]["p_predicted"] and worst["truth"] != worst["predicted"]
 
 
-def test_indexed_pictures_reuse_their_vectors_and_csv_datasets(tmp_path, colours, encoder):
-    lib = Library.create(tmp_path / "lib")
+def test_indexed_pictures_reuse_their_vectors_and_csv_datasets(tmp_path, library_at, colours, encoder):
+    lib = Library.create(library_at)
     Indexer(lib, TINY_MODEL, workers=1).run([str(colours / "red")])
     csv = tmp_path / "labels.csv"
     rows = ["path,label"] + [f"{os.path.relpath(p, tmp_path)},{p.parent.name}"  # relative to the CSV
                              for c in ("red", "blue") for p in sorted((colours / c).glob("*.jpg"))]
     csv.write_text("\n".join(rows) + "\n")
-    report = cli_json("eval", str(csv), "--library", str(tmp_path / "lib"))
+    report = cli_json("eval", str(csv), "--library", lib.location)
     assert (report["pictures"], report["reused_vectors"], report["encoded"]) == (20, 10, 10)
     assert report["results"][0]["accuracy"] >= 0.9
 
@@ -169,11 +171,11 @@ def test_eval_errors(tmp_path, lib_dir, colours, setup, args, message):
     assert out.stderr.startswith("Error: ") and message in out.stderr and "Traceback" not in out.stderr
 
 
-def test_probe_from_another_model_is_refused(tmp_path):
+def test_probe_from_another_model_is_refused(tmp_path, library_at):
     from clipdex.models import tiny_model_dir
 
     pics = write_classes(tmp_path / "pics", {"a": "red", "b": "blue"}, 3, 0)
-    lib = tmp_path / "lib"
+    lib = library_at
     cli_json("probe", "train", str(pics), "--name", "codes", "--model", "tiny", "--library", str(lib))
     other = tmp_path / "other-model"
     shutil.copytree(tiny_model_dir(), other)
