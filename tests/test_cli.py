@@ -156,7 +156,8 @@ def test_query_with_another_model_is_refused(tmp_path, library):
     (["tag", "--labels", "cat"], "Error: need at least two distinct labels to choose between, got 1\n"),
     (["tag"], "Error: give exactly one of --labels, --labels-file or --probe\n"),
     (["tags", "export", "--format", "xml"],
-     "Error: Invalid value for '--format': 'xml' is not one of 'csv', 'json', 'xmp'. (see: clipdex tags export --help)\n"),
+     "Error: Invalid value for '--format': 'xml' is not one of 'csv', 'json', 'xmp'. "
+     "(see: clipdex tags export --help)\n"),
 ])
 def test_usage_errors(library, tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
