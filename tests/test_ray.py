@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -228,3 +229,48 @@ def test_the_database_password_never_reaches_the_cluster(cluster, tmp_path, pics
     texts = [p.read_text(errors="replace") for p in logs.rglob("*") if p.is_file()]
     assert any('"TRANSFORMERS_OFFLINE": "1"' in t for t in texts)  # the runtime env is logged, with what is passed
     assert not [t for t in texts if SECRET in t or "CLIPDEX_LIBRARY" in t]
+
+
+def test_an_address_where_nothing_listens_fails_at_once_in_one_line(tmp_path, pics):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.monotonic()
+    out = run_cli("index", str(pics), "--library", str(tmp_path / "lib"), "--model", "tiny", "--ray",
+                  f"127.0.0.1:{port}", env={"RAY_ADDRESS": ""}, timeout=120)
+    assert time.monotonic() - started < 60  # ray.init alone retried for many minutes
+    assert out.returncode == 1
+    assert out.stderr == (f"Error: cannot connect to the Ray cluster at 127.0.0.1:{port}: nothing answers at "
+                          f"127.0.0.1:{port} (Connection refused)\n"), out.stderr
+
+
+HEAD = """
+import os, sys, time
+import ray
+ray.init(address="local", num_cpus=2, include_dashboard=False)
+print(ray.get_runtime_context().gcs_address, flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.slow  # a second Ray, with token authentication
+def test_a_cluster_wanting_another_token_is_said_in_one_line(tmp_path, pics):
+    token = "a" * 32
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    head = subprocess.Popen([sys.executable, "-c", HEAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env={**os.environ, **auth})
+    try:
+        address = head.stdout.readline().strip()
+        assert address, "the Ray head did not start"
+        args = ["index", str(pics), "--library", str(tmp_path / "lib"), "--model", "tiny", "--ray", address]
+        wrong = run_cli(*args, env={**auth, "RAY_AUTH_TOKEN": "b" * 32, "RAY_ADDRESS": ""}, timeout=120)
+        assert wrong.returncode == 1
+        assert wrong.stderr.startswith(f"Error: cannot connect to the Ray cluster at {address}: the cluster refused "
+                                       "this machine's Ray authentication token"), wrong.stderr
+        assert wrong.stderr.count("\n") == 1, wrong.stderr  # none of Ray's own retry warnings
+        right = run_cli(*args, env={**auth, "RAY_ADDRESS": ""}, timeout=300)
+        assert right.returncode == 0, right.stderr
+        assert right.stdout.startswith("indexed 48 · "), right.stdout
+    finally:
+        head.stdin.close()
+        head.wait(timeout=60)

@@ -25,6 +25,8 @@ import math
 import multiprocessing
 import os
 import re
+import socket
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +54,8 @@ _CREDENTIALS = re.compile(r"://[^/@\s]*@")  # a URL with a user (and maybe a pas
 #: the driver still commits ``batch_size`` at a time, and a run is cut into at least 4 blocks.
 _BLOCK = 128
 _DECODE_MEMORY = 256 << 20  # bytes a decoding task may take (a 180-megapixel picture is refused before that)
+_CONNECT_TIMEOUT = 5.0  # seconds for the cluster's port to accept a connection
+_GCS_TIMEOUT = 15.0  # seconds for Ray there to answer (ray.init itself tries for many minutes)
 _ADDRESS = re.compile(r"^(auto|local|ray://\S+|[A-Za-z0-9_.\-\[\]:]+:\d{1,5})$")
 
 
@@ -108,6 +112,20 @@ def _reason(exc: BaseException) -> str:
     lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
     name, text = type(exc).__name__, lines[-1] if lines else ""
     return text if text.startswith(name) else f"{name}: {text}" if text else name
+
+
+class _quiet_stderr:
+    """File descriptor 2 goes to /dev/null meanwhile (what C++ code writes there too)."""
+
+    def __enter__(self) -> None:
+        self._saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+
+    def __exit__(self, *exc: object) -> None:
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
 
 
 # --- what runs on the cluster -------------------------------------------------------------
@@ -199,6 +217,7 @@ class RaySource:
             env = worker_env()
             where = "a local Ray" if self.options.address == LOCAL else f"the Ray cluster at {self.options.address}"
             self.say(f"connecting to {where} …")
+            self._probe()
             try:
                 ray.init(address=self.options.address, include_dashboard=False, logging_level=logging.ERROR,
                          log_to_driver=False, runtime_env={"env_vars": env} if env else None)
@@ -213,6 +232,58 @@ class RaySource:
         context.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.ERROR)
         return self
+
+    def _probe(self) -> None:
+        """Fail in one line, within seconds, where ``ray.init`` would retry for many minutes: nothing listening at
+        the cluster's address, no Ray answering there, or a cluster that wants another authentication token."""
+        address = self.options.address
+        if address == LOCAL:
+            return
+        client = address.startswith("ray://")
+        target: str | None = address.removeprefix("ray://")
+        if target == "auto":
+            try:  # RAY_ADDRESS, else the cluster `ray start` made on this machine (ray.init says if there is none)
+                target = self.ray._private.services.canonicalize_bootstrap_address("auto")
+            except Exception:  # noqa: BLE001 - ray.init reports it
+                return
+            if not target:
+                return
+        assert target is not None
+        host, _, port = target.rpartition(":")
+        fail = f"cannot connect to the Ray cluster at {address}"
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=_CONNECT_TIMEOUT).close()
+        except (OSError, ValueError) as exc:
+            why = "no answer within 5 s" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+            raise ClipdexError(f"{fail}: nothing answers at {target} ({why})") from None
+        if client or address == "auto":
+            return  # a Ray Client server, or a cluster found on this machine (ray.init reads its token itself)
+        from ray._raylet import GcsClient
+
+        got: dict[str, BaseException | None] = {}
+
+        def ask() -> None:
+            try:
+                GcsClient(address=target)
+                got["error"] = None
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                got["error"] = exc
+
+        asking = threading.Thread(target=ask, name="ray-probe", daemon=True)
+        with _quiet_stderr():  # Ray's C++ core logs each failed attempt itself
+            asking.start()
+            asking.join(_GCS_TIMEOUT)
+        if "error" not in got:
+            raise ClipdexError(f"{fail}: something listens at {target}, but no Ray answered within "
+                               f"{_GCS_TIMEOUT:.0f} s (give the head node's GCS port, `ray start --head --port`, "
+                               "6379 by default)")
+        error = got["error"]
+        if isinstance(error, self.ray.exceptions.AuthenticationError):
+            raise ClipdexError(f"{fail}: the cluster refused this machine's Ray authentication token (none, or "
+                               "another one): put the cluster's token (its ~/.ray/auth_token) in RAY_AUTH_TOKEN or "
+                               "~/.ray/auth_token here, and set RAY_AUTH_MODE=token") from None
+        if error is not None:
+            raise ClipdexError(f"{fail}: {_reason(error)}") from None
 
     def _plan(self) -> tuple[int, float, float]:
         """How many encoder actors, how many GPUs each takes, and the CPUs a decoding task reserves.
