@@ -13,9 +13,6 @@ database is reported and never written to (see :mod:`clipdex.library.storage`).
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -236,28 +233,8 @@ class Library(VectorReads):
         with self._lock_file(INDEX_LOCK_NAME):
             yield
 
-    @contextlib.contextmanager
-    def _lock_file(self, name: str) -> Iterator[None]:
-        try:  # never follow a symlink planted under the name, never truncate: flock needs no content
-            fd = os.open(self.path / name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            fh = os.fdopen(fd, "w")
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise LibraryError(f"cannot lock the library at {self.path}: {self.path / name} is a symlink; "
-                                   "remove it") from None
-            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-                raise storage.ReadOnlyLibrary(storage.read_only_message(self.path)) from None
-            raise LibraryError(f"cannot lock the library at {self.path}: {exc.strerror}") from None
-        try:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise LibraryError(
-                    f"another clipdex process is writing to {self.location}; wait for it to finish"
-                ) from None
-            yield
-        finally:
-            fh.close()
+    def _lock_file(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return storage.lock_file(self.path, name, self.location)
 
     # -- meta -------------------------------------------------------------------
     def get_meta(self, key: str, default: str | None = None) -> str | None:

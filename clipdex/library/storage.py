@@ -8,9 +8,13 @@ database is reported and left exactly as it is.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
 import shutil
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -135,3 +139,27 @@ def open_engine(db: Path, read_only: bool = False) -> Engine:
     event.listen(engine, "connect", _pragmas(read_only))
     event.listen(engine, "handle_error", _translate(db, db.parent))
     return engine
+
+
+@contextlib.contextmanager
+def lock_file(folder: Path, name: str, location: object) -> Iterator[None]:
+    """Hold the lock file ``folder/name`` without waiting (:class:`LibraryError` naming ``location`` when another
+    process holds it): never follows a symlink planted under the name, never truncates (flock needs no content)."""
+    try:
+        fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fh = os.fdopen(fd, "w")
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LibraryError(f"cannot lock the library at {folder}: {folder / name} is a symlink; "
+                               "remove it") from None
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise ReadOnlyLibrary(read_only_message(folder)) from None
+        raise LibraryError(f"cannot lock the library at {folder}: {exc.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LibraryError(f"another clipdex process is writing to {location}; wait for it to finish") from None
+        yield
+    finally:
+        fh.close()
