@@ -334,6 +334,8 @@ def test_the_command_prints_json_lines_and_ctrl_c_stops_everything(tmp_path, pic
     assert first["indexed"] == 24 and first["roots"] == [str(pics)]
     shutil.copytree(many, pics / "many")
     run.wait_for(r"480 new")  # the pass has started (its lines show on a terminal)
+    reader = Library.open(lib)  # and its decoders are up: a first batch of the copy is committed
+    wait_until(lambda: len(rows(reader)) > 24, "a first batch of the copy committed")
     os.killpg(run.group, signal.SIGINT)  # what Ctrl-C does: SIGINT to the whole foreground group
     code, out, shown = printed.finish()
     assert code == 0, shown
