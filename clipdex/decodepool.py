@@ -267,16 +267,7 @@ class DecodePool:
             args=(child, self.decode_fn, self.max_pixels, self.niceness),
             daemon=True,
         )
-        # A Ctrl-C while the worker starts (before it can ignore SIGINT) would print an import traceback: it
-        # starts with SIGINT ignored (an ignored signal stays ignored through exec, and Python keeps it so).
-        # The main thread alone may change handlers; a Ctrl-C in these few milliseconds is not seen.
-        main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
-        try:
-            proc.start()
-        finally:
-            if main:
-                signal.signal(signal.SIGINT, previous)
+        proc.start()
         child.close()
         return _Slot(proc, parent, deque())
 
