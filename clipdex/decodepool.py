@@ -154,7 +154,9 @@ DecodeFn = Callable[..., Decoded]
 
 
 def _worker(conn: Connection, fn: DecodeFn, max_pixels: int, niceness: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    # The parent handles Ctrl-C. SIGINT was blocked from this process's birth (see
+    # start_worker); ignoring it drops one that came while it started, unseen.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if niceness and hasattr(os, "nice"):
         os.nice(niceness)
     conn.send(("ready", None))
@@ -168,6 +170,29 @@ def _worker(conn: Connection, fn: DecodeFn, max_pixels: int, niceness: int) -> N
         task_id, path, size, mode, jpeg_bytes = task
         options = {"jpeg_bytes": True} if jpeg_bytes else {}
         conn.send((task_id, fn(path, size, mode, max_pixels, **options)))
+
+
+def start_worker(proc: mp.process.BaseProcess) -> None:
+    """Start a worker process that is born with SIGINT blocked; it ignores the signal once running.
+
+    Ctrl-C goes to the whole foreground process group. A worker it reached while still
+    importing would print a KeyboardInterrupt traceback; blocked (a signal mask survives
+    fork and exec), the signal waits until the worker ignores it, and is dropped unseen.
+    Unlike ignoring it here, this loses nothing for the parent: the kernel hands it to
+    another thread, or delivers it when this one unblocks. ``multiprocessing`` starts its
+    own resource tracker the same way, and unblocks SIGINT when done: it is started first.
+    """
+    if not hasattr(signal, "pthread_sigmask"):
+        proc.start()
+        return
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        proc.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _cpu_seconds(pid: int | None) -> float | None:
@@ -267,7 +292,7 @@ class DecodePool:
             args=(child, self.decode_fn, self.max_pixels, self.niceness),
             daemon=True,
         )
-        proc.start()
+        start_worker(proc)
         child.close()
         return _Slot(proc, parent, deque())
 

@@ -88,6 +88,21 @@ def test_a_decoder_blocked_without_cpu_hits_the_wall_clock_cap(tmp_path):
         "hang.jpg": "decoder timed out after 0.3s", "fine.jpg": None}
 
 
+def test_a_ctrl_c_reaching_decoders_while_they_start_is_dropped_silently(tmp_path, capfd):
+    """Ctrl-C goes to the whole process group: decoders still importing must not die with a traceback."""
+    import signal
+
+    from clipdex.decodepool import DecodePool
+
+    draw(Sample("red", "circle")).save(tmp_path / "fine.jpg")
+    pool = DecodePool(workers=2).start()
+    for slot in pool._slots:  # at once: they are still starting their interpreters
+        os.kill(slot.proc.pid, signal.SIGINT)
+    results = [d for chunk in pool.run([str(tmp_path / "fine.jpg")] * 4, 64) for d in chunk]
+    assert [d.error for d in results] == [None] * 4
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_a_fixed_file_is_retried_and_leaves_the_skip_list(tmp_path, messy):
     lib = Library.create(tmp_path / "lib")
     Indexer(lib, TINY_MODEL, workers=1).run([str(messy / "notes.jpg")])

@@ -33,6 +33,7 @@ from multiprocessing.reduction import recv_handle, send_handle
 
 import numpy as np
 
+from clipdex.decodepool import start_worker
 from clipdex.errors import ClipdexError, DecodeError
 from clipdex.imaging import DEFAULT_MAX_PIXELS, IMAGE_FORMATS, load_for_model, open_image
 
@@ -104,7 +105,7 @@ def _worker(conn: Connection, memory_bytes: int, decode: DecodeFn) -> None:
 
     ``job`` is "decode" (model pixels of ``data``) or "render" (JPEG bytes of the file whose
     descriptor follows the task on the pipe)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server handles Ctrl-C
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server handles Ctrl-C (blocked since birth: start_worker)
     if memory_bytes:
         _limit(resource.RLIMIT_AS, _statm(0) + memory_bytes)
     conn.send("ready")
@@ -185,7 +186,7 @@ class UploadDecoder:
         parent, child = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(target=_worker, args=(child, self.memory_bytes, self.decode_fn), daemon=True,
                                  name="clipdex-upload-decoder")
-        proc.start()
+        start_worker(proc)
         child.close()
         return _Process(proc, parent)
 
