@@ -246,7 +246,7 @@ def against_rclip(files: list[Path], work: Path, rounds: int) -> dict:
 
 def decode_cost(files: list[Path], size: int) -> float:
     """Single-core milliseconds to read, hash and decode one picture (best of 3 passes)."""
-    from clipdex.decodepool import decode_file
+    from clipdex.decoding import decode_file
     from clipdex.imaging import DEFAULT_MAX_PIXELS
 
     best = float("inf")

@@ -47,7 +47,7 @@ def blank_decode(path: str, size: int, mode: str, max_pixels: int):
     """A decoder that reads nothing: black pixels, a hash of the path (every file distinct, none a copy)."""
     import hashlib
 
-    from clipdex.decodepool import Decoded
+    from clipdex.decoding import Decoded
 
     digest = hashlib.sha256(path.encode()).hexdigest()
     return Decoded(path, np.zeros((size, size, 3), np.uint8), 1600, 1200, None, digest)

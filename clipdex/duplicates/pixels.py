@@ -71,7 +71,7 @@ def signature(image: Image.Image) -> np.ndarray:
 
 def signature_of_file(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     """:func:`signature` of the regular file ``path``, in this process (:class:`DecodeError` if unreadable)."""
-    from clipdex.decodepool import NotARegularFile, open_regular
+    from clipdex.decoding import NotARegularFile, open_regular
     from clipdex.imaging import DEFAULT_MAX_PIXELS, IMAGE_FORMATS, open_image
 
     try:
@@ -88,7 +88,7 @@ def signature_of_file(path: str | Path, max_pixels: int | None = None) -> np.nda
 
 def signature_file(path: str, size: int, mode: str, max_pixels: int, **_: object):
     """A :class:`clipdex.decodepool.DecodePool` decode function: the file's signature as ``pixels``."""
-    from clipdex.decodepool import Decoded
+    from clipdex.decoding import Decoded
 
     try:
         return Decoded(path, signature_of_file(path, max_pixels))

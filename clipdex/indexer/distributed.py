@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from clipdex.decodepool import Decoded, DecodeFn, DecodePool
+from clipdex.decodepool import DecodeFn, DecodePool
+from clipdex.decoding import Decoded
 from clipdex.errors import ClipdexError, UsageError
 from clipdex.imaging import DEFAULT_MAX_PIXELS
 from clipdex.models import Encoder, ModelSpec

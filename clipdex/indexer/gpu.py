@@ -14,7 +14,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from clipdex.decodepool import Decoded, DecodeFn, DecodePool
+from clipdex.decodepool import DecodeFn, DecodePool
+from clipdex.decoding import Decoded
 from clipdex.models import Encoder
 
 #: Decodes files on the CPU: paths -> one result each, in the same order.

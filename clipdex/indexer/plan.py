@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from clipdex.decodepool import hash_file
+from clipdex.decoding import hash_file
 from clipdex.indexer.scan import Scan
 from clipdex.library.writes import KnownRow
 

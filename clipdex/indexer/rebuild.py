@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clipdex.decodepool import Decoded
+from clipdex.decoding import Decoded
 from clipdex.errors import ModelUnavailable
 from clipdex.indexer.scan import Scan
 from clipdex.library import held, staging, writes

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clipdex.decodepool import Decoded, DecodeFn, DecodePool, decode_file
+from clipdex.decodepool import DecodeFn, DecodePool
+from clipdex.decoding import Decoded, decode_file
 from clipdex.errors import UsageError
 from clipdex.indexer.gpu import cpu_redecoder, encode_batch
 from clipdex.indexer.plan import Plan, make_plan
