@@ -140,7 +140,7 @@ def serve(library: Path | None, host: str, port: int, threads: int, allowed_host
     click.echo(f"clipdex: serving {shown} on {_url(host, server)}  (Ctrl-C stops)")
     watcher, interrupted, stopping = None, False, threading.Event()
     if follow:
-        from clipdex.indexer.watch import start_watch_process
+        from clipdex.indexer.watch_process import start_watch_process
 
         watcher = start_watch_process(path, backend)
         threading.Thread(target=_report_watcher_end, args=(watcher, stopping), name="clipdex-watcher",
@@ -153,7 +153,7 @@ def serve(library: Path | None, host: str, port: int, threads: int, allowed_host
     finally:
         app.extensions["clipdex_uploads"].close()
         if watcher is not None:
-            from clipdex.indexer.watch import stop_watch_process
+            from clipdex.indexer.watch_process import stop_watch_process
 
             stopping.set()
             stop_watch_process(watcher, grace=10.0 if interrupted else 0.0)  # Ctrl-C reached it too
