@@ -112,7 +112,7 @@ def test_bad_files_are_skipped_with_the_local_reasons(cluster, tmp_path, messy):
 def kill_worker_once(path: str, size: int, mode: str, max_pixels: int):
     """The real decoder, except that the first time it sees ``die.jpg`` it kills the Ray worker running its
     task (the parent of the forkserver this decoder was forked from): a node process lost mid-task."""
-    from clipdex.decodepool import decode_file
+    from clipdex.decoding import decode_file
 
     marker = Path(path).parent.parent / "worker-killed"
     if Path(path).name == "die.jpg":
