@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageOps
 import clipdex.gpujpeg
 import clipdex.indexer.gpu
 import clipdex.indexer.run
-from clipdex.decodepool import decode_file
+from clipdex.decoding import decode_file
 from clipdex.errors import UsageError
 from clipdex.gpujpeg import _orient, decode_jpegs, gpu_jpeg_available, jpeg_frame
 from clipdex.imaging import load_for_model
