@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from sqlalchemy import text
 
 from clipdex.cli import main
-from clipdex.decodepool import decode_file
+from clipdex.decoding import decode_file
 from clipdex.indexer import Indexer
 from clipdex.library import Library
 from clipdex.models import Encoder, tiny_model_dir
