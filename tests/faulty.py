@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from clipdex.decodepool import Decoded, decode_file
+from clipdex.decoding import Decoded, decode_file
 
 
 def hang_or_crash(path: str, size: int, mode: str, max_pixels: int) -> Decoded:
