@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from clipdex.decodepool import decode_file, hash_bytes, hash_file
+from clipdex.decoding import decode_file, hash_bytes, hash_file
 from clipdex.errors import UsageError
 from clipdex.imaging import DEFAULT_MAX_PIXELS
 from clipdex.indexer import Indexer
