@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -34,6 +35,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "slow: end to end through a browser, whole demo runs, crash recovery; the fast tier is "
         "`pytest -m 'not slow'`")
+    config.addinivalue_line(
+        "markers", "sqlite_only: in a module run on both databases (BACKENDS = BOTH), this test runs on SQLite "
+        "alone: it is about SQLite's own files, or about nothing a database changes")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -52,13 +56,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 # -- SQLite and PostgreSQL -----------------------------------------------------------------------
 #: A test module that sets ``BACKENDS = BOTH`` runs every test using ``library``, ``backend`` or
-#: ``library_at`` once on SQLite and once on a real PostgreSQL server the tests start themselves.
+#: ``library_at`` once on SQLite and once on a real PostgreSQL server the tests start themselves;
+#: a test marked ``@pytest.mark.sqlite_only`` there runs on SQLite alone.
 BOTH = ("sqlite", "postgresql")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" in metafunc.fixturenames:
         backends = getattr(metafunc.module, "BACKENDS", ("sqlite",))
+        if metafunc.definition.get_closest_marker("sqlite_only"):
+            backends = ("sqlite",)  # not run and skipped on PostgreSQL: not run there at all
         metafunc.parametrize("backend", backends, indirect=True, scope="session")
 
 
@@ -163,6 +170,26 @@ def copy_library(library: Library, folder: Path, request: pytest.FixtureRequest)
         return str(folder)
     library.engine.dispose()  # a template database must have no connections
     return request.getfixturevalue("pg_cluster").clone(library.location)
+
+
+@pytest.fixture()
+def lib_dir(tmp_path, library, request) -> str:
+    """A private copy of the shared library: its folder, or its cloned database's URL (``--library`` takes both)."""
+    return copy_library(library, tmp_path / "lib", request)
+
+
+def cli(*args: str | Path, code: int = 0) -> Result:
+    """Run a ``clipdex`` command in process, checking its exit code is ``code``; its result."""
+    from clipdex.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == code, (result.output, result.exception)
+    return result
+
+
+def export(location: str) -> list[dict]:
+    """Every tag of the library at ``location``, as ``clipdex tags export --format json`` gives them."""
+    return json.loads(cli("tags", "export", "--format", "json", "--library", location).stdout)
 
 
 @pytest.fixture()

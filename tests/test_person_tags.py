@@ -11,34 +11,16 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from clipdex.cli import main
 from clipdex.library import Library
 from clipdex.synthetic import COLORS, SHAPES
 from clipdex.web import create_app
-from tests.conftest import BOTH, copy_library
+from tests.conftest import BOTH, cli, export
 
 BACKENDS = BOTH  # every test here runs on SQLite and on PostgreSQL
 
 SHAPE_LABELS = ",".join(SHAPES)
 COLOUR_LABELS = ",".join(COLORS)
-
-
-@pytest.fixture()
-def lib_dir(tmp_path, library, request) -> str:
-    """A private copy of the shared library: its folder, or its cloned database's URL (``--library`` takes both)."""
-    return copy_library(library, tmp_path / "lib", request)
-
-
-def cli(*args: str, code: int = 0):
-    result = CliRunner().invoke(main, list(args))
-    assert result.exit_code == code, (result.output, result.exception)
-    return result
-
-
-def export(lib_dir: str) -> list[dict]:
-    return json.loads(cli("tags", "export", "--format", "json", "--library", lib_dir).stdout)
 
 
 def tags_of(rows: list[dict], path: str) -> set[tuple[str, str]]:

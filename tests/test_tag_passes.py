@@ -8,34 +8,14 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from click.testing import CliRunner
-
-from clipdex.cli import main
 from clipdex.synthetic import COLORS, SHAPES
-from tests.conftest import BOTH, copy_library
+from tests.conftest import BOTH, cli, export
 
 BACKENDS = BOTH  # every test here runs on SQLite and on PostgreSQL
 
 COLOUR_LABELS = ",".join(COLORS)  # red,green,blue,yellow,purple,orange
 COLOUR_PASS = "red, green, blue, yellow, purple, orange"
 SHAPE_PASS = "circle, square, triangle, star"
-
-
-@pytest.fixture()
-def lib_dir(tmp_path, library, request) -> str:
-    """A private copy of the shared library: its folder, or its cloned database's URL (``--library`` takes both)."""
-    return copy_library(library, tmp_path / "lib", request)
-
-
-def cli(*args: str, code: int = 0):
-    result = CliRunner().invoke(main, list(args))
-    assert result.exit_code == code, (result.output, result.exception)
-    return result
-
-
-def export(lib_dir: str) -> list[dict]:
-    return json.loads(cli("tags", "export", "--format", "json", "--library", lib_dir).stdout)
 
 
 def by_pass(rows: list[dict], name: str) -> list[tuple]:
