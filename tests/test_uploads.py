@@ -21,6 +21,9 @@ from clipdex.imaging import DEFAULT_MAX_PIXELS, open_image, write_thumbnail
 from clipdex.synthetic import Sample, draw
 from clipdex.web import create_app
 from clipdex.web.uploads import UPLOAD_MAX_PIXELS, UploadDecoder, decode_upload
+from tests.conftest import BOTH
+
+BACKENDS = BOTH  # the tests searching a library run on SQLite and on PostgreSQL
 
 
 def test_16_bit_pictures_decode_without_float_copies(tmp_path):
@@ -109,7 +112,7 @@ def assert_refused(r, status: int, message: str) -> None:
 def test_uploads_have_a_lower_pixel_limit_than_indexing(library):
     """Was: a 13000 x 13000 16-bit PNG (169 MP, under indexing's 180 MP) was decoded in the
     request thread: 21 s and 0.9 -> 5 GB of server memory for 328 KB posted."""
-    client = create_app({"LIBRARY": library.path}).test_client()
+    client = create_app({"LIBRARY": library.location}).test_client()
     assert_refused(post(client, png_header_only(13000, 13000)), 422,
                    "cannot use the uploaded file: refused: 13000x13000 pixels exceeds the 50,000,000 pixel limit "
                    "(possible decompression bomb)")
@@ -117,7 +120,7 @@ def test_uploads_have_a_lower_pixel_limit_than_indexing(library):
 
 
 def test_an_upload_needing_more_memory_than_allowed_is_refused_and_the_next_one_works(library):
-    client = create_app({"LIBRARY": library.path, "UPLOAD_DECODER": {"memory_bytes": 16 << 20}}).test_client()
+    client = create_app({"LIBRARY": library.location, "UPLOAD_DECODER": {"memory_bytes": 16 << 20}}).test_client()
     assert_refused(post(client, blank_png(4000, 3000)), 422,  # 36 MB of RGB pixels
                    "cannot use the uploaded file: cannot decode: not enough memory")
     buf = io.BytesIO()
@@ -126,7 +129,7 @@ def test_an_upload_needing_more_memory_than_allowed_is_refused_and_the_next_one_
     assert r.status_code == 200 and "/yellow/star-" in r.get_json()["results"][0]["path"]
 
 
-def test_a_decoder_that_spins_crashes_or_hangs_costs_that_upload_only(library):
+def test_a_decoder_that_spins_crashes_or_hangs_costs_that_upload_only():
     decoder = UploadDecoder(workers=1, cpu_seconds=1, wall_seconds=600, decode_fn=faulty_decode)
     try:
         with pytest.raises(DecodeError, match=r"^decoding needed more than 1 s of CPU time$"):  # RLIMIT_CPU
@@ -143,7 +146,7 @@ def test_a_decoder_that_spins_crashes_or_hangs_costs_that_upload_only(library):
 
 
 def test_when_every_decoder_is_busy_the_answer_is_503_with_retry_after(library):
-    app = create_app({"LIBRARY": library.path})
+    app = create_app({"LIBRARY": library.location})
     decoder = app.extensions["clipdex_uploads"]
     assert decoder.workers == 2
     for _ in range(decoder.workers):  # two uploads being decoded
@@ -156,3 +159,15 @@ def test_when_every_decoder_is_busy_the_answer_is_503_with_retry_after(library):
         for _ in range(decoder.workers):
             decoder.slots.release()
     assert post(app.test_client(), blank_png(300, 300)).status_code == 200
+
+
+def test_a_worker_whose_server_stopped_while_it_started_exits_quietly(capfd):
+    """Was: ``clipdex serve`` stopped (SIGTERM) while its upload workers were still importing left each of them
+    to print a BrokenPipeError traceback on the terminal when it said it was ready."""
+    decoder = UploadDecoder(workers=1)
+    decoder.warm_up()
+    (worker,) = decoder._idle
+    worker.conn.close()  # the server is gone; the worker is still starting its interpreter
+    worker.proc.join(timeout=60)
+    assert worker.proc.exitcode == 0
+    assert capfd.readouterr().err == ""

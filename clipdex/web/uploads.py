@@ -108,7 +108,10 @@ def _worker(conn: Connection, memory_bytes: int, decode: DecodeFn) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server handles Ctrl-C (blocked since birth: start_worker)
     if memory_bytes:
         _limit(resource.RLIMIT_AS, _statm(0) + memory_bytes)
-    conn.send("ready")
+    try:
+        conn.send("ready")
+    except OSError:  # the server was stopped (SIGTERM) while this worker was starting: nothing to say
+        return
     while True:
         try:
             task = conn.recv()
