@@ -20,27 +20,30 @@ from flask import template_rendered
 
 from clipdex.cli import main
 from clipdex.web import create_app
+from tests.conftest import BOTH
+
+BACKENDS = BOTH  # the tests on a library run on SQLite and on PostgreSQL
 
 
 def serve(*args: str):
     return CliRunner().invoke(main, ["serve", *args])
 
 
-def test_a_busy_port_is_one_clear_line(tmp_path):
+def test_a_busy_port_is_one_clear_line(library_at):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        r = serve("--library", str(tmp_path / "lib"), "--port", str(port))
+        r = serve("--library", library_at, "--port", str(port))
     assert (r.exit_code, r.stdout) == (1, "")
     assert r.stderr == (f"Error: port {port} on 127.0.0.1 is already in use (another server, perhaps another "
                         "clipdex serve, listens there; stop it or choose another port with --port)\n")
 
 
-def test_an_address_that_is_not_one_or_not_this_machines_is_one_clear_line(tmp_path):
-    r = serve("--library", str(tmp_path / "lib"), "--host", "256.1.1.1")
+def test_an_address_that_is_not_one_or_not_this_machines_is_one_clear_line(library_at):
+    r = serve("--library", library_at, "--host", "256.1.1.1")
     assert (r.exit_code, r.stderr) == (2, "Error: --host 256.1.1.1 is not a valid IP address\n")
-    r = serve("--library", str(tmp_path / "lib"), "--host", "192.0.2.1", "--port", "0")  # TEST-NET-1, never ours
+    r = serve("--library", library_at, "--host", "192.0.2.1", "--port", "0")  # TEST-NET-1, never ours
     assert (r.exit_code, r.stderr) == (2, "Error: cannot listen on 192.0.2.1: it is not an address of this machine\n")
 
 
@@ -54,6 +57,28 @@ def get(url: str) -> tuple[int, dict | str]:
 
 
 @pytest.mark.slow  # a whole `clipdex serve` process
+def test_serve_says_what_it_serves_and_answers(library):
+    """The line people read names the library (a database URL without its password), and the API answers."""
+    proc = subprocess.Popen([sys.executable, "-m", "clipdex", "serve", "--library", library.location, "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        ready = proc.stdout.readline()
+        match = re.fullmatch(rf"clipdex: serving {re.escape(library.location)} on (http://127\.0\.0\.1:\d+/)  "
+                             r"\(Ctrl-C stops\)\n", ready)
+        assert match, (ready, proc.poll())
+        status, info = get(match.group(1) + "api/info")
+        assert status == 200 and (info["images"], info["demo"]) == (120, False)
+        status, found = get(match.group(1) + "api/search?q=a+red+circle&k=3")
+        assert status == 200 and all("/red/circle-" in hit["path"] for hit in found["results"])
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    assert err.splitlines()[0] == "clipdex: loading the model and the index …" and "Traceback" not in err, err
+
+
+@pytest.mark.slow  # a whole `clipdex serve` process
+@pytest.mark.sqlite_only  # a damaged SQLite file in the demo library's folder
 def test_serve_starts_on_a_damaged_demo_library_and_recovers_without_a_restart(tmp_path, library):
     """Was: a damaged library stopped ``serve`` with a traceback; the model loaded for 11-15 s
     before anything was printed; the page could not tell it was showing the demo library."""
@@ -99,7 +124,7 @@ def test_the_page_and_info_know_when_the_library_is_the_demo(library):
         rendered.append(context)
 
     for demo in (True, False):
-        app = create_app({"LIBRARY": library.path, "WARM_UP": False, "DEMO": demo})
+        app = create_app({"LIBRARY": library.location, "WARM_UP": False, "DEMO": demo})
         with template_rendered.connected_to(note, app):
             assert app.test_client().get("/").status_code == 200
         assert rendered.pop()["demo"] is demo
