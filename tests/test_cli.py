@@ -15,7 +15,9 @@ import sys
 import pytest
 
 from clipdex.models import tiny_model_dir
-from tests.conftest import invoke, run_cli
+from tests.conftest import BOTH, invoke, run_cli
+
+BACKENDS = BOTH  # the tests on a library run on SQLite and on PostgreSQL
 
 FETCH_HINT = ("; download it on a connected machine and point --model local-dir:DIR at a folder holding "
               "open_clip_config.json and the weights")
@@ -32,11 +34,11 @@ def test_help_is_instant_and_imports_no_model_code():
         assert command in out.stdout
 
 
-def test_search_without_a_library(tmp_path):
-    missing = tmp_path / "none"
-    out = run_cli("search", "a cat", "--library", str(missing))
+def test_search_without_a_library(library_at):
+    out = run_cli("search", "a cat", "--library", library_at)
     assert out.returncode == 1
-    assert out.stderr == f"Error: no library at {missing} (create one with: clipdex index PATH --library {missing})\n"
+    assert out.stderr == (f"Error: no library at {library_at} (create one with: clipdex index PATH --library "
+                          f"{library_at})\n")
 
 
 def test_a_bad_date_is_one_line_and_exit_2(tmp_path):
@@ -47,9 +49,17 @@ def test_a_bad_date_is_one_line_and_exit_2(tmp_path):
 
 # -- in process ----------------------------------------------------------------------------------------------
 
-def test_index_a_missing_path(tmp_path):
-    out = invoke("index", str(tmp_path / "nowhere"), "--library", str(tmp_path / "lib"), "--model", "tiny")
+def test_index_a_missing_path(tmp_path, library_at, backend):
+    out = invoke("index", str(tmp_path / "nowhere"), "--library", library_at, "--model", "tiny")
     assert (out.exit_code, out.stderr) == (2, f"Error: path not found: {tmp_path / 'nowhere'}\n")
+    info = invoke("info", "--library", library_at)
+    if backend == "sqlite":  # the library it was about to create is not there
+        assert info.stderr == f"Error: no library at {library_at} (create one with: clipdex index PATH --library " \
+                              f"{library_at})\n"
+    else:  # a server's tables stay (another writer may use them already): an empty library
+        assert info.stderr == f"Error: library at {library_at} is empty (run: clipdex index PATH --library " \
+                              f"{library_at})\n"
+    assert info.exit_code == 1
 
 
 def test_unfetchable_weights_fail_fast_with_one_line(tmp_path):
@@ -99,9 +109,8 @@ def test_local_dir_without_weights(tmp_path):
     assert out.stderr == f"Error: model folder {model} has no weights (*.safetensors, *.bin, *.pth)\n"
 
 
-def test_full_cli_flow_with_json(tmp_path, library, collection):
-    lib = tmp_path / "lib"
-    shutil.copytree(library.path, lib)
+def test_full_cli_flow_with_json(lib_dir, collection):
+    lib = lib_dir  # a private copy of the shared library: a folder, or a database's URL
     root = next(iter(collection)).parent.parent
 
     out = invoke("index", str(root), "--library", str(lib), "--json")
@@ -138,9 +147,9 @@ def test_full_cli_flow_with_json(tmp_path, library, collection):
 def test_query_with_another_model_is_refused(tmp_path, library):
     other = tmp_path / "other"
     shutil.copytree(tiny_model_dir(), other)
-    out = invoke("search", "a cat", "--library", str(library.path), "--model", f"local-dir:{other}")
+    out = invoke("search", "a cat", "--library", library.location, "--model", f"local-dir:{other}")
     assert out.exit_code == 2
-    assert out.stderr == (f"Error: library {library.path} was built with model tiny, not local-dir:{other}: their "
+    assert out.stderr == (f"Error: library {library.location} was built with model tiny, not local-dir:{other}: their "
                           f"vectors cannot be compared (omit --model, or switch the library to it, the current "
                           f"model answering meanwhile: clipdex index PATH --model local-dir:{other}; clipdex models "
                           f"lists what it holds)\n")
@@ -161,7 +170,7 @@ def test_query_with_another_model_is_refused(tmp_path, library):
 ])
 def test_usage_errors(library, tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
-    out = invoke(*args, "--library", str(library.path))
+    out = invoke(*args, "--library", library.location)
     assert out.exit_code == 2
     if message.startswith("Error: "):
         assert out.stderr == message
@@ -185,12 +194,12 @@ def test_parser_mistakes_take_one_line(args, message):
     assert (out.exit_code, out.stdout, out.stderr) == (2, "", f"Error: {message}\n")
 
 
-def test_rebuild_from_the_cli_reencodes_everything(tmp_path):
+def test_rebuild_from_the_cli_reencodes_everything(tmp_path, library_at):
     from clipdex.synthetic import write_collection
 
     pics = tmp_path / "pics"
     write_collection(pics, per_class=1, seed=4)
-    lib = str(tmp_path / "lib")
+    lib = library_at
     first = json.loads(invoke("index", str(pics), "--library", lib, "--model", "tiny", "--json").stdout)
     assert first["encoded"] == 24
     again = json.loads(invoke("index", str(pics), "--library", lib, "--rebuild", "--json").stdout)
