@@ -24,10 +24,11 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
 
 from clipdex.errors import UsageError
-from clipdex.library.schema import Meta, RootRow, utcnow
+from clipdex.library.schema import ImageRow, Meta, RootRow, SkippedRow, TagRejectionRow, TagRow, utcnow
 
 if TYPE_CHECKING:  # pragma: no cover
     from clipdex.library import Library
@@ -51,7 +52,10 @@ def parse(text: str) -> tuple[str, str]:
         raise UsageError(f"a root name is NAME=PATH, such as archive=/mnt/archive, not {text!r}")
     if not _NAME.match(name):
         raise UsageError(f"a root name is letters, digits, '.', '_' or '-' (up to 64), not {name!r}")
-    return name, os.path.abspath(os.path.expanduser(path)).rstrip(os.sep) or os.sep
+    expanded = os.path.expanduser(path)
+    if expanded.startswith("~"):
+        raise UsageError(f"cannot expand {path.split(os.sep, 1)[0]} in {text!r}: no such user")
+    return name, os.path.abspath(expanded).rstrip(os.sep) or os.sep
 
 
 def forget_declared() -> None:
@@ -62,8 +66,23 @@ def forget_declared() -> None:
 def declare(text: str) -> tuple[str, str]:
     """Declare ``NAME=PATH`` for every library this process opens (what ``--root-name`` does)."""
     name, path = parse(text)
+    _check_apart({**_DECLARED, name: path}, name)
     _DECLARED[name] = path
     return name, path
+
+
+def _under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _check_apart(mounts: dict[str, str], name: str) -> None:
+    """:class:`UsageError` when ``name``'s mount point is another name's, or inside or around it: a
+    picture would then have two stored paths, and be indexed twice."""
+    mine = mounts[name]
+    for other, mount in sorted(mounts.items()):
+        if other != name and (_under(mine, mount) or _under(mount, mine)):
+            how = "the same folder as" if mine == mount else "inside" if _under(mine, mount) else "around"
+            raise UsageError(f"root names cannot overlap: {name}={mine} is {how} {other}={mount}")
 
 
 class Places:
@@ -80,7 +99,11 @@ class Places:
             mine = f"{META}{self.machine}:"
             with self.lib.session() as s:
                 rows = s.execute(select(Meta.key, Meta.value).where(Meta.key.startswith(META))).all()
-            recorded = {key[len(mine):]: value for key, value in rows if key.startswith(mine)}
+            # a name never holds ':', so a machine named "x:y" is not taken for names of "x"
+            recorded = {key[len(mine):]: value for key, value in rows
+                        if key.startswith(mine) and _NAME.match(key[len(mine):])}
+            for name in _DECLARED:
+                _check_apart({**recorded, **_DECLARED}, name)
             self._mounts = {**recorded, **_DECLARED}
         return self._mounts
 
@@ -105,18 +128,78 @@ class Places:
         mount = self.mounts().get(name)
         return stored if mount is None else mount.rstrip(os.sep) + (os.sep + rest if rest else "")
 
-    def record(self, session, roots: list[str]) -> None:  # noqa: ANN001 - a Session
+    def record(self, session: Session, roots: list[str]) -> None:
         """Remember ``roots`` (local paths given to ``index``) with this machine, and this process's
-        root names (inside ``session``'s transaction)."""
+        root names (inside ``session``'s transaction), adopting what this machine indexed under a name's
+        mount point before the name was declared (:meth:`adopt`)."""
         from clipdex.library import dialect
 
+        self.mounts()  # refuses overlapping names before anything is written
+        gone: list[int] = []
         for name, path in _DECLARED.items():
             dialect.upsert(session, Meta, {"key": f"{META}{self.machine}:{name}", "value": path}, ["key"])
+            gone += self.adopt(session, name, path)
         for root in roots:
             stored = self.stored(root)
             dialect.upsert(session, RootRow, {"path": stored, "added_at": utcnow(),
                                               "machine": None if stored.startswith(PREFIX) else self.machine},
                            ["path"])
+        if gone:
+            self.lib.forget(session, gone)
+            self.lib.bump_generation(session, gone)
+
+    def _plain_roots(self, session: Session) -> list[str]:
+        """This machine's roots stored as plain paths (on SQLite, which one machine uses, all of them)."""
+        rows = session.execute(select(RootRow.path, RootRow.machine)).all()
+        return [path for path, owner in rows if not path.startswith(PREFIX)
+                and (owner is None or owner == self.machine or not self.lib.server)]
+
+    def adopt(self, session: Session, name: str, mount: str) -> list[int]:
+        """Store this machine's pictures under ``mount`` by root ``name``, as indexing them now would.
+
+        A folder indexed before its name was declared (or whose name was forgotten) then keeps its
+        pictures, vectors and tags instead of being indexed a second time under the name. A picture
+        the library already holds under the name too (another machine indexed the share) keeps that
+        row; this one's tags move to it, and the duplicate is to go: its id is returned for the caller
+        to forget, bumping the generation with it.
+        """
+        from clipdex.library import dialect
+
+        plain = self._plain_roots(session)
+        prefix = mount.rstrip(os.sep) + os.sep
+        owned = [r for r in plain if _under(mount, r) or _under(r, mount)]
+        if not owned:
+            return []
+        rows = session.execute(select(ImageRow.id, ImageRow.path)
+                               .where(ImageRow.path.startswith(prefix, autoescape=True))).all()
+        rows = [(i, p) for i, p in rows if any(_under(p, r) for r in owned)]
+        named = {p: PREFIX + name + p[len(prefix) - 1:] for _, p in rows}
+        held = dict(session.execute(select(ImageRow.path, ImageRow.id)
+                                    .where(ImageRow.path.in_(list(named.values())))).all()) if named else {}
+        gone = []
+        for image_id, path in rows:
+            twin = held.get(named[path])
+            if twin is None:
+                session.execute(update(ImageRow).where(ImageRow.id == image_id).values(path=named[path]))
+                continue
+            for table in (TagRow, TagRejectionRow):  # its tags join the twin's, unless the twin has them
+                have = {tuple(r) for r in session.execute(select(*_tag_key(table)).where(table.image_id == twin))}
+                for row in session.scalars(select(table).where(table.image_id == image_id)).all():
+                    if tuple(getattr(row, c.key) for c in _tag_key(table)) not in have:
+                        row.image_id = twin
+            session.flush()
+            gone.append(image_id)
+        skips = [p for p in session.scalars(select(SkippedRow.path)
+                                            .where(SkippedRow.path.startswith(prefix, autoescape=True)))
+                 if any(_under(p, r) for r in owned)]
+        session.execute(delete(SkippedRow).where(SkippedRow.path.in_(skips)))  # the scan records them anew
+        for root in owned:
+            if _under(root, mount):  # a root inside the mount point: now a named one
+                named_root = PREFIX + name + root[len(mount.rstrip(os.sep)):]
+                session.execute(delete(RootRow).where(RootRow.path == root))
+                dialect.upsert(session, RootRow, {"path": named_root, "added_at": utcnow(), "machine": None},
+                               ["path"])
+        return gone
 
     def roots(self) -> list[str]:
         """The local paths of the roots pictures may be served from here: named roots declared on this
@@ -133,9 +216,31 @@ class Places:
                 out.append(path)
         return out
 
+    def elsewhere(self, local: str) -> str | None:
+        """Why the picture at ``local`` (as :meth:`local` gives it) cannot be read on this machine, in
+        words; None when it belongs here."""
+        if local.startswith(PREFIX):
+            name = local[len(PREFIX):].partition("/")[0]
+            return (f"is under the shared root name {name!r}, which this machine ({self.machine}) has not "
+                    f"declared: index with --root-name {name}=PATH where that share is mounted here")
+        with self.lib.session() as s:
+            rows = s.execute(select(RootRow.path, RootRow.machine)).all()
+        owners = [(path, owner) for path, owner in rows if owner and not path.startswith(PREFIX)
+                  and _under(local, path)]
+        if self.lib.server and owners and all(owner != self.machine for _, owner in owners):
+            path, owner = max(owners, key=lambda r: len(r[0]))
+            return (f"is in {path} on machine {owner!r}, not this one ({self.machine}); a folder that several "
+                    "machines reach is shared by a root name (--root-name NAME=PATH on each)")
+        return None
+
     def folder(self, path: str | Path) -> str:
         """``stored`` for a folder prefix (ends in a separator when ``path`` does)."""
         text = str(path)
         trailing = text.endswith(os.sep)
         stored = self.stored(text.rstrip(os.sep))
         return stored + os.sep if trailing and not stored.endswith(os.sep) else stored
+
+
+def _tag_key(table: type) -> tuple:
+    """The columns that tell one picture's tags (or refusals) apart."""
+    return (table.label, table.pass_id) if table is TagRow else (table.label,)

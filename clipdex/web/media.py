@@ -85,7 +85,7 @@ def open_source(lib: Library, row: Picture) -> Source:
     roots = lib.roots()
     real = os.path.realpath(row.path)
     if not _inside(real, roots):
-        raise APIError(404, f"picture {row.id} is not inside an indexed folder")
+        raise APIError(404, f"picture {row.id} {lib.places.elsewhere(row.path) or 'is not inside an indexed folder'}")
     try:  # never blocks (a FIFO put in a picture's place), never follows a link swapped in since realpath
         fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
