@@ -373,7 +373,7 @@ def test_a_commit_waits_for_a_frozen_writer_only_so_long(library_at, tmp_path, m
     monkeypatch.setattr(dialect, "LOCK_TIMEOUT_S", 2)
     draw(Sample("blue", "star")).save(pics / "new.jpg")
     with psycopg.connect(library_at) as frozen:  # holds what a writer stopped inside its commit holds
-        frozen.execute("SELECT pg_advisory_xact_lock(%s)", (dialect._signed(dialect.GENERATION),))
+        frozen.execute("SELECT pg_advisory_xact_lock(%s)", (dialect._signed(lib._keys.generation),))
         started = time.monotonic()
         with pytest.raises(LibraryError, match="held a lock of .* for 2 s"):
             Indexer(Library.open(library_at), TINY_MODEL, workers=1).run([str(pics)])

@@ -71,18 +71,12 @@ class Library(VectorReads):
     def __init__(self, where: Path | str, create: bool = True):
         self.server = dialect.is_url(where)
         self._writer: dialect.WriterLock | None = None
+        self._keys: dialect.LockKeys | None = None
         if self.server:
             url = dialect.server_url(str(where))
             self.location = dialect.shown(str(where))
-            self.path = cache_folder(str(url)).resolve()
-            try:
-                self.path.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise LibraryError(f"cannot make the cache folder {self.path} of {self.location}: "
-                                   f"{exc.strerror}") from None
             self.read_only = False
             self.engine = dialect.server_engine(url, self.location)
-            self._writer = dialect.WriterLock(self.engine, self.location)
         else:
             self.path = Path(where).expanduser().resolve()
             self.location = str(self.path)
@@ -95,15 +89,20 @@ class Library(VectorReads):
             self.engine = storage.open_engine(db, self.read_only)
         self._created_db = False  # made by :meth:`create`, with these folders (deepest first)
         self._created_folders: list[Path] = []
-        self.keeper = IndexKeeper(self)
-        self.places = Places(self)
         try:
             if self.server and not create and migrations.pending(self.engine)[0] is None:
                 raise NoLibrary(self.location)
             self._upgrade()
+            if self.server:  # the database answered and holds a library: now its local folder
+                library_id = self.get_meta("library_id") or ""
+                self._keys = dialect.LockKeys.of(library_id)
+                self._writer = dialect.WriterLock(self.engine, self.location, self._keys.writers)
+                self.path = storage.cache_folder_for(cache_folder(str(url), library_id), self.location)
         except BaseException:
             self.engine.dispose()
             raise
+        self.keeper = IndexKeeper(self)
+        self.places = Places(self)
 
     def _upgrade(self) -> None:
         if not self.read_only:
@@ -198,6 +197,8 @@ class Library(VectorReads):
 
     def session(self) -> Session:
         s = Session(self.engine, expire_on_commit=False)
+        if self._keys is not None:
+            s.info[dialect.KEYS_INFO] = self._keys
         if self._writer is not None and self._writer.conn is not None:  # its commits check the run's lock
             s.info[dialect.WRITER_INFO] = self._writer
         return s

@@ -8,11 +8,14 @@ library uses a lock file, see :meth:`clipdex.library.Library.write_lock`), upser
 
 The writers' protocol on a server (see the README, "Shared library on PostgreSQL"):
 
-* every writer holds :data:`WRITERS` in *shared* mode for its whole run, so incremental
+Each library has its own lock keys (:class:`LockKeys`, from its ``meta.library_id``), so libraries in
+two schemas of one database never wait for each other.
+
+* every writer holds the *writers* lock in *shared* mode for its whole run, so incremental
   runs over different folders (from any machine) write at the same time;
 * a run that replaces every vector (rebuild, model switch), a tagging pass and dropping a
   model hold it *exclusively*: no other writer runs meanwhile, and they wait for none;
-* each commit that bumps the generation takes :data:`GENERATION` for its transaction
+* each commit that bumps the generation takes the *generation* lock for its transaction
   (``pg_advisory_xact_lock``), so generations are strictly ordered, each one's change log
   rows commit with it, and readers see a batch whole or not at all.
 """
@@ -20,8 +23,10 @@ The writers' protocol on a server (see the README, "Shared library on PostgreSQL
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, case, create_engine, event, func, text
@@ -31,11 +36,29 @@ from sqlalchemy.orm import Session
 
 from clipdex.errors import LibraryError
 
-#: Advisory lock keys (any 64-bit numbers no other program on the database is likely to use).
-WRITERS = 0x636C_6970_6465_7801  # "clipdex" + 1: held by writers, shared or exclusive
-GENERATION = 0x636C_6970_6465_7802  # held by a commit's transaction while it bumps the generation
-SCHEMA = 0x636C_6970_6465_7803  # held while the schema is created or upgraded
-PERSON_TAGS = 0x636C_6970_6465_7804  # held by a transaction that adds or takes off people's tags
+#: Advisory lock key held while a schema is created or upgraded (one for the database: the library's
+#: own keys are in the schema being made).
+SCHEMA = 0x636C_6970_6465_7803
+
+
+@dataclass(frozen=True)
+class LockKeys:
+    """One library's advisory lock keys (64-bit numbers drawn from its id, unlikely to be anyone else's)."""
+
+    writers: int  # held by writers for their whole run, shared or exclusive
+    generation: int  # held by a commit's transaction while it bumps the generation
+    person_tags: int  # held by a transaction that adds or takes off people's tags
+
+    @classmethod
+    def of(cls, library_id: str) -> LockKeys:
+        def key(purpose: str) -> int:
+            return int.from_bytes(hashlib.sha256(f"clipdex:{library_id}:{purpose}".encode()).digest()[:8], "big")
+
+        return cls(key("writers"), key("generation"), key("person-tags"))
+
+
+#: ``Session.info`` key of the :class:`LockKeys` of the library a session belongs to.
+KEYS_INFO = "clipdex_lock_keys"
 
 #: How long a commit waits for another's commit lock before giving up (a frozen writer never hangs the rest).
 LOCK_TIMEOUT_S = 60
@@ -207,7 +230,7 @@ def lock_person_tags(session: Session) -> None:
     """Serialise edits of people's tags (they read, then insert: two at once would collide on a server,
     where incremental writers share the writer lock); the first statement of such a transaction."""
     if on_server(session):
-        _xact_lock(session, PERSON_TAGS)
+        _xact_lock(session, _keys(session).person_tags)
 
 
 def lock_generation(session: Session) -> None:
@@ -216,7 +239,7 @@ def lock_generation(session: Session) -> None:
     the others), and checks the run still holds its writer lock (:meth:`WriterLock.check`)."""
     if not on_server(session):
         return
-    _xact_lock(session, GENERATION)
+    _xact_lock(session, _keys(session).generation)
     writer = session.info.get(WRITER_INFO)
     if writer is not None:
         writer.check(session)
@@ -226,6 +249,13 @@ def lock_schema(conn: Connection) -> None:
     """Serialise schema creation and upgrades between processes (held until this transaction ends)."""
     if on_server(conn):
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _signed(SCHEMA)})
+
+
+def _keys(session: Session) -> LockKeys:
+    keys = session.info.get(KEYS_INFO)
+    if keys is None:  # a programming error: every session on a server comes from Library.session
+        raise RuntimeError("a session on a server library without its lock keys")
+    return keys
 
 
 #: ``Session.info`` key of the :class:`WriterLock` a session's commits are made under.
@@ -241,8 +271,8 @@ class WriterLock:
     transaction mode) stops before committing instead of writing beside a rebuild.
     """
 
-    def __init__(self, engine: Engine, where: str):
-        self.engine, self.where = engine, where
+    def __init__(self, engine: Engine, where: str, key: int):
+        self.engine, self.where, self.key = engine, where, key
         self.conn: Connection | None = None
         self.exclusive = False
         self.pid: int | None = None
@@ -254,7 +284,7 @@ class WriterLock:
         held = session.execute(text(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = :pid "
             "AND objsubid = 1 AND classid::bigint = :hi AND objid::bigint = :lo"),
-            {"pid": self.pid, "hi": WRITERS >> 32, "lo": WRITERS & 0xFFFF_FFFF}).scalar()
+            {"pid": self.pid, "hi": self.key >> 32, "lo": self.key & 0xFFFF_FFFF}).scalar()
         if not held:
             raise LibraryError(f"this run lost its writer lock on {self.where} (the server closed its connection: "
                                "a restart, idle_session_timeout, a connection pooler?); nothing more was stored: "
@@ -262,7 +292,7 @@ class WriterLock:
 
     def _try(self, function: str) -> bool:
         assert self.conn is not None
-        got = self.conn.execute(text(f"SELECT {function}(:k)"), {"k": _signed(WRITERS)}).scalar()
+        got = self.conn.execute(text(f"SELECT {function}(:k)"), {"k": _signed(self.key)}).scalar()
         self.conn.commit()
         return bool(got)
 

@@ -16,6 +16,7 @@ them in SQL both accept, keeping what cannot be in :mod:`clipdex.library.dialect
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -125,9 +126,17 @@ def _root_places(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE roots ADD COLUMN machine VARCHAR"))
 
 
+def _library_id(conn: Connection) -> None:
+    """A library id (``meta.library_id``): a server library's cache folder and lock keys are its own,
+    whatever URL reaches it and whichever schema of a database holds it. Portable."""
+    if conn.execute(text("SELECT value FROM meta WHERE key = 'library_id'")).scalar() is None:
+        conn.execute(text("INSERT INTO meta (key, value) VALUES ('library_id', :v)"), {"v": uuid.uuid4().hex})
+
+
 #: Version 1 is clipdex 0.1.0's schema (images, skipped, tags, roots, probes, meta).
 #: ``STEPS[i]`` upgrades a database from version ``i + 1`` to ``i + 2``.
-STEPS: list[Step] = [_tag_passes, _staged_vectors, _vector_changes, _tag_rejections, _held_models, _root_places]
+STEPS: list[Step] = [_tag_passes, _staged_vectors, _vector_changes, _tag_rejections, _held_models, _root_places,
+                     _library_id]
 
 LATEST = 1 + len(STEPS)
 
@@ -177,6 +186,7 @@ def upgrade(engine: Engine, where: str) -> int:
         version = stored_version(conn)
         if version is None:
             Base.metadata.create_all(conn)
+            _library_id(conn)
             _set_version(conn, LATEST)
             return LATEST
     if version > LATEST:

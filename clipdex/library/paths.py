@@ -5,37 +5,61 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from clipdex.userdirs import user_folder
 
 DB_NAME = "clipdex.db"
 
 
-def default_library_path() -> Path | str:
-    """``$CLIPDEX_LIBRARY`` (a folder or a database URL), else the per-user data directory of the platform."""
+def folder_or_url(value: str) -> Path | str:
+    """A ``--library`` value: a database URL stays as given; a ``file://`` URL is its folder; anything
+    else is a folder path."""
     from clipdex.library.dialect import is_url
 
+    if is_url(value):
+        return value
+    if value.lower().startswith("file://"):
+        return Path(unquote(urlsplit(value).path))
+    return Path(value).expanduser()
+
+
+def default_library_path() -> Path | str:
+    """``$CLIPDEX_LIBRARY`` (a folder or a database URL), else the per-user data directory of the platform."""
     env = os.environ.get("CLIPDEX_LIBRARY")
     if env:
-        return env if is_url(env) else Path(env).expanduser()
+        return folder_or_url(env)
     return user_folder("data") / "library"
 
 
-def cache_folder(url: str) -> Path:
-    """The local folder of a library whose database is on a server (its search index files, thumbnails).
+#: What in a server URL's query says which server, database or schema it reaches (the rest, such as
+#: credentials or timeouts, does not change which library that is).
+_PLACE_PARAMS = ("host", "hostaddr", "port", "dbname", "service", "options")
 
-    ``$CLIPDEX_CACHE_DIR/libraries/<key>``, else the per-user cache folder's (``~/.cache/clipdex``);
-    ``<key>`` is the server's host, port and database, with a short hash of the whole URL (user
-    and password left out, so people sharing the database share nothing here but the name).
+
+def cache_base() -> Path:
+    """Where server libraries' cache folders go: ``$CLIPDEX_CACHE_DIR`` (``--cache-dir``), else the per-user
+    cache folder (``~/.cache/clipdex``)."""
+    env = os.environ.get("CLIPDEX_CACHE_DIR")
+    return Path(env).expanduser() if env else user_folder("cache")
+
+
+def cache_folder(url: str, library_id: str) -> Path:
+    """The local folder of a library whose database is on a server (its search index files).
+
+    ``<cache base>/libraries/<host>-<database>-<key>``: ``<key>`` hashes where the URL leads (server,
+    port, database, and the query's host, port and options, which choose a socket or a schema) with
+    the library's own id, so two libraries never share a folder (nor a database cloned from another).
+    User and password are left out: people sharing the database share nothing here but the name.
     """
     from sqlalchemy.engine import make_url
 
     parsed = make_url(url)
-    base = Path(os.environ["CLIPDEX_CACHE_DIR"]).expanduser() if os.environ.get("CLIPDEX_CACHE_DIR") \
-        else user_folder("cache")
-    where = f"{parsed.get_backend_name()}://{parsed.host or 'local'}:{parsed.port or ''}/{parsed.database}"
+    place = sorted((k, str(v)) for k, v in parsed.query.items() if k in _PLACE_PARAMS)
+    where = f"{parsed.get_backend_name()}://{parsed.host or 'local'}:{parsed.port or ''}/{parsed.database}?{place}"
     readable = "".join(c if c.isalnum() or c in "-." else "_" for c in f"{parsed.host or 'local'}-{parsed.database}")
-    return base / "libraries" / f"{readable[:60]}-{hashlib.sha256(where.encode()).hexdigest()[:10]}"
+    key = hashlib.sha256(f"{where}#{library_id}".encode()).hexdigest()[:12]
+    return cache_base() / "libraries" / f"{readable[:60]}-{key}"
 
 
 def demo_library_path() -> Path:

@@ -163,3 +163,24 @@ def lock_file(folder: Path, name: str, location: object) -> Iterator[None]:
         yield
     finally:
         fh.close()
+
+
+def cache_folder_for(folder: Path, location: str) -> Path:
+    """Make (private to this user) and check the cache folder of the server library at ``location``.
+
+    Its index files decide what searches return, so a folder that is a symlink or belongs to
+    another user (planted where ours would go) is refused, never used.
+    """
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(mode=0o700)
+        st = os.lstat(folder)
+    except OSError as exc:
+        raise LibraryError(f"cannot make the cache folder {folder} of {location}: {exc.strerror}") from None
+    if os.path.islink(folder) or not os.path.isdir(folder):
+        raise LibraryError(f"the cache folder {folder} of {location} is a symlink or not a folder; remove it")
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise LibraryError(f"the cache folder {folder} of {location} belongs to another user; remove it, "
+                           "or choose another with --cache-dir")
+    return folder.resolve()
