@@ -41,6 +41,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 RECORD, SETTING = "index_file", "index_type"
 CHUNK = 50_000
+#: A machine whose index file is older than this no longer holds the change log back (a machine gone for
+#: good would keep it forever); should it come back, it loads its index afresh instead of by delta.
+STALE_S = 14 * 24 * 3600
 
 
 class IndexKeeper:
@@ -192,13 +195,16 @@ class IndexKeeper:
 
     def _prunable(self, session, upto: int) -> int:  # noqa: ANN001 - a Session
         """How far the change log may be pruned: ``upto``, or on a server the oldest generation any
-        machine's index file still needs."""
+        machine's index file still needs (machines whose file is older than :data:`STALE_S` aside)."""
         if not self.lib.server:
             return upto
+        recent = time.time() - STALE_S
         for raw in session.scalars(select(Meta.value).where(Meta.key.like(RECORD + "@%"))):
             try:
-                upto = min(upto, int(json.loads(raw)["generation"]))
-            except (ValueError, KeyError, TypeError):
+                record = json.loads(raw)
+                if float(record.get("built_at", recent)) >= recent:
+                    upto = min(upto, int(record["generation"]))
+            except (ValueError, KeyError, TypeError, AttributeError):
                 continue
         return upto
 
