@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -39,9 +41,10 @@ def quick_exit_requested() -> bool:
 def cli_hint(exc: ClipdexError) -> str:
     """What to run next for errors the CLI can say more about ('' if nothing)."""
     if isinstance(exc, NoLibrary):
+        where = shlex.quote(exc.path.replace(":***@", ":PASSWORD@"))  # messages mask it; a command needs it
         if exc.empty:
-            return f" (run: clipdex index PATH --library {exc.path})"
-        return f" (create one with: clipdex index PATH --library {exc.path})"
+            return f" (run: clipdex index PATH --library {where})"
+        return f" (create one with: clipdex index PATH --library {where})"
     if isinstance(exc, ModelMismatch) and exc.requested:
         return (f" (omit --model, or switch the library to it, the current model answering meanwhile: "
                 f"clipdex index PATH --model {exc.requested}; clipdex models lists what it holds)")
@@ -69,10 +72,10 @@ def fail_cleanly(fn: Callable) -> Callable:
 
 
 def _folder_or_url(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Path | str | None:
-    """A database URL stays as typed; anything else is a folder."""
-    from clipdex.library.dialect import is_url
+    """A database URL stays as typed; a ``file://`` URL is its folder; anything else is a folder."""
+    from clipdex.library.paths import folder_or_url
 
-    return value if value is None or is_url(value) else Path(value)
+    return None if value is None else folder_or_url(value)
 
 
 def _declare_root_names(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> None:
@@ -86,8 +89,24 @@ def _declare_root_names(_ctx: click.Context, _param: click.Parameter, values: tu
         raise click.BadParameter(str(exc)) from None
 
 
+def _set_cache_dir(_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    """What ``cache_base`` reads, set for this process and the ones it starts (``serve --watch``)."""
+    if value:
+        os.environ["CLIPDEX_CACHE_DIR"] = os.path.abspath(os.path.expanduser(value))
+
+
 def library_option(fn: Callable) -> Callable:
-    """``--library DIR|URL`` and ``--root-name NAME=PATH`` (which every library opened then follows)."""
+    """``--library DIR|URL``, ``--cache-dir DIR`` and ``--root-name NAME=PATH`` (which every library opened
+    then follows)."""
+    fn = click.option(
+        "--cache-dir",
+        metavar="DIR",
+        envvar="CLIPDEX_CACHE_DIR",
+        expose_value=False,
+        callback=_set_cache_dir,
+        help="Where a library on a database server keeps this machine's index files (a folder per library "
+        "under DIR/libraries). Env CLIPDEX_CACHE_DIR; default: ~/.cache/clipdex.",
+    )(fn)
     fn = click.option(
         "--root-name",
         "root_names",
@@ -110,8 +129,8 @@ def library_option(fn: Callable) -> Callable:
         default=None,
         metavar="DIR|URL",
         help="Library directory, or a database URL such as postgresql://user@host/db for a library shared on a "
-        "PostgreSQL server (its index files then live in a cache folder: CLIPDEX_CACHE_DIR, default "
-        "~/.cache/clipdex). Env CLIPDEX_LIBRARY; default: the per-user data directory.",
+        "PostgreSQL server (its index files then live in a local cache folder: see --cache-dir). Env "
+        "CLIPDEX_LIBRARY; default: the per-user data directory.",
     )(fn)
 
 

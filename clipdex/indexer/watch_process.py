@@ -17,12 +17,15 @@ def start_watch_process(library_path: str | os.PathLike, backend: str | None = N
     """``clipdex watch`` on every folder of the library at ``library_path``, in a child process.
 
     Its lines go where this process's go; it shares this process's group (Ctrl-C at a terminal
-    stops both) and, on Linux, gets SIGTERM if this process dies without stopping it.
+    stops both) and, on Linux, gets SIGTERM if this process dies without stopping it. The library
+    goes in its environment, not on its command line, which anyone on the machine may read (a
+    database URL may hold a password).
     """
-    args = [sys.executable, "-m", "clipdex", "watch", "--library", str(library_path)]
+    args = [sys.executable, "-m", "clipdex", "watch"]
     if backend:
         args += ["--backend", backend]
-    return subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+    env = {**os.environ, "CLIPDEX_LIBRARY": str(library_path)}
+    return subprocess.Popen(args, stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent)
 
 
 def _die_with_parent() -> None:  # in the child, before exec
