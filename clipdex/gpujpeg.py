@@ -37,7 +37,7 @@ class JpegBatch(NamedTuple):
 
     pixels: torch.Tensor  # len(ok) x 3 x S x S uint8 on the device, in input order
     ok: list[int]  # index in the input of each row of ``pixels``
-    failed: list[int]  # decode these on the CPU (clipdex.decodepool.decode_file)
+    failed: list[int]  # decode these on the CPU (clipdex.decoding.decode_file)
 
 
 class PlainJpeg(NamedTuple):
