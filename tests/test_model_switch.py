@@ -67,6 +67,7 @@ def test_a_killed_switch_leaves_the_old_model_serving_then_resumes_switches_and_
     run = Terminal("index", str(root), "--library", str(copied), "--model", TINY_B, "--workers", "1",
                    "--batch-size", "4")
     run.wait_for(r"encoding: +\d+%\|[^|]*\| +(2\d|[3-9]\d)/120")  # at least 20 of tiny-b's vectors committed
+    os.killpg(run.group, signal.SIGSTOP)  # frozen part-way: a loaded machine could finish it while we search
     serving = Library.open(copied)  # searched while tiny-b's vectors are being made: tiny answers
     assert str(serving.model_spec) == "tiny" and top_hits(serving, encoder) == expected
     os.killpg(run.group, signal.SIGKILL)
