@@ -45,6 +45,11 @@ class LibraryError(ClipdexError):
     exit_code = 1
 
 
+class LibraryBusy(LibraryError):
+    """Another writer holds the library (its lock file, a server's writer or commit lock, SQLite's own
+    lock), or raced this one to the same pictures: trying again later may well work."""
+
+
 class NoLibrary(LibraryError):
     """There is no library (or an empty one) at ``path`` yet."""
 

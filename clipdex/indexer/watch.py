@@ -41,7 +41,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
-from clipdex.errors import ClipdexError, LibraryError, ModelMismatch, UsageError
+from clipdex.errors import ClipdexError, LibraryBusy, LibraryError, ModelMismatch, UsageError
 from clipdex.imaging import is_image_path
 from clipdex.indexer.run import Indexer, IndexStats
 from clipdex.indexer.scan import Scan, normalise_roots
@@ -97,19 +97,12 @@ def _hidden(path: str, root: str) -> bool:
     return any(part.startswith(".") for part in rel.split(os.sep) if part not in ("", "."))
 
 
-#: What the library says when another writer holds it (its lock file, a server's writer lock, SQLite's own
-#: lock): the only :class:`LibraryError` that goes away by itself.
-_BUSY = ("another clipdex process", "other clipdex processes", "is busy: another program holds it locked")
-
-
 def passes_by_itself(exc: ClipdexError) -> bool:
     """True for a failed pass worth trying again as it is: the library busy with another writer, or its
     disk full (space may be freed). Anything else (a bad or missing model, another model's library,
     a damaged, read-only or vanished library) stays until someone acts: ``clipdex index`` stops on it,
     and so does the watcher."""
-    if isinstance(exc, DiskFull):
-        return True
-    return type(exc) is LibraryError and any(words in str(exc) for words in _BUSY)
+    return isinstance(exc, (DiskFull, LibraryBusy))
 
 
 class _Handler(FileSystemEventHandler):

@@ -34,7 +34,7 @@ from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext, make_ur
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session
 
-from clipdex.errors import LibraryError
+from clipdex.errors import LibraryBusy, LibraryError
 
 #: Advisory lock key held while a schema is created or upgraded (one for the database: the library's
 #: own keys are in the schema being made).
@@ -156,10 +156,10 @@ def _translate(where: str, url: URL):  # noqa: ANN202 - an event handler
         if isinstance(exc, (errors.InsufficientPrivilege, errors.ReadOnlySqlTransaction)):
             raise _denied(exc, ctx.statement, url, where) from None
         if isinstance(exc, errors.UniqueViolation):  # two runs stored the same pictures at once
-            raise LibraryError(f"another clipdex process stored some of the same pictures in {where} at the "
+            raise LibraryBusy(f"another clipdex process stored some of the same pictures in {where} at the "
                                f"same time ({_one_line(exc).split(' DETAIL:', 1)[0]}); run again") from None
         if isinstance(exc, errors.LockNotAvailable):
-            raise LibraryError(f"another clipdex process has held a lock of {where} for "
+            raise LibraryBusy(f"another clipdex process has held a lock of {where} for "
                                f"{LOCK_TIMEOUT_S} s (frozen or cut off?); try again, or end it") from None
         if isinstance(exc, psycopg.OperationalError) or (
                 isinstance(exc, psycopg.Error) and ctx.statement is None):  # unreachable, bad option, no database...
@@ -312,7 +312,7 @@ class WriterLock:
                 self.conn.execute(text("SET idle_session_timeout = 0"))  # it is idle the whole run, on purpose
             self.conn.commit()
             if not self._try("pg_try_advisory_lock_shared"):
-                raise LibraryError(f"another clipdex process is rebuilding or tagging {self.where}; "
+                raise LibraryBusy(f"another clipdex process is rebuilding or tagging {self.where}; "
                                    "wait for it to finish")
             if exclusive:
                 self.make_exclusive()
@@ -330,7 +330,7 @@ class WriterLock:
             raise LibraryError(f"the library {self.where} is changed without its writer lock")
         if not self.exclusive:
             if not self._try("pg_try_advisory_lock"):
-                raise LibraryError(f"other clipdex processes are writing to {self.where}; this needs the library "
+                raise LibraryBusy(f"other clipdex processes are writing to {self.where}; this needs the library "
                                    "to itself: wait for them to finish")
             self.exclusive = True
 
@@ -347,7 +347,7 @@ def copy_images(session: Session, rows: list[dict]) -> list[int]:
     try:
         return _copy(conn, rows)
     except errors.UniqueViolation as exc:  # another run stored one of these pictures since we looked
-        raise LibraryError(f"another clipdex process stored some of the same pictures at the same time "
+        raise LibraryBusy(f"another clipdex process stored some of the same pictures at the same time "
                            f"({_one_line(exc).split(' DETAIL:', 1)[0]}); run again") from None
 
 

@@ -21,7 +21,7 @@ from urllib.parse import quote
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, ExceptionContext
 
-from clipdex.errors import LibraryError
+from clipdex.errors import LibraryBusy, LibraryError
 
 
 class DamagedLibrary(LibraryError):
@@ -99,7 +99,7 @@ def _translate(db: Path, folder: Path):  # noqa: ANN202 - an event handler
         if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or "malformed" in text or "not a database" in text:
             raise DamagedLibrary(damaged_message(db, text)) from None
         if code == sqlite3.SQLITE_BUSY or "database is locked" in text:
-            raise LibraryError(f"the library database {db} is busy: another program holds it locked") from None
+            raise LibraryBusy(f"the library database {db} is busy: another program holds it locked") from None
         raise LibraryError(f"cannot use the library database {db}: {text}") from None
 
     return handle_error
@@ -159,7 +159,7 @@ def lock_file(folder: Path, name: str, location: object) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise LibraryError(f"another clipdex process is writing to {location}; wait for it to finish") from None
+            raise LibraryBusy(f"another clipdex process is writing to {location}; wait for it to finish") from None
         yield
     finally:
         fh.close()
