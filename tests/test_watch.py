@@ -30,8 +30,10 @@ from clipdex.library import Library, writes
 from clipdex.library.storage import DiskFull, ReadOnlyLibrary
 from clipdex.models import TINY_MODEL
 from clipdex.synthetic import write_collection
-from tests.conftest import invoke
+from tests.conftest import BOTH, invoke
 from tests.terminal import Terminal, processes_in_group
+
+BACKENDS = BOTH  # the tests on a library run on SQLite and on PostgreSQL
 
 DEADLINE = 60.0
 
@@ -110,8 +112,8 @@ def spare(tmp_path) -> Path:
     return tmp_path / "spare"
 
 
-def test_new_changed_moved_and_deleted_pictures_follow_the_folder(tmp_path, pics, spare):
-    lib = Library.create(tmp_path / "lib")
+def test_new_changed_moved_and_deleted_pictures_follow_the_folder(tmp_path, pics, spare, library_at):
+    lib = Library.create(library_at)
     with watching(lib, [pics]) as run:
         first = run.reports[0]
         assert first.stats.indexed == len(rows(lib)) == 24 and first.events == 0
@@ -142,8 +144,8 @@ def test_new_changed_moved_and_deleted_pictures_follow_the_folder(tmp_path, pics
         assert str(moved) not in rows(lib) and len(rows(lib)) == 24 and lib.index().ids().size == 24
 
 
-def test_a_renamed_folder_is_moves_and_nothing_is_encoded(tmp_path, pics):
-    lib = Library.create(tmp_path / "lib")
+def test_a_renamed_folder_is_moves_and_nothing_is_encoded(tmp_path, pics, library_at):
+    lib = Library.create(library_at)
     with watching(lib, [pics]) as run:
         before = {p: r.id for p, r in rows(lib).items() if "/red/" in p}
         assert len(before) == 4
@@ -155,10 +157,10 @@ def test_a_renamed_folder_is_moves_and_nothing_is_encoded(tmp_path, pics):
         assert {p.replace("/rouge/", "/red/") for p in after} == set(before)
 
 
-def test_a_move_between_two_watched_folders_is_one_pass_and_no_encoding(tmp_path, pics, spare):
+def test_a_move_between_two_watched_folders_is_one_pass_and_no_encoding(tmp_path, pics, spare, library_at):
     """Each watched folder has its own inotify instance: the side a file left is reported as a deletion, 0.5 s
     later (watchdog waits that long for the other half of a move), within the default settle time."""
-    lib = Library.create(tmp_path / "lib")
+    lib = Library.create(library_at)
     with watching(lib, [pics, spare], quiet=1.0) as run:
         image_id = rows(lib)[str(spare / "red" / "star-000.jpg")].id
         os.rename(spare / "red" / "star-000.jpg", pics / "from-spare.jpg")
@@ -168,8 +170,8 @@ def test_a_move_between_two_watched_folders_is_one_pass_and_no_encoding(tmp_path
         assert rows(lib)[str(pics / "from-spare.jpg")].id == image_id
 
 
-def test_a_copy_of_many_files_becomes_few_passes(tmp_path, pics):
-    lib = Library.create(tmp_path / "lib")
+def test_a_copy_of_many_files_becomes_few_passes(tmp_path, pics, library_at):
+    lib = Library.create(library_at)
     many = tmp_path / "many"
     write_collection(many, per_class=5, seed=13)  # 120 pictures
     with watching(lib, [pics], quiet=0.5) as run:
@@ -181,8 +183,8 @@ def test_a_copy_of_many_files_becomes_few_passes(tmp_path, pics):
         assert sum(r.stats.indexed for r in passes) == 120 and sum(r.stats.skipped for r in passes) == 0
 
 
-def test_a_file_still_being_written_waits_until_it_is_complete(tmp_path, pics, spare):
-    lib = Library.create(tmp_path / "lib")
+def test_a_file_still_being_written_waits_until_it_is_complete(tmp_path, pics, spare, library_at):
+    lib = Library.create(library_at)
     data = (spare / "red" / "star-000.jpg").read_bytes()
     target = pics / "red" / "slow.jpg"
     with watching(lib, [pics], quiet=1.0) as run:
@@ -199,8 +201,8 @@ def test_a_file_still_being_written_waits_until_it_is_complete(tmp_path, pics, s
         assert row.size == len(data) and not lib.skipped()
 
 
-def test_a_folder_that_goes_away_keeps_its_pictures_and_is_swept_when_back(tmp_path, pics):
-    lib = Library.create(tmp_path / "lib")
+def test_a_folder_that_goes_away_keeps_its_pictures_and_is_swept_when_back(tmp_path, pics, library_at):
+    lib = Library.create(library_at)
     away = tmp_path / "unmounted"
     with watching(lib, [pics]) as run:
         ids = sorted(r.id for r in rows(lib).values())
@@ -224,9 +226,9 @@ def test_a_folder_that_goes_away_keeps_its_pictures_and_is_swept_when_back(tmp_p
         assert len(rows(lib)) == 23
 
 
-def test_deleting_the_last_picture_of_a_folder_removes_it(tmp_path, pics, spare):
+def test_deleting_the_last_picture_of_a_folder_removes_it(tmp_path, pics, spare, library_at):
     """The indexer alone keeps pictures of a folder now empty (it may be a mount point); a deletion seen is one."""
-    lib = Library.create(tmp_path / "lib")
+    lib = Library.create(library_at)
     (pics / "solo").mkdir()
     shutil.copy(spare / "red" / "star-000.jpg", pics / "solo" / "only.jpg")
     with watching(lib, [pics]) as run:
@@ -240,8 +242,8 @@ def test_deleting_the_last_picture_of_a_folder_removes_it(tmp_path, pics, spare)
         assert not [p for p in rows(lib) if "/green/" in p]
 
 
-def test_skip_reasons_are_those_of_index(tmp_path, pics):
-    lib = Library.create(tmp_path / "lib")
+def test_skip_reasons_are_those_of_index(tmp_path, pics, library_at):
+    lib = Library.create(library_at)
     with watching(lib, [pics]) as run:
         (pics / "broken.jpg").write_bytes(b"\xff\xd8\xff not a picture")
         report = run.next_pass(1)
@@ -251,8 +253,8 @@ def test_skip_reasons_are_those_of_index(tmp_path, pics):
         assert lib.skipped() == reference.skipped() and len(lib.skipped()) == 1
 
 
-def test_polling_where_inotify_is_not_wanted(tmp_path, pics, spare):
-    lib = Library.create(tmp_path / "lib")
+def test_polling_where_inotify_is_not_wanted(tmp_path, pics, spare, library_at):
+    lib = Library.create(library_at)
     with watching(lib, [pics], poll=True, poll_interval=0.2) as run:
         assert dict(run.events)["watching"]["method"] == "polling"
         shutil.copy(spare / "red" / "star-000.jpg", pics / "polled.jpg")
@@ -260,8 +262,8 @@ def test_polling_where_inotify_is_not_wanted(tmp_path, pics, spare):
         assert report.stats.indexed == 1 and str(pics / "polled.jpg") in rows(lib)
 
 
-def test_without_paths_it_follows_the_library_folders(tmp_path, pics, spare):
-    lib = Library.create(tmp_path / "lib")
+def test_without_paths_it_follows_the_library_folders(tmp_path, pics, spare, library_at):
+    lib = Library.create(library_at)
     Indexer(lib, TINY_MODEL, workers=1).run([str(pics)])
     later = tmp_path / "later"
     later.mkdir()
@@ -273,27 +275,36 @@ def test_without_paths_it_follows_the_library_folders(tmp_path, pics, spare):
         wait_until(lambda: str(later / "x.jpg") in rows(lib), "the picture in the new folder")
 
 
-def test_a_busy_library_is_retried(tmp_path, pics, spare):
-    lib = Library.create(tmp_path / "lib")
+#: What a pass meets while another process holds the library (SQLite: any writer; a server: a tagging pass or a
+#: rebuild, as incremental writers share it).
+BUSY = {"sqlite": "another clipdex process is writing to ",
+        "postgresql": "another clipdex process is rebuilding or tagging "}
+
+
+def test_a_busy_library_is_retried(tmp_path, pics, spare, library_at, backend):
+    lib = Library.create(library_at)
     with watching(lib, [pics]) as run:
-        with lib.write_lock():  # as `clipdex index` would hold it
+        with Library.open(library_at).write_lock(exclusive=True):  # as `clipdex tag` holds it, in another process
             shutil.copy(spare / "red" / "star-000.jpg", pics / "later.jpg")
             wait_until(lambda: "error" in run.kinds(), "the busy library reported")
-            assert "another clipdex process is writing" in dict(run.events)["error"]["message"]
+            assert dict(run.events)["error"]["message"].startswith(BUSY[backend] + lib.location)
         report = run.next_pass(1)
         assert report.stats.indexed == 1
 
 
-def test_the_command_refuses_what_it_cannot_watch_and_leaves_no_library(tmp_path, pics):
-    lib = tmp_path / "lib"
-    missing = invoke("watch", str(tmp_path / "missing"), "--library", str(lib))
+def test_the_command_refuses_what_it_cannot_watch_and_leaves_no_library(tmp_path, pics, library_at, backend):
+    lib = library_at
+    missing = invoke("watch", str(tmp_path / "missing"), "--library", lib)
     assert (missing.exit_code, missing.stderr) == (2, f"Error: path not found: {tmp_path / 'missing'}\n")
     a_file = pics / "red" / "star-000.jpg"
-    refused = invoke("watch", str(a_file), "--library", str(lib))
+    refused = invoke("watch", str(a_file), "--library", lib)
     assert refused.exit_code == 2 and refused.stderr.startswith(f"Error: watch follows folders, and {a_file} is a file")
-    assert not lib.exists()
-    nothing = invoke("watch", "--library", str(lib))
-    assert nothing.exit_code == 1 and nothing.stderr.startswith(f"Error: no library at {lib}") and not lib.exists()
+    nothing = invoke("watch", "--library", lib)
+    assert nothing.exit_code == 1
+    if backend == "sqlite":  # no library was made
+        assert nothing.stderr.startswith(f"Error: no library at {lib}") and not (tmp_path / "lib").exists()
+    else:  # a server's tables stay, as after a failed `clipdex index` (Library.discard_if_unused)
+        assert nothing.stderr.startswith(f"Error: library at {lib} is empty")
 
 
 class JsonLines:
@@ -320,11 +331,11 @@ class JsonLines:
 
 
 @pytest.mark.slow  # a real process run end to end
-def test_the_command_prints_json_lines_and_ctrl_c_stops_everything(tmp_path, pics):
-    lib = tmp_path / "lib"
+def test_the_command_prints_json_lines_and_ctrl_c_stops_everything(tmp_path, pics, library_at):
+    lib = library_at
     many = tmp_path / "many"
     write_collection(many, per_class=20, seed=14)  # 480 pictures: a pass still running when Ctrl-C comes
-    run = Terminal("watch", str(pics), "--library", str(lib), "--model", "tiny", "--workers", "2",
+    run = Terminal("watch", str(pics), "--library", lib, "--model", "tiny", "--workers", "2",
                    "--batch-size", "4", "--backend", "torch", "--settle", "0.2", "--json")
     printed = JsonLines(run)
     events = printed.events
@@ -350,11 +361,11 @@ def test_the_command_prints_json_lines_and_ctrl_c_stops_everything(tmp_path, pic
 
 
 @pytest.mark.slow  # a real process killed part-way
-def test_a_watcher_killed_mid_pass_loses_nothing_committed_and_the_next_one_catches_up(tmp_path, pics):
-    lib = tmp_path / "lib"
+def test_a_watcher_killed_mid_pass_loses_nothing_committed_and_the_next_one_catches_up(tmp_path, pics, library_at):
+    lib = library_at
     many = tmp_path / "many"
     write_collection(many, per_class=20, seed=15)  # 480 pictures
-    run = Terminal("watch", str(pics), "--library", str(lib), "--model", "tiny", "--workers", "2",
+    run = Terminal("watch", str(pics), "--library", lib, "--model", "tiny", "--workers", "2",
                    "--batch-size", "4", "--backend", "torch", "--settle", "0.2", "--json")
     printed = JsonLines(run)
     wait_until(lambda: "pass" in printed.events(), "the catch-up pass", deadline=120)
@@ -374,13 +385,13 @@ def test_a_watcher_killed_mid_pass_loses_nothing_committed_and_the_next_one_catc
 
 
 @pytest.mark.slow  # a real server and its watcher, end to end
-def test_serve_watch_follows_the_library_folders_and_stops_with_the_server(tmp_path, pics, spare):
-    lib = tmp_path / "lib"
+def test_serve_watch_follows_the_library_folders_and_stops_with_the_server(tmp_path, pics, spare, library_at):
+    lib = library_at
     Indexer(Library.create(lib), TINY_MODEL, workers=1).run([str(pics)])
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "clipdex", "serve", "--library", str(lib), "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "clipdex", "serve", "--library", lib, "--port", str(port),
                              "--watch"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
@@ -413,17 +424,17 @@ def stopped_by_itself(run: Running) -> BaseException:
     return run.errors[0]
 
 
-def index_error(lib_path: Path, pics: Path, model: str) -> ClipdexError:
+def index_error(lib_path: Path | str, pics: Path, model: str) -> ClipdexError:
     """What `clipdex index` raises for the same library, folder and model."""
     with pytest.raises(ClipdexError) as raised:
         Indexer(Library.create(lib_path), model, workers=1).run([str(pics)])
     return raised.value
 
 
-def test_a_bad_model_stops_the_watcher_at_once_with_the_error_of_index(tmp_path, pics):
+def test_a_bad_model_stops_the_watcher_at_once_with_the_error_of_index(tmp_path, pics, library_at):
     (tmp_path / "empty-model").mkdir()
     for model in ("bogus", f"local-dir:{tmp_path / 'nowhere'}", f"local-dir:{tmp_path / 'empty-model'}"):
-        lib_path = tmp_path / "lib"
+        lib_path = library_at
         lib = Library.create(lib_path)
         run = Running(Watcher(lib, [str(pics)], model, quiet=0.3, recheck=0.2, retry=0.2, workers=1))
         run.thread.start()
@@ -433,11 +444,11 @@ def test_a_bad_model_stops_the_watcher_at_once_with_the_error_of_index(tmp_path,
         assert isinstance(error, ModelUnavailable) and type(error) is type(expected), (model, error)
         assert str(error) == str(expected)
         assert "error" not in run.kinds()  # no "(trying again every …s)"
-        assert not lib_path.exists()
+        assert not (tmp_path / "lib").exists()
 
 
-def test_another_models_library_stops_the_watcher_before_it_watches(tmp_path, pics):
-    lib = Library.create(tmp_path / "lib")
+def test_another_models_library_stops_the_watcher_before_it_watches(tmp_path, pics, library_at):
+    lib = Library.create(library_at)
     Indexer(lib, TINY_MODEL, workers=1).run([str(pics)])
     run = Running(Watcher(lib, [str(pics)], "ViT-B-32:openai", retry=0.2, workers=1))
     run.thread.start()
@@ -461,11 +472,11 @@ def test_a_library_folder_that_vanishes_stops_the_watcher_saying_so(tmp_path, pi
     assert "error" not in run.kinds()  # never "cannot lock the library … No such file or directory"
 
 
-def test_only_a_busy_library_or_a_full_disk_is_worth_trying_again(tmp_path, pics):
-    lib = Library.create(tmp_path / "lib")
+def test_only_a_busy_library_or_a_full_disk_is_worth_trying_again(tmp_path, pics, library_at):
+    lib = Library.create(library_at)
     Indexer(lib, TINY_MODEL, workers=1).run([str(pics)])
-    with lib.write_lock(), pytest.raises(LibraryError) as busy:  # what a pass meets while `index` runs
-        with Library.open(tmp_path / "lib").write_lock():
+    with lib.write_lock(exclusive=True), pytest.raises(LibraryError) as busy:  # what a pass meets while `tag` runs
+        with Library.open(library_at).write_lock():
             pass
     assert passes_by_itself(busy.value)
     assert passes_by_itself(DiskFull(f"the disk holding the library at {lib.path} is full"))
@@ -504,12 +515,12 @@ def test_the_command_stops_on_what_index_stops_on_with_its_line_and_code(tmp_pat
 
 
 @pytest.mark.slow  # a real server
-def test_serve_says_when_its_watcher_stops_and_goes_on_answering(tmp_path):
+def test_serve_says_when_its_watcher_stops_and_goes_on_answering(library_at):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    missing = tmp_path / "nolib"  # its watcher stops at once: "no library at …"
-    proc = subprocess.Popen([sys.executable, "-m", "clipdex", "serve", "--library", str(missing), "--port", str(port),
+    missing = library_at  # no library there: its watcher stops at once, "no library at …"
+    proc = subprocess.Popen([sys.executable, "-m", "clipdex", "serve", "--library", missing, "--port", str(port),
                              "--watch"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     said: list[str] = []
