@@ -219,11 +219,10 @@ def upsert(session: Session, table: Any, values: dict, keys: list[str]) -> None:
 
 
 def _xact_lock(session: Session, key: int) -> None:
-    """Take advisory lock ``key`` until the transaction ends, waiting :data:`LOCK_TIMEOUT_S` at most."""
-    before = session.execute(text("SELECT current_setting('lock_timeout')")).scalar()
-    session.execute(text("SELECT set_config('lock_timeout', :t, true)"), {"t": f"{LOCK_TIMEOUT_S}s"})
+    """Take advisory lock ``key`` until the transaction ends, waiting :data:`LOCK_TIMEOUT_S` at most (as does
+    any lock the rest of this transaction waits for: a writer's commit never hangs on another)."""
+    session.execute(text("SELECT set_config('lock_timeout', :t, true)"), {"t": f"{LOCK_TIMEOUT_S * 1000}"})
     session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _signed(key)})
-    session.execute(text("SELECT set_config('lock_timeout', :t, true)"), {"t": before})
 
 
 def lock_person_tags(session: Session) -> None:
