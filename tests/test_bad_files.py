@@ -15,8 +15,10 @@ from clipdex.indexer import Indexer
 from clipdex.library import Library
 from clipdex.models import TINY_MODEL
 from clipdex.synthetic import Sample, draw
-from tests.conftest import run_cli
+from tests.conftest import BOTH, run_cli
 from tests.faulty import hang_or_crash
+
+BACKENDS = BOTH  # the tests on a library run on SQLite and on PostgreSQL
 
 
 def bomb_png(path: Path, width: int = 40_000, height: int = 40_000) -> None:
@@ -62,8 +64,8 @@ EXPECTED = {
 }
 
 
-def test_every_bad_kind_is_skipped_with_its_reason(tmp_path, messy):
-    lib = Library.create(tmp_path / "lib")
+def test_every_bad_kind_is_skipped_with_its_reason(messy, library_at):
+    lib = Library.create(library_at)
     stats = Indexer(lib, TINY_MODEL, workers=2, timeout=2, decode_fn=hang_or_crash).run([str(messy)])
     assert stats.indexed == 3
     reasons = {Path(p).name: r for p, r in lib.skipped()}
@@ -103,8 +105,8 @@ def test_a_ctrl_c_reaching_decoders_while_they_start_is_dropped_silently(tmp_pat
     assert "Traceback" not in capfd.readouterr().err
 
 
-def test_a_fixed_file_is_retried_and_leaves_the_skip_list(tmp_path, messy):
-    lib = Library.create(tmp_path / "lib")
+def test_a_fixed_file_is_retried_and_leaves_the_skip_list(messy, library_at):
+    lib = Library.create(library_at)
     Indexer(lib, TINY_MODEL, workers=1).run([str(messy / "notes.jpg")])
     assert [r for _, r in lib.skipped()] == ["not a recognised image format"]
     draw(Sample("red", "circle")).save(messy / "notes.jpg")
@@ -112,13 +114,12 @@ def test_a_fixed_file_is_retried_and_leaves_the_skip_list(tmp_path, messy):
     assert stats.indexed == 1 and lib.skipped() == []
 
 
-def test_permission_denied_is_skipped(tmp_path):
+def test_permission_denied_is_skipped(tmp_path, library_at):
     pics = tmp_path / "pics"
     pics.mkdir()
     draw(Sample("red", "circle")).save(pics / "ok.jpg")
     draw(Sample("red", "circle")).save(pics / "secret.jpg")
     os.chmod(pics / "secret.jpg", 0)
-    lib_dir = tmp_path / "lib"
     prefix: list[str] = []
     if os.geteuid() == 0:
         # root reads anything; in a new user namespace it keeps owning its files but loses
@@ -126,9 +127,9 @@ def test_permission_denied_is_skipped(tmp_path):
         prefix = ["unshare", "--user", "--"]
     import subprocess
     env = {**os.environ, "HOME": str(tmp_path)}
-    out = subprocess.run([*prefix, sys.executable, "-m", "clipdex", "index", str(pics), "--library", str(lib_dir),
+    out = subprocess.run([*prefix, sys.executable, "-m", "clipdex", "index", str(pics), "--library", library_at,
                           "--model", "tiny", "--json"], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
-    done = run_cli("skipped", "--library", str(lib_dir), "--json")
+    done = run_cli("skipped", "--library", library_at, "--json")
     assert [(Path(r["path"]).name, r["reason"]) for r in __import__("json").loads(done.stdout)] == [
         ("secret.jpg", "permission denied")]
