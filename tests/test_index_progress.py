@@ -16,7 +16,10 @@ from clipdex.cli import main
 from clipdex.indexer import Indexer
 from clipdex.library import Library
 from clipdex.synthetic import write_collection
+from tests.conftest import BOTH, new_location
 from tests.terminal import Terminal, processes_in_group
+
+BACKENDS = BOTH  # the tests on a library run on SQLite and on PostgreSQL
 
 
 @pytest.fixture()
@@ -26,9 +29,8 @@ def pics(tmp_path):
 
 
 @pytest.mark.slow  # a real process run end to end
-def test_progress_lines_on_a_terminal_and_nothing_left_running(tmp_path, pics):
-    lib = tmp_path / "lib"
-    run = Terminal("index", str(pics), "--library", str(lib), "--model", "tiny", "--workers", "2", "--json")
+def test_progress_lines_on_a_terminal_and_nothing_left_running(pics, library_at):
+    run = Terminal("index", str(pics), "--library", library_at, "--model", "tiny", "--workers", "2", "--json")
     code, out, shown = run.finish()
     assert code == 0, shown
     lines = [line for line in re.split(r"[\r\n]+", shown) if line.strip()]
@@ -41,12 +43,12 @@ def test_progress_lines_on_a_terminal_and_nothing_left_running(tmp_path, pics):
 
 
 @pytest.mark.slow  # a real process run end to end
-def test_ctrl_c_stops_everything(tmp_path):
+def test_ctrl_c_stops_everything(tmp_path, library_at):
     pics = tmp_path / "pics"
     write_collection(pics, per_class=20, seed=5)  # 480 pictures
-    lib = tmp_path / "lib"
+    lib = library_at
     # PyTorch and small batches: the tiny model in ONNX Runtime could finish before the signal lands
-    run = Terminal("index", str(pics), "--library", str(lib), "--model", "tiny", "--workers", "2",
+    run = Terminal("index", str(pics), "--library", lib, "--model", "tiny", "--workers", "2",
                    "--batch-size", "4", "--backend", "torch")
     run.wait_for(r"indexing: +\d+%\|[^|]*\| +([4-9]|\d\d)/480")  # a few batches are committed
     os.killpg(run.group, signal.SIGINT)  # what Ctrl-C does: SIGINT to the whole foreground group
@@ -60,20 +62,20 @@ def test_ctrl_c_stops_everything(tmp_path):
 
 
 @pytest.mark.slow  # a real process run end to end
-def test_a_failing_run_leaves_no_process_and_no_library(tmp_path, pics):
-    lib = tmp_path / "new" / "lib"
-    proc = subprocess.Popen([sys.executable, "-m", "clipdex", "index", str(pics), "--library", str(lib),
+def test_a_failing_run_leaves_no_process_and_no_library(tmp_path, pics, backend, request):
+    lib = new_location(backend, request, tmp_path / "new" / "lib")
+    proc = subprocess.Popen([sys.executable, "-m", "clipdex", "index", str(pics), "--library", lib,
                              "--model", f"local-dir:{tmp_path / 'no-model'}", "--workers", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     _, err = proc.communicate(timeout=300)
     # the decoders were already starting when the model failed to load
     assert (proc.returncode, err) == (2, f"Error: model folder not found: {tmp_path / 'no-model'}\n")
     assert processes_in_group(proc.pid) == []
-    assert not (tmp_path / "new").exists()  # nor the library it was about to create
+    assert not (tmp_path / "new").exists()  # nor the library it was about to create (a server's tables stay)
 
 
-def test_images_per_second_is_what_the_bar_showed(tmp_path, pics, encoder, capsys):
-    stats = Indexer(Library.create(tmp_path / "lib"), encoder, workers=2, progress=True).run([str(pics)])
+def test_images_per_second_is_what_the_bar_showed(pics, encoder, capsys, library_at):
+    stats = Indexer(Library.create(library_at), encoder, workers=2, progress=True).run([str(pics)])
     bar = capsys.readouterr().err
     final = re.findall(r"indexing: 100%\|[^|]*\| 24/24 \[[^,]+, *([\d.]+)img/s\]", bar)
     assert final, bar
@@ -83,15 +85,15 @@ def test_images_per_second_is_what_the_bar_showed(tmp_path, pics, encoder, capsy
     assert stats.encode_seconds < stats.seconds  # the rate leaves out scanning and loading the model
 
 
-def test_an_empty_folder_says_so(tmp_path):
+def test_an_empty_folder_says_so(tmp_path, library_at):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("not a picture")
-    lib = tmp_path / "lib"
-    human = CliRunner().invoke(main, ["index", str(empty), "--library", str(lib), "--model", "tiny"])
+    lib = library_at
+    human = CliRunner().invoke(main, ["index", str(empty), "--library", lib, "--model", "tiny"])
     assert human.exit_code == 0, human.output
     first, summary = human.stdout.splitlines()
     assert first == f"no pictures found in {empty}"
     assert summary.startswith("indexed 0 · unchanged 0 · moved 0 · removed 0 · skipped 0 · nothing to encode (")
-    as_json = CliRunner().invoke(main, ["index", str(empty), "--library", str(lib), "--json"])
+    as_json = CliRunner().invoke(main, ["index", str(empty), "--library", lib, "--json"])
     assert as_json.exit_code == 0 and json.loads(as_json.stdout)["empty_roots"] == [str(empty)]
