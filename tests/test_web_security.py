@@ -23,13 +23,16 @@ from clipdex.synthetic import Sample, draw
 from clipdex.web import create_app
 from clipdex.web.security import CSP
 from clipdex.web.server import make_server
+from tests.conftest import BOTH, new_location
+
+BACKENDS = BOTH  # every test on the small library runs on SQLite and on PostgreSQL
 
 HTML = b"<html><body><script>alert(document.domain)</script></body></html>"
 SVG = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(document.domain)</script></svg>'
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory, encoder):
+def site(tmp_path_factory, encoder, backend, request):
     """A small library: pictures under pics/fixed, plus pics/changing (re-indexed by one test)."""
     base = tmp_path_factory.mktemp("secure")
     fixed, changing = base / "pics" / "fixed", base / "pics" / "changing"
@@ -39,9 +42,9 @@ def site(tmp_path_factory, encoder):
         draw(Sample(["red", "blue", "green", "yellow"][i], "circle")).save(fixed / name)
     draw(Sample("purple", "star")).save(fixed / "really-a-png.jpg", "PNG")  # mislabelled, as cameras' exports are
     draw(Sample("orange", "square")).save(changing / "edited.jpg")
-    lib = Library.create(base / "lib")
+    lib = Library.create(new_location(backend, request, base / "lib"))
     Indexer(lib, encoder, workers=1).run([str(fixed), str(changing)])
-    client = create_app({"LIBRARY": lib.path, "WARM_UP": False}).test_client()
+    client = create_app({"LIBRARY": lib.location, "WARM_UP": False}).test_client()
     ids = {Path(r["path"]).name: r["id"] for r in client.get("/api/search?q=a+shape&k=50").get_json()["results"]}
     return lib, fixed, changing, ids, client
 
@@ -102,7 +105,7 @@ def test_an_edited_picture_is_refused_until_indexed_again_then_served_fresh(site
     message = f"picture {image_id} changed on disk since it was indexed; index its folder again to show it"
     for kind in ("thumbnail", "preview", "file"):
         assert_error(client.get(f"/api/images/{image_id}/{kind}"), 409, message)
-    Indexer(Library.open(lib.path), encoder, workers=1).run([str(changing)])
+    Indexer(Library.open(lib.location), encoder, workers=1).run([str(changing)])
     assert picture(lib, image_id).size == path.stat().st_size  # same id, new facts
     for kind, old in before.items():
         r = client.get(f"/api/images/{image_id}/{kind}", headers={"If-None-Match": old.headers["ETag"]})
@@ -155,7 +158,7 @@ def test_every_answer_carries_the_security_headers(site):
 ])
 def test_requests_must_be_addressed_to_the_server(site, bind, extra, host, allowed):
     lib = site[0]
-    app = create_app({"LIBRARY": lib.path, "WARM_UP": False, "BIND_HOST": bind, "ALLOWED_HOSTS": extra})
+    app = create_app({"LIBRARY": lib.location, "WARM_UP": False, "BIND_HOST": bind, "ALLOWED_HOSTS": extra})
     client = app.test_client()
     for url in ("/api/info", "/"):
         r = client.get(url, headers={"Host": host})
@@ -231,7 +234,7 @@ def test_every_api_route_and_error_has_the_one_json_shape(site):
 @pytest.fixture(scope="module")
 def server(site):
     lib = site[0]
-    app = create_app({"LIBRARY": lib.path, "WARM_UP": False, "MAX_CONTENT_LENGTH": 100_000})
+    app = create_app({"LIBRARY": lib.location, "WARM_UP": False, "MAX_CONTENT_LENGTH": 100_000})
     srv = make_server(app, "127.0.0.1", 0, threads=2)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -304,12 +307,13 @@ def test_flask_and_waitress_limits_agree(server, site):
         got, headers, answer = exchange(server, raw)
         assert got == status, answer
         assert (headers.get("connection") == "close") == (status == 413)  # waitress's own answer
-    small = create_app({"LIBRARY": lib.path, "WARM_UP": False, "MAX_CONTENT_LENGTH": 100_000}).test_client()
+    small = create_app({"LIBRARY": lib.location, "WARM_UP": False, "MAX_CONTENT_LENGTH": 100_000}).test_client()
     r = small.post("/api/search", data=part + filler + b"xx" + tail,
                    content_type=f"multipart/form-data; boundary={boundary}")
     assert_error(r, 413, "upload too large (limit 0.1 MB)")
 
 
+@pytest.mark.sqlite_only  # a damaged SQLite file, then the library's files copied in
 def test_a_damaged_library_answers_503_and_recovers_without_a_restart(tmp_path, library):
     lib_dir = tmp_path / "lib"
     lib_dir.mkdir()
