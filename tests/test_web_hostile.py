@@ -17,10 +17,13 @@ from clipdex.library import Library
 from clipdex.synthetic import Sample, draw
 from clipdex.web import create_app
 from clipdex.web.uploads import UploadDecoder
+from tests.conftest import BOTH, new_location
+
+BACKENDS = BOTH  # every test on the small library runs on SQLite and on PostgreSQL
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory, encoder):
+def site(tmp_path_factory, encoder, backend, request):
     """A small library of pictures under pics/, each test spoiling its own picture."""
     base = tmp_path_factory.mktemp("hostile")
     pics = base / "pics"
@@ -30,9 +33,9 @@ def site(tmp_path_factory, encoder):
         draw(Sample(["red", "blue", "green", "yellow", "purple", "orange"][i], "circle")).save(pics / name)
     Image.new("RGB", (4000, 3000), (255, 255, 255)).save(pics / "big.png", compress_level=1)  # 36 MB decoded
     names.append("big.png")
-    lib = Library.create(base / "lib")
+    lib = Library.create(new_location(backend, request, base / "lib"))
     Indexer(lib, encoder, workers=1).run([str(pics)])
-    app = create_app({"LIBRARY": lib.path, "WARM_UP": False})
+    app = create_app({"LIBRARY": lib.location, "WARM_UP": False})
     client = app.test_client()
     ids = {Path(r["path"]).name: r["id"] for r in client.get("/api/search?q=a+shape&k=50").get_json()["results"]}
     assert set(ids) == set(names)
@@ -74,7 +77,7 @@ def test_renditions_are_decoded_in_the_limited_workers_not_the_server(site):
     worker's memory limit decides now: with a 16 MB limit the 36 MB picture is refused in
     the worker's words, a small one is still made, and the server's own limits are untouched."""
     lib, _, ids, _, _ = site
-    small = create_app({"LIBRARY": lib.path, "WARM_UP": False, "UPLOAD_DECODER": {"memory_bytes": 16 << 20}})
+    small = create_app({"LIBRARY": lib.location, "WARM_UP": False, "UPLOAD_DECODER": {"memory_bytes": 16 << 20}})
     client = small.test_client()
     try:
         body = assert_json_error(client.get(f"/api/images/{ids['big.png']}/preview"), 422)
@@ -91,16 +94,18 @@ def test_renditions_are_decoded_in_the_limited_workers_not_the_server(site):
 class CountingDecoder(UploadDecoder):
     """The real decoder pool, counting the renditions it is asked for."""
 
-    renders = 0
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.renders = 0
 
     def render(self, fd: int, size: int, **kwargs) -> bytes:
-        type(self).renders += 1
+        self.renders += 1
         return super().render(fd, size, **kwargs)
 
 
 def test_concurrent_first_requests_for_a_rendition_decode_it_once(site):
     lib, _, ids, _, _ = site
-    app = create_app({"LIBRARY": lib.path, "WARM_UP": False})
+    app = create_app({"LIBRARY": lib.location, "WARM_UP": False})
     app.extensions["clipdex_uploads"] = decoder = CountingDecoder()
     start, answers = threading.Barrier(6), []
 
@@ -118,7 +123,7 @@ def test_concurrent_first_requests_for_a_rendition_decode_it_once(site):
     finally:
         decoder.close()
     assert [r.status_code for r in answers] == [200] * 6
-    assert len({r.data for r in answers}) == 1 and CountingDecoder.renders == 1
+    assert len({r.data for r in answers}) == 1 and decoder.renders == 1
 
 
 @pytest.mark.parametrize("site_header", ["cross-site", "same-site", "cross-site, same-origin", "bogus"])
