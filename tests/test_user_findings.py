@@ -16,15 +16,17 @@ from clipdex.library.schema import ImageRow
 from clipdex.models import TINY_MODEL
 from clipdex.synthetic import write_collection
 from clipdex.web import create_app
-from tests.conftest import invoke
+from tests.conftest import BOTH, invoke, new_location
+
+BACKENDS = BOTH  # the tests on a library run on SQLite and on PostgreSQL
 
 
-def tagged_library(tmp_path: Path, folder: str) -> tuple[Path, str, list[Path]]:
+def tagged_library(tmp_path: Path, folder: str, lib: str) -> tuple[Path, str, list[Path]]:
+    """Six pictures under ``folder`` indexed and tagged into a new library at ``lib`` (a folder or a URL)."""
     pics = tmp_path / folder
     files = sorted(write_collection(pics, per_class=1, seed=3))[:6]
     for extra in set(pics.rglob("*.jpg")) - set(files):
         extra.unlink()
-    lib = str(tmp_path / "lib")
     first = invoke("index", str(pics), "--library", lib, "--model", "tiny", "--workers", "1", "--json")
     assert json.loads(first.stdout)["indexed"] == 6, first.output
     assert invoke("tag", "--labels", "red,blue", "--library", lib).exit_code == 0
@@ -37,8 +39,8 @@ def counts(lib: str) -> tuple[int, int]:
     return info["images"], len(tags)
 
 
-def test_an_empty_folder_keeps_its_pictures_and_tags_until_pruned(tmp_path):
-    pics, lib, _ = tagged_library(tmp_path, "em")
+def test_an_empty_folder_keeps_its_pictures_and_tags_until_pruned(tmp_path, library_at):
+    pics, lib, _ = tagged_library(tmp_path, "em", library_at)
     before = counts(lib)
     pics.rename(tmp_path / "em.bak")
     pics.mkdir()  # the mount point of an unmounted drive
@@ -55,8 +57,8 @@ def test_an_empty_folder_keeps_its_pictures_and_tags_until_pruned(tmp_path):
     assert counts(lib) == (0, 0)
 
 
-def test_an_emptied_folder_inside_the_indexed_one_keeps_its_pictures_too(tmp_path):
-    pics, lib, files = tagged_library(tmp_path, "nested")
+def test_an_emptied_folder_inside_the_indexed_one_keeps_its_pictures_too(tmp_path, library_at):
+    pics, lib, files = tagged_library(tmp_path, "nested", library_at)
     sub = files[0].parent  # a colour folder, like a drive mounted inside the indexed folder
     inside = sorted(sub.glob("*.jpg"))
     sub.rename(tmp_path / "away")
@@ -69,8 +71,8 @@ def test_an_emptied_folder_inside_the_indexed_one_keeps_its_pictures_too(tmp_pat
     assert out["kept_empty"] == {} and out["removed"] == len(inside)
 
 
-def test_a_touched_file_keeps_its_tags_and_is_not_reindexed(tmp_path):
-    pics, lib, files = tagged_library(tmp_path, "t2")
+def test_a_touched_file_keeps_its_tags_and_is_not_reindexed(tmp_path, library_at):
+    pics, lib, files = tagged_library(tmp_path, "t2", library_at)
     before = counts(lib)
     st = files[0].stat()
     os.utime(files[0], (st.st_atime, st.st_mtime + 100))  # touch, or a restore without times
@@ -91,17 +93,17 @@ def test_serve_on_a_host_that_cannot_be_listened_on_is_one_line(tmp_path, host, 
     assert (out.exit_code, out.stdout, out.stderr) == (2, "", message)
 
 
-def test_the_demo_library_served_by_its_path_says_it_is_the_demo(tmp_path):
+def test_the_demo_library_served_by_its_path_says_it_is_the_demo(tmp_path, backend, request):
     pics = tmp_path / "pics"
     write_collection(pics, per_class=1, seed=4)
-    lib = Library.create(tmp_path / "demo-library")
+    lib = Library.create(new_location(backend, request, tmp_path / "demo-library"))
     Indexer(lib, TINY_MODEL, workers=1).run([str(pics)])
-    plain = create_app({"LIBRARY": lib.path, "WARM_UP": False, "TESTING": True}).test_client()
+    plain = create_app({"LIBRARY": lib.location, "WARM_UP": False, "TESTING": True}).test_client()
     assert plain.get("/api/info").get_json()["demo"] is False
     with lib.session() as s:
         Library.set_meta(s, DEMO_META, "1")
         s.commit()
-    client = create_app({"LIBRARY": lib.path, "WARM_UP": False, "TESTING": True}).test_client()
+    client = create_app({"LIBRARY": lib.location, "WARM_UP": False, "TESTING": True}).test_client()
     assert client.get("/api/info").get_json()["demo"] is True
     assert b'id="demo-banner"' in client.get("/").data
     missing = create_app({"LIBRARY": tmp_path / "none", "WARM_UP": False, "TESTING": True}).test_client()
