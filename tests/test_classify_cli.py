@@ -10,19 +10,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from clipdex.cli import main
 from clipdex.indexer import Indexer
 from clipdex.library import Library
 from clipdex.models import DEFAULT_MODEL, tiny_model_dir
+from tests.conftest import BOTH, cli
 from tests.test_classifiers import write_classes
 
-
-def cli(*args: str, code: int = 0):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == code, (result.output, result.exception)
-    return result
+BACKENDS = BOTH  # the tests on a library run on SQLite and on PostgreSQL
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +60,15 @@ def test_a_threshold_outside_0_1_names_the_option(tmp_path):
 
 
 def test_an_empty_prompt_is_refused_by_tag_and_eval(library, colours):
-    out = cli("tag", "--labels", "red=,blue", "--library", library.path, code=2)
+    out = cli("tag", "--labels", "red=,blue", "--library", library.location, code=2)
     assert out.stderr == "Error: label 'red' has an empty prompt after '='\n"
-    out = cli("eval", colours, "--prompts", "blue=|green|red", "--library", library.path, code=2)
+    out = cli("eval", colours, "--prompts", "blue=|green|red", "--library", library.location, code=2)
     assert out.stderr == "Error: prompt set 'blue=|green|red': label 'blue' has an empty prompt after '='\n"
 
 
 def test_export_into_a_missing_folder_is_one_line(library, tmp_path):
     target = tmp_path / "no" / "such" / "x.csv"
-    out = cli("tags", "export", "-o", target, "--library", library.path, code=2)
+    out = cli("tags", "export", "-o", target, "--library", library.location, code=2)
     assert out.stderr == f"Error: cannot write {target}: No such file or directory\n"
     assert out.stdout == ""
 
@@ -109,20 +104,20 @@ def test_eval_without_a_library_or_a_model_uses_the_default_model(tmp_path, colo
     assert out.stderr.startswith(f"Error: cannot fetch weights for {DEFAULT_MODEL}: ")  # offline here
 
 
-def test_stored_vectors_are_reused_only_for_the_same_model(tmp_path, colours, other_model):
-    lib = Library.create(tmp_path / "lib")
+def test_stored_vectors_are_reused_only_for_the_same_model(colours, other_model, library_at):
+    lib = Library.create(library_at)
     Indexer(lib, "tiny", workers=1, progress=False).run([str(colours / "red")])
-    same = json.loads(cli("eval", colours, "--library", lib.path, "--json").stdout)
+    same = json.loads(cli("eval", colours, "--library", lib.location, "--json").stdout)
     assert (same["model"], same["reused_vectors"], same["encoded"]) == ("tiny", 10, 20)
-    other = json.loads(cli("eval", colours, "--model", other_model, "--library", lib.path, "--json").stdout)
+    other = json.loads(cli("eval", colours, "--model", other_model, "--library", lib.location, "--json").stdout)
     assert (other["model"], other["reused_vectors"], other["encoded"]) == (other_model, 0, 30)
-    out = cli("probe", "train", colours, "--name", "c", "--model", other_model, "--library", lib.path, code=2)
-    assert out.stderr.startswith(f"Error: library {lib.path} was built with model tiny, not {other_model}: ")
+    out = cli("probe", "train", colours, "--name", "c", "--model", other_model, "--library", lib.location, code=2)
+    assert out.stderr.startswith(f"Error: library {lib.location} was built with model tiny, not {other_model}: ")
 
 
-def test_probe_train_without_a_library_creates_one_for_its_model(tmp_path):
+def test_probe_train_without_a_library_creates_one_for_its_model(tmp_path, library_at):
     dataset = write_classes(tmp_path / "ds", {"red": "red", "blue": "blue"}, 3, 0)  # the fewest that work
-    lib_dir = tmp_path / "lib"
+    lib_dir = library_at
     out = cli("probe", "train", dataset, "--name", "warm", "--model", "tiny", "--library", lib_dir)
     assert out.stderr == (f"(created a library at {lib_dir} for model tiny, holding the probe; add pictures with: "
                           f"clipdex index PATH --library {lib_dir})\n")
