@@ -136,10 +136,10 @@ def test_filters_that_each_match_but_not_together(dated):
     assert search_json(*args)["why_empty"] == [{"kind": "no_overlap"}]
 
 
-def test_a_library_whose_pictures_are_all_gone(tmp_path):
+def test_a_library_whose_pictures_are_all_gone(tmp_path, library_at):
     pics = tmp_path / "pics"
     write_collection(pics, per_class=1, samples=[Sample("red", "circle")])
-    lib = str(tmp_path / "lib")
+    lib = library_at
     assert invoke("index", str(pics), "--library", lib, "--model", "tiny").exit_code == 0
     shutil.rmtree(pics / "red")
     assert invoke("index", str(pics), "--library", lib, "--prune-empty").exit_code == 0
