@@ -26,7 +26,9 @@ from clipdex.cli import main
 from clipdex.indexer import Indexer
 from clipdex.library import Library, migrations
 from clipdex.synthetic import write_collection
+from tests.conftest import BOTH
 
+BACKENDS = BOTH  # index files and failed runs on SQLite and PostgreSQL; SQLite's own files on SQLite (sqlite_only)
 V1_DB = Path(__file__).parent / "data" / "library-v1" / "clipdex.db"
 
 
@@ -58,20 +60,21 @@ def in_namespace(setup: str, script: str, tmp_path: Path) -> subprocess.Complete
 
 # -- 2. a FAISS file that disagrees with the database is rebuilt, not trusted ----------------------------------
 @pytest.mark.parametrize("wrong", ["empty", "foreign ids", "one missing"])
-def test_an_index_file_that_disagrees_with_the_database_is_rebuilt(copied, wrong):
-    lib = Library.open(copied)
+def test_an_index_file_that_disagrees_with_the_database_is_rebuilt(lib_dir, wrong):
+    lib = Library.open(lib_dir)
+    folder = lib.path  # the library's folder, or a server library's cache folder on this machine
     ids, vectors = lib.load_vectors()
     bad = bases.flat_index(vectors.shape[1])
     if wrong == "foreign ids":
         bad.add_with_ids(vectors, ids + 1000)
     elif wrong == "one missing":
         bad.add_with_ids(vectors[1:], ids[1:])
-    bases.Base(bases.FLAT, lib.generation, bad, bases.flat_ids(bad)).save(copied)  # as if for this generation
+    bases.Base(bases.FLAT, lib.generation, bad, bases.flat_ids(bad)).save(folder)  # as if for this generation
 
-    fresh = Library.open(copied)
+    fresh = Library.open(lib_dir)
     assert sorted(fresh.index().ids().tolist()) == ids.tolist()
     assert fresh.index().search(vectors[0], 1)[0][0] == int(ids[0])
-    saved = faiss.deserialize_index(np.fromfile(copied / f"index.{fresh.generation}.faiss", dtype=np.uint8))
+    saved = faiss.deserialize_index(np.fromfile(folder / f"index.{fresh.generation}.faiss", dtype=np.uint8))
     assert saved.ntotal == len(ids)  # and the right one replaced the wrong file
 
 
@@ -89,6 +92,7 @@ def damage(db: Path, how: str) -> str:
     return "file is not a database"
 
 
+@pytest.mark.sqlite_only  # a damaged SQLite file
 @pytest.mark.parametrize("how", ["truncated", "emptied", "garbage"])
 def test_a_damaged_database_is_reported_and_left_alone(copied, how, collection):
     db = copied / "clipdex.db"
@@ -105,6 +109,7 @@ def test_a_damaged_database_is_reported_and_left_alone(copied, how, collection):
 
 @needs_namespaces
 @pytest.mark.slow  # a real process run end to end
+@pytest.mark.sqlite_only  # a read-only folder holding a SQLite library
 def test_a_read_only_library_is_searchable_but_not_changeable(tmp_path, copied, library, collection):
     old = tmp_path / "old"
     old.mkdir()
@@ -196,7 +201,7 @@ def test_a_failed_first_run_leaves_nothing_behind(tmp_path, args, code):
     assert out.exit_code == code and list(existing.iterdir()) == []
 
 
-def test_a_failed_run_on_an_existing_library_keeps_it(copied, collection):
+def test_a_failed_run_on_an_existing_library_keeps_it(lib_dir, collection):
     root = next(iter(collection)).parent.parent
-    out = cli("index", root / "nowhere", "--library", copied)
-    assert out.exit_code == 2 and Library.open(copied).info()["images"] == 120
+    out = cli("index", root / "nowhere", "--library", lib_dir)
+    assert out.exit_code == 2 and Library.open(lib_dir).info()["images"] == 120
