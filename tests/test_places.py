@@ -18,7 +18,7 @@ from clipdex.errors import LibraryError, UsageError
 from clipdex.indexer import Indexer
 from clipdex.library import Library, paths, places
 from clipdex.library.persontags import add_tag, tags_of
-from clipdex.library.schema import ImageRow, Meta, RootRow
+from clipdex.library.schema import ImageRow, Meta, RootRow, utcnow
 from clipdex.models import TINY_MODEL
 from clipdex.synthetic import COLORS, Sample, write_collection
 from clipdex.web import create_app
@@ -191,6 +191,10 @@ def test_the_cache_folder_is_made_only_for_a_library_and_refused_when_planted(li
     os.chown(folder, 4242, 4242)  # as root, here and in CI
     with pytest.raises(LibraryError, match=f"the cache folder {folder} of .* belongs to another user"):
         Library.open(library_at)
+    shutil.rmtree(folder.parent)  # and the folder of every library there
+    folder.parent.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(LibraryError, match=f"the cache folder {folder.parent} of .* is a symlink"):
+        Library.open(library_at)
 
 
 def test_cache_dir_flag_chooses_where_index_files_go(library_at, tmp_path):
@@ -221,6 +225,8 @@ def test_a_machine_gone_for_weeks_no_longer_holds_the_change_log_back(library_at
         assert lib.keeper._prunable(s, 10) == 3  # the live machine's file still needs generation 3 on
         lib.set_meta(s, "index_file@alive", json.dumps({"generation": 3, "built_at": now - indexkeeper.STALE_S - 60}))
         assert lib.keeper._prunable(s, 10) == 10
+        lib.set_meta(s, "index_file@ahead", json.dumps({"generation": 2, "built_at": now + 10 * 24 * 3600}))
+        assert lib.keeper._prunable(s, 10) == 10  # a clock far ahead (or damage) holds nothing back either
 
 
 def test_overlapping_names_are_refused_in_words(tmp_path):
@@ -275,3 +281,56 @@ def test_a_file_url_is_its_folder_and_an_unknown_home_is_refused(tmp_path):
                                           f"PATH --library '{tmp_path}/my lib')\n")
     r = invoke("search", "a cat", "--root-name", "x=~nobody-here/y", "--library", str(tmp_path))
     assert r.exit_code == 2 and "cannot expand ~nobody-here in 'x=~nobody-here/y': no such user" in r.stderr
+
+
+def test_a_name_declared_over_70000_pictures_adopts_them_all(library_at, tmp_path, on):
+    """More pictures than PostgreSQL takes parameters in one statement (65,535)."""
+    from sqlalchemy import text
+
+    on("a")
+    mount = tmp_path / "big"
+    mount.mkdir()
+    lib = Library.create(library_at)
+    with lib.session() as s:  # as if indexed by path: rows straight into the tables (encoding 70k takes long)
+        s.execute(text("INSERT INTO images (path, size, mtime, content_hash, width, height, indexed_at, vector) "
+                       "SELECT :p || g || '.jpg', 1, 0, md5(g::text), 1, 1, now(), '\\x00'::bytea "
+                       "FROM generate_series(1, 70000) g"), {"p": f"{mount}/"})
+        s.add(RootRow(path=str(mount), added_at=utcnow(), machine="a"))
+        s.commit()
+    places.declare(f"big={mount}")
+    lib = Library.create(library_at)  # opened anew: it follows the declaration
+    with lib.write_lock():
+        lib.add_roots([str(mount)])
+    with lib.session() as s:
+        paths = list(s.scalars(select(ImageRow.path)))
+    assert len(paths) == 70000 and "@big/1.jpg" in paths and all(p.startswith("@big/") for p in paths)
+
+
+def test_adoption_waits_for_no_one_and_is_refused_while_another_writer_runs(library_at, tmp_path, on):
+    share = tmp_path / "share"
+    write_collection(share, per_class=1, seed=39, samples=[Sample(c, "circle") for c in list(COLORS)[:3]])
+    on("a")
+    index(library_at, str(share))
+    other = Library.open(library_at)
+    with other.write_lock():  # another run on this machine, indexing the folder by path right now
+        r = invoke("index", str(share), "--library", library_at, "--root-name", f"archive={share}")
+        assert r.exit_code == 1 and r.stderr.startswith(f"Error: other clipdex processes are writing to {library_at}")
+    assert not any(p.startswith("@") for p in stored_paths(library_at))  # nothing half adopted
+    assert index(library_at, str(share), "--root-name", f"archive={share}")["indexed"] == 0
+    assert all(p.startswith("@archive/") for p in stored_paths(library_at))
+
+
+def test_a_name_declared_through_a_symlink_adopts_the_folder_and_overlaps_are_seen_through_links(
+        library_at, tmp_path, on):
+    real = tmp_path / "scans"
+    write_collection(real, per_class=1, seed=40, samples=[Sample(c, "square") for c in list(COLORS)[:3]])
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    on("a")
+    index(library_at, str(real))
+    assert index(library_at, str(link), "--root-name", f"scans={link}")["indexed"] == 0
+    assert len(stored_paths(library_at)) == 3 and all(p.startswith("@scans/") for p in stored_paths(library_at))
+    r = invoke("index", str(link), "--library", library_at, "--root-name", f"scans={link}",
+               "--root-name", f"again={real}")
+    assert r.exit_code == 2 and f"root names cannot overlap: again={real} is the same folder as scans={link}" \
+        in r.stderr, r.stderr

@@ -198,11 +198,12 @@ class IndexKeeper:
         machine's index file still needs (machines whose file is older than :data:`STALE_S` aside)."""
         if not self.lib.server:
             return upto
-        recent = time.time() - STALE_S
+        now = time.time()
         for raw in session.scalars(select(Meta.value).where(Meta.key.like(RECORD + "@%"))):
             try:
                 record = json.loads(raw)
-                if float(record.get("built_at", recent)) >= recent:
+                # a date in the future (a clock far ahead, damage) would hold the log back forever too
+                if now - STALE_S <= float(record.get("built_at", now)) <= now + 24 * 3600:
                     upto = min(upto, int(record["generation"]))
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue

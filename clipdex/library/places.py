@@ -24,11 +24,12 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from clipdex.errors import UsageError
 from clipdex.library.schema import ImageRow, Meta, RootRow, SkippedRow, TagRejectionRow, TagRow, utcnow
+from clipdex.library.writes import delete_in_chunks
 
 if TYPE_CHECKING:  # pragma: no cover
     from clipdex.library import Library
@@ -37,6 +38,7 @@ PREFIX = "@"
 META = "root_name:"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _DECLARED: dict[str, str] = {}  # this process's --root-name declarations
+_CHUNK = 5000  # values per IN (): PostgreSQL takes 65,535 parameters a statement, SQLite 32,766
 
 
 def machine() -> str:
@@ -76,13 +78,16 @@ def _under(path: str, folder: str) -> bool:
 
 
 def _check_apart(mounts: dict[str, str], name: str) -> None:
-    """:class:`UsageError` when ``name``'s mount point is another name's, or inside or around it: a
-    picture would then have two stored paths, and be indexed twice."""
+    """:class:`UsageError` when ``name``'s mount point is another name's, or inside or around it (as
+    written, or where symlinks lead): a picture would then have two stored paths, and be indexed twice."""
     mine = mounts[name]
     for other, mount in sorted(mounts.items()):
-        if other != name and (_under(mine, mount) or _under(mount, mine)):
-            how = "the same folder as" if mine == mount else "inside" if _under(mine, mount) else "around"
-            raise UsageError(f"root names cannot overlap: {name}={mine} is {how} {other}={mount}")
+        if other == name:
+            continue
+        for a, b in ((mine, mount), (os.path.realpath(mine), os.path.realpath(mount))):
+            if _under(a, b) or _under(b, a):
+                how = "the same folder as" if a == b else "inside" if _under(a, b) else "around"
+                raise UsageError(f"root names cannot overlap: {name}={mine} is {how} {other}={mount}")
 
 
 class Places:
@@ -166,39 +171,47 @@ class Places:
         from clipdex.library import dialect
 
         plain = self._plain_roots(session)
-        prefix = mount.rstrip(os.sep) + os.sep
-        owned = [r for r in plain if _under(mount, r) or _under(r, mount)]
-        if not owned:
+        mounts = sorted({mount.rstrip(os.sep) or os.sep, os.path.realpath(mount)})  # and where a link leads
+        owned = [r for r in plain if any(_under(m, r) or _under(r, m) for m in mounts)]
+        rows: dict[int, tuple[str, str]] = {}  # id -> (the mount prefix it is under, its named form)
+        skips = []
+        for m in mounts:
+            prefix = m.rstrip(os.sep) + os.sep
+            found = session.execute(select(ImageRow.id, ImageRow.path)
+                                    .where(ImageRow.path.startswith(prefix, autoescape=True))).all()
+            rows.update((i, (prefix, PREFIX + name + p[len(prefix) - 1:])) for i, p in found
+                        if any(_under(p, r) for r in owned))
+            skips += [p for p in session.scalars(select(SkippedRow.path)
+                                                 .where(SkippedRow.path.startswith(prefix, autoescape=True)))
+                      if any(_under(p, r) for r in owned)]
+        inside = [(r, m) for r in owned for m in mounts if _under(r, m)]
+        if not rows and not skips and not inside:
             return []
-        rows = session.execute(select(ImageRow.id, ImageRow.path)
-                               .where(ImageRow.path.startswith(prefix, autoescape=True))).all()
-        rows = [(i, p) for i, p in rows if any(_under(p, r) for r in owned)]
-        named = {p: PREFIX + name + p[len(prefix) - 1:] for _, p in rows}
-        held = dict(session.execute(select(ImageRow.path, ImageRow.id)
-                                    .where(ImageRow.path.in_(list(named.values())))).all()) if named else {}
-        gone = []
-        for image_id, path in rows:
-            twin = held.get(named[path])
-            if twin is None:
-                session.execute(update(ImageRow).where(ImageRow.id == image_id).values(path=named[path]))
-                continue
-            for table in (TagRow, TagRejectionRow):  # its tags join the twin's, unless the twin has them
+        self.lib.need_exclusive()  # no other writer may store these paths in their old form meanwhile
+        held: dict[str, int] = {}
+        named = [n for _, n in rows.values()]
+        for start in range(0, len(named), _CHUNK):
+            held.update(session.execute(select(ImageRow.path, ImageRow.id)
+                                        .where(ImageRow.path.in_(named[start:start + _CHUNK]))).all())
+        gone = [i for i, (_, n) in rows.items() if n in held]
+        for prefix in {p for p, _ in rows.values()}:  # the rest in bulk: "@name" + what follows the mount point
+            ids = [i for i, (p, n) in rows.items() if p == prefix and n not in held]
+            for start in range(0, len(ids), _CHUNK):
+                session.execute(update(ImageRow).where(ImageRow.id.in_(ids[start:start + _CHUNK]))
+                                .values(path=PREFIX + name + func.substr(ImageRow.path, len(prefix))))
+        for image_id in gone:  # its tags join the twin's, unless the twin has them
+            twin = held[rows[image_id][1]]
+            for table in (TagRow, TagRejectionRow):
                 have = {tuple(r) for r in session.execute(select(*_tag_key(table)).where(table.image_id == twin))}
                 for row in session.scalars(select(table).where(table.image_id == image_id)).all():
                     if tuple(getattr(row, c.key) for c in _tag_key(table)) not in have:
                         row.image_id = twin
             session.flush()
-            gone.append(image_id)
-        skips = [p for p in session.scalars(select(SkippedRow.path)
-                                            .where(SkippedRow.path.startswith(prefix, autoescape=True)))
-                 if any(_under(p, r) for r in owned)]
-        session.execute(delete(SkippedRow).where(SkippedRow.path.in_(skips)))  # the scan records them anew
-        for root in owned:
-            if _under(root, mount):  # a root inside the mount point: now a named one
-                named_root = PREFIX + name + root[len(mount.rstrip(os.sep)):]
-                session.execute(delete(RootRow).where(RootRow.path == root))
-                dialect.upsert(session, RootRow, {"path": named_root, "added_at": utcnow(), "machine": None},
-                               ["path"])
+        delete_in_chunks(session, SkippedRow.path, skips)  # the scan records them anew
+        for root, m in inside:  # a root inside the mount point: now a named one
+            session.execute(delete(RootRow).where(RootRow.path == root))
+            dialect.upsert(session, RootRow, {"path": PREFIX + name + root[len(m.rstrip(os.sep)):],
+                                              "added_at": utcnow(), "machine": None}, ["path"])
         return gone
 
     def roots(self) -> list[str]:

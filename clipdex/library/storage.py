@@ -14,6 +14,7 @@ import fcntl
 import os
 import shutil
 import sqlite3
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -172,15 +173,17 @@ def cache_folder_for(folder: Path, location: str) -> Path:
     another user (planted where ours would go) is refused, never used.
     """
     try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            folder.mkdir(mode=0o700)
-        st = os.lstat(folder)
+        folder.parent.parent.mkdir(parents=True, exist_ok=True)
+        for made in (folder.parent, folder):  # "libraries", then this library's own
+            with contextlib.suppress(FileExistsError):
+                made.mkdir(mode=0o700)
     except OSError as exc:
         raise LibraryError(f"cannot make the cache folder {folder} of {location}: {exc.strerror}") from None
-    if os.path.islink(folder) or not os.path.isdir(folder):
-        raise LibraryError(f"the cache folder {folder} of {location} is a symlink or not a folder; remove it")
-    if hasattr(os, "getuid") and st.st_uid != os.getuid():
-        raise LibraryError(f"the cache folder {folder} of {location} belongs to another user; remove it, "
-                           "or choose another with --cache-dir")
+    for made in (folder.parent, folder):
+        st = os.lstat(made)
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+            raise LibraryError(f"the cache folder {made} of {location} is a symlink or not a folder; remove it")
+        if hasattr(os, "getuid") and st.st_uid != os.getuid():
+            raise LibraryError(f"the cache folder {made} of {location} belongs to another user; remove it, "
+                               "or choose another with --cache-dir")
     return folder.resolve()
