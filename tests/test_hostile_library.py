@@ -1,5 +1,8 @@
 """A hostile or damaged library gives one clear line (CLI) or a 503 (server): never a traceback, a hang,
-or an allocation beyond what the files hold. Real SQLite, real FAISS files, a real Flask app."""
+or an allocation beyond what the files hold. Real SQLite and PostgreSQL, real FAISS files, a real Flask app.
+
+Damage any database can hold (a meta value, a vector of the wrong length, a hostile file name) is tried
+on both; damage only a SQLite file can hold (a column declared otherwise, a value of another type) on SQLite."""
 
 from __future__ import annotations
 
@@ -17,12 +20,33 @@ from clipdex.ann import base as bases
 from clipdex.cli import main
 from clipdex.errors import LibraryError
 from clipdex.library import Library
+from tests.conftest import BOTH
+
+BACKENDS = BOTH  # see above: what a server's database can hold is tried on PostgreSQL too
 
 
-def sql(folder: Path, statement: str, *params) -> None:
-    with sqlite3.connect(folder / "clipdex.db") as conn:
+def sql(location: str | Path, statement: str, *params) -> None:
+    """Run ``statement`` (``?`` placeholders) on the library's database behind clipdex's back."""
+    if str(location).startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(str(location), autocommit=True) as pg:
+            pg.execute(statement.replace("?", "%s"), params)
+        return
+    with sqlite3.connect(Path(location) / "clipdex.db") as conn:
         conn.execute(statement, params)
     conn.close()
+
+
+def zeros(location: str | Path, n: int) -> str:
+    """SQL for ``n`` zero bytes, in the library's database's dialect."""
+    return f"decode(repeat('00', {n}), 'hex')" if str(location).startswith("postgresql://") else f"zeroblob({n})"
+
+
+@pytest.fixture()
+def spoilt(backend, request) -> str:
+    """A private copy of the shared library to damage: its folder (WAL folded in), or a cloned database's URL."""
+    return str(request.getfixturevalue("copied" if backend == "sqlite" else "lib_dir"))
 
 
 def cli(*args: str):
@@ -83,12 +107,12 @@ def test_a_sound_index_file_still_loads(tmp_path):
     assert bases.load(tmp_path / "index.7.faiss", 32) is None
 
 
-def test_the_library_rebuilds_over_a_fifo_index_file(copied):
-    lib = Library.open(copied)
+def test_the_library_rebuilds_over_a_fifo_index_file(spoilt):
+    lib = Library.open(spoilt)
     generation = lib.generation
-    for path in copied.glob("index.*.faiss"):
+    for path in lib.path.glob("index.*.faiss"):
         path.unlink()
-    os.mkfifo(copied / f"index.{generation}.faiss")
+    os.mkfifo(lib.path / f"index.{generation}.faiss")
     index = within(20, lib.index)
     assert index.ntotal == len(lib.load_vectors()[0])
     lib.close()
@@ -98,19 +122,22 @@ def test_the_library_rebuilds_over_a_fifo_index_file(copied):
 @pytest.mark.parametrize(("key", "value"), [("dim", "abc"), ("dim", "0"), ("dim", "-64"), ("dim", "1000000000"),
                                             ("generation", "x"), ("schema_version", "abc"),
                                             ("schema_version", "0")])
-def test_a_damaged_meta_value_is_one_error_line_naming_it(copied, key, value):
-    sql(copied, "UPDATE meta SET value = ? WHERE key = ?", value, key)
-    line = one_error_line(cli("info", "--library", copied))
+def test_a_damaged_meta_value_is_one_error_line_naming_it(spoilt, key, value):
+    sql(spoilt, "UPDATE meta SET value = ? WHERE key = ?", value, key)
+    line = one_error_line(cli("info", "--library", spoilt))
     assert "damaged" in line and repr(key) in line and repr(value) in line
 
 
-def vector_damage(folder: Path, damage: str) -> None:
+def vector_damage(location: str, damage: str) -> None:
+    lib = Library.open(location)
+    folder = lib.path  # its index files: in its folder, or a server library's cache folder
+    lib.close()
     for path in folder.glob("index.*.faiss"):
         path.unlink()
     if damage == "every vector 40 bytes":
-        sql(folder, "UPDATE images SET vector = zeroblob(40)")
+        sql(location, f"UPDATE images SET vector = {zeros(location, 40)}")
         return
-    statement = {"6 bytes": "zeroblob(6)", "text": "'not a vector'", "200 MB": "zeroblob(200000000)",
+    statement = {"6 bytes": zeros(location, 6), "text": "'not a vector'", "200 MB": "zeroblob(200000000)",
                  "NULL": "NULL"}[damage]
     if damage == "NULL":  # the column is NOT NULL: a hostile file declares it otherwise
         with sqlite3.connect(folder / "clipdex.db") as conn:
@@ -118,30 +145,41 @@ def vector_damage(folder: Path, damage: str) -> None:
             conn.execute("UPDATE sqlite_master SET sql = replace(sql, 'vector BLOB NOT NULL', 'vector BLOB') "
                          "WHERE name = 'images'")
         conn.close()
-    sql(folder, f"UPDATE images SET vector = {statement} WHERE id = (SELECT min(id) + 3 FROM images)")
+    sql(location, f"UPDATE images SET vector = {statement} WHERE id = (SELECT min(id) + 3 FROM images)")
 
 
-@pytest.mark.parametrize("damage", ["6 bytes", "NULL", "text", "every vector 40 bytes", "200 MB"])
-def test_a_damaged_vector_names_the_picture(copied, damage):
-    vector_damage(copied, damage)
-    lib = Library.open(copied)
+def assert_damaged_vector_named(location: str) -> None:
+    lib = Library.open(location)
     with pytest.raises(LibraryError, match=r"damaged vector for picture \d+ \(/"):
         lib.index()
     lib.close()
-    line = one_error_line(cli("search", "a red circle", "--library", copied))
+    line = one_error_line(cli("search", "a red circle", "--library", location))
     assert "damaged vector for picture" in line
 
 
-def test_the_server_answers_503_for_a_damaged_library(copied):
+@pytest.mark.parametrize("damage", ["6 bytes", "every vector 40 bytes"])
+def test_a_damaged_vector_names_the_picture(spoilt, damage):
+    vector_damage(spoilt, damage)
+    assert_damaged_vector_named(spoilt)
+
+
+@pytest.mark.sqlite_only  # a NOT NULL column declared otherwise, text in a BLOB column, a 200 MB value
+@pytest.mark.parametrize("damage", ["NULL", "text", "200 MB"])
+def test_a_vector_only_a_sqlite_file_can_hold_names_the_picture(copied, damage):
+    vector_damage(str(copied), damage)
+    assert_damaged_vector_named(str(copied))
+
+
+def test_the_server_answers_503_for_a_damaged_library(spoilt):
     from clipdex.web import create_app
 
-    vector_damage(copied, "6 bytes")
-    app = create_app({"LIBRARY": copied, "TESTING": True})  # warming up must not raise
+    vector_damage(spoilt, "6 bytes")
+    app = create_app({"LIBRARY": spoilt, "TESTING": True})  # warming up must not raise
     problem = app.extensions["clipdex"].warm_up()
     assert isinstance(problem, LibraryError) and "damaged vector" in str(problem)
     answer = app.test_client().get("/api/search?q=a+red+circle")
     assert answer.status_code == 503 and "damaged vector for picture" in answer.get_json()["message"]
-    sql(copied, "UPDATE meta SET value = 'abc' WHERE key = 'dim'")
+    sql(spoilt, "UPDATE meta SET value = 'abc' WHERE key = 'dim'")
     for route in ("/api/info", "/api/health"):  # a monitor watching health sees the damage too
         answer = app.test_client().get(route)
         assert answer.status_code == 503 and "'dim'" in answer.get_json()["message"], route
@@ -149,16 +187,17 @@ def test_the_server_answers_503_for_a_damaged_library(copied):
 
 # -- rows the catalog cannot read: 503 naming the picture, never a 500 ---------------------------------------
 @pytest.fixture()
-def hostile_client(copied):
+def hostile_client(spoilt):
     from clipdex.web import create_app
 
-    app = create_app({"LIBRARY": copied, "TESTING": True})
+    app = create_app({"LIBRARY": spoilt, "TESTING": True})
     return app.test_client()
 
 
 @pytest.mark.parametrize(("column", "value"), [
     ("captured_at", "not a date"), ("captured_at", "99999-01-01 00:00:00"), ("path", None), ("path", b"\x00blob"),
     ("width", "wide"), ("size", "big"), ("mtime", "late"), ("indexed_at", None)])
+@pytest.mark.sqlite_only  # NOT NULL columns declared otherwise, values of another type: a SQLite file's damage
 def test_a_row_that_cannot_be_read_is_a_503_naming_the_picture(copied, hostile_client, column, value):
     with sqlite3.connect(copied / "clipdex.db") as conn:
         target = conn.execute("SELECT min(id) FROM images").fetchone()[0]
@@ -180,26 +219,26 @@ def test_a_row_that_cannot_be_read_is_a_503_naming_the_picture(copied, hostile_c
 
 
 # -- file names cannot drive the terminal ----------------------------------------------------------------------
-def test_escape_sequences_in_file_names_are_printed_inert(copied):
+def test_escape_sequences_in_file_names_are_printed_inert(spoilt):
     from clipdex.cli.common import printable
 
     assert printable("a\x1b[2Jb\x9d0;title\x07\n") == "a\\x1b[2Jb\\x9d0;title\\x07\\x0a"
     hostile = "/pics/\x1b[2J\x1b]0;owned\x07.jpg"
-    sql(copied, "INSERT INTO skipped (path, reason, size, mtime, recorded_at) VALUES (?, ?, 1, 1, '2024-01-01')",
+    sql(spoilt, "INSERT INTO skipped (path, reason, size, mtime, recorded_at) VALUES (?, ?, 1, 1, '2024-01-01')",
         hostile, "bad\x1b[31m")
-    human = cli("skipped", "--library", copied)
+    human = cli("skipped", "--library", spoilt)
     assert human.exit_code == 0 and "\x1b" not in human.output and "\\x1b[2J" in human.output
-    assert hostile in cli("skipped", "--library", copied, "--json").output.encode().decode("unicode_escape")
-    vector_damage(copied, "6 bytes")
-    sql(copied, "UPDATE images SET path = ? WHERE id = (SELECT min(id) + 3 FROM images)", hostile)
-    line = one_error_line(cli("search", "a red circle", "--library", copied))
+    assert hostile in cli("skipped", "--library", spoilt, "--json").output.encode().decode("unicode_escape")
+    vector_damage(spoilt, "6 bytes")
+    sql(spoilt, "UPDATE images SET path = ? WHERE id = (SELECT min(id) + 3 FROM images)", hostile)
+    line = one_error_line(cli("search", "a red circle", "--library", spoilt))
     assert "\x1b" not in line and "\x07" not in line
 
 
-def test_a_malformed_stored_model_spec_is_damage_the_page_explains(copied, hostile_client):
-    sql(copied, "UPDATE meta SET value = '::::' WHERE key = 'model_spec'")
+def test_a_malformed_stored_model_spec_is_damage_the_page_explains(spoilt, hostile_client):
+    sql(spoilt, "UPDATE meta SET value = '::::' WHERE key = 'model_spec'")
     page = hostile_client.get("/")
     assert page.status_code == 200 and page.content_type.startswith("text/html")
     answer = hostile_client.get("/api/search?q=a+red+circle")
     assert answer.status_code == 503 and "'model_spec'" in answer.get_json()["message"]
-    assert "'model_spec'" in one_error_line(cli("search", "a red circle", "--library", copied))
+    assert "'model_spec'" in one_error_line(cli("search", "a red circle", "--library", spoilt))
