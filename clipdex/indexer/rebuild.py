@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from clipdex.decoding import Decoded
-from clipdex.errors import ModelUnavailable
+from clipdex.errors import LibraryError, ModelUnavailable
 from clipdex.indexer.scan import Scan
 from clipdex.library import held, staging, writes
 from clipdex.library.staging import Unusable
@@ -79,6 +79,13 @@ def rebuild_library(indexer: Indexer, encoder: Encoder, roots: Scan, stats: Inde
     """
     lib = indexer.lib
     rows = writes.known_rows(lib, lambda _path: True)
+    away = lib.places.unreachable([r.path for r in rows])
+    if away:  # they would be taken for deleted, and leave the library for every machine
+        where = "; ".join(f"{n} {w}" for w, n in sorted(away.items()))
+        raise LibraryError(f"a rebuild or a model switch encodes every picture again, and {sum(away.values())} "
+                           f"cannot be read from this machine ({lib.places.machine}): {where}. Run it on a "
+                           "machine that reaches them all (a folder machines share needs the same root name "
+                           "declared on each)")
     kept = held.held_spec(lib, encoder.spec.identity) if reuse else None
     pool = None
     try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,7 @@ PREFIX = "@"
 META = "root_name:"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _DECLARED: dict[str, str] = {}  # this process's --root-name declarations
+MOUNTS_TTL_S = 10.0
 _CHUNK = 5000  # values per IN (): PostgreSQL takes 65,535 parameters a statement, SQLite 32,766
 
 
@@ -97,10 +99,15 @@ class Places:
         self.lib = lib
         self.machine = machine()
         self._mounts: dict[str, str] | None = None
+        self._read_at = 0.0
 
     def mounts(self) -> dict[str, str]:
-        """name -> local mount point of every root name on this machine (recorded, and declared now)."""
-        if self._mounts is None:
+        """name -> local mount point of every root name on this machine (recorded, and declared now).
+
+        Read again after :data:`MOUNTS_TTL_S`: a server follows a name that ``index`` declares
+        on this machine while it runs."""
+        if self._mounts is None or time.monotonic() - self._read_at > MOUNTS_TTL_S:
+            self._read_at = time.monotonic()
             mine = f"{META}{self.machine}:"
             with self.lib.session() as s:
                 rows = s.execute(select(Meta.key, Meta.value).where(Meta.key.startswith(META))).all()
@@ -140,6 +147,9 @@ class Places:
         from clipdex.library import dialect
 
         self.mounts()  # refuses overlapping names before anything is written
+        self._check_moves(session)
+        for root in roots:
+            self._check_not_foreign(session, root)
         gone: list[int] = []
         for name, path in _DECLARED.items():
             dialect.upsert(session, Meta, {"key": f"{META}{self.machine}:{name}", "value": path}, ["key"])
@@ -152,6 +162,58 @@ class Places:
         if gone:
             self.lib.forget(session, gone)
             self.lib.bump_generation(session, gone)
+
+    def _check_moves(self, session: Session) -> None:
+        """:class:`UsageError` when a declaration moves a name recorded on this machine while its recorded
+        mount point is still there: a mistyped path would replace the share's pictures (for every
+        machine) with another folder's. A share that really moved has left its old mount point."""
+        for name, path in _DECLARED.items():
+            row = session.get(Meta, f"{META}{self.machine}:{name}")
+            old = row.value if row is not None else None
+            if old and os.path.realpath(old) != os.path.realpath(path) and os.path.isdir(old):
+                raise UsageError(
+                    f"root name {name} is recorded at {old} on this machine ({self.machine}), which is still "
+                    f"there: a name moves to {path} only once its old mount point is gone (unmounted or renamed), "
+                    "so a mistyped path never replaces the share's pictures; give another folder another name")
+
+    def _check_not_foreign(self, session: Session, root: str) -> None:
+        """:class:`UsageError` when ``root`` is stored by path and overlaps a folder another machine indexed
+        by path: the same path on two machines is two folders (or one share without its name), and
+        each run would take the other's pictures for changed or deleted."""
+        stored = self.stored(root)
+        if not self.lib.server or stored.startswith(PREFIX):
+            return
+        for path, owner in session.execute(select(RootRow.path, RootRow.machine)):
+            if owner and owner != self.machine and not path.startswith(PREFIX) \
+                    and (_under(stored, path) or _under(path, stored)):
+                raise UsageError(
+                    f"{root} overlaps {path}, a folder machine {owner!r} indexed by path: the same path on two "
+                    f"machines must be indexed under a root name (--root-name NAME={root}; on {owner} too, if it "
+                    "is one shared folder; a name of its own for each, if they are different folders)")
+
+    def unreachable(self, paths: list[str]) -> dict[str, int]:
+        """Of pictures at ``paths`` (local forms), how many this machine cannot reach, by where they are
+        (another machine's folder, a root name not declared here); empty on SQLite (one machine)."""
+        if not self.lib.server:
+            return {}
+        with self.lib.session() as s:
+            rows = s.execute(select(RootRow.path, RootRow.machine)).all()
+        mine = [self.local(p) for p, owner in rows if p.startswith(PREFIX) or owner in (None, self.machine)]
+        mine = [m for m in mine if not m.startswith(PREFIX)]
+        theirs = [(p, owner) for p, owner in rows if owner and owner != self.machine and not p.startswith(PREFIX)]
+        out: dict[str, int] = {}
+        for path in paths:
+            if path.startswith(PREFIX):
+                where = f"under root name {path[len(PREFIX):].partition('/')[0]!r}, not declared here"
+            elif any(_under(path, m) for m in mine):
+                continue
+            else:
+                owners = sorted({owner for p, owner in theirs if _under(path, p)})
+                if not owners:
+                    continue
+                where = f"in folders of machine {owners[0]!r}"
+            out[where] = out.get(where, 0) + 1
+        return out
 
     def _plain_roots(self, session: Session) -> list[str]:
         """This machine's roots stored as plain paths (on SQLite, which one machine uses, all of them)."""
