@@ -334,3 +334,96 @@ def test_a_name_declared_through_a_symlink_adopts_the_folder_and_overlaps_are_se
                "--root-name", f"again={real}")
     assert r.exit_code == 2 and f"root names cannot overlap: again={real} is the same folder as scans={link}" \
         in r.stderr, r.stderr
+
+
+def test_a_name_is_not_moved_to_another_folder_while_its_mount_point_is_there(library_at, tmp_path, on):
+    share, other = tmp_path / "share", tmp_path / "other"
+    write_collection(share, per_class=1, seed=41, samples=[Sample(c, "star") for c in list(COLORS)[:3]])
+    write_collection(other, per_class=1, seed=42, samples=[Sample("blue", "square")])
+    on("b")
+    index(library_at, str(share), "--root-name", f"archive={share}")
+    r = invoke("index", str(other), "--library", library_at, "--root-name", f"archive={other}")
+    assert (r.exit_code, r.stderr) == (2, f"Error: root name archive is recorded at {share} on this machine (b), "
+                                          f"which is still there: a name moves to {other} only once its old mount "
+                                          "point is gone (unmounted or renamed), so a mistyped path never replaces "
+                                          "the share's pictures; give another folder another name\n")
+    assert len(stored_paths(library_at)) == 3
+    moved = tmp_path / "remounted"
+    share.rename(moved)  # the share really moved: its old mount point is gone
+    again = index(library_at, str(moved), "--root-name", f"archive={moved}")
+    assert (again["indexed"], again["unchanged"], again["removed"]) == (0, 3, 0)
+
+
+def test_the_same_path_on_two_machines_needs_a_root_name(library_at, tmp_path, on):
+    home = tmp_path / "home"
+    write_collection(home, per_class=1, seed=43, samples=[Sample("red", "circle")])
+    on("a")
+    index(library_at, str(home))
+    on("b")  # b's own folder of that path (or the same share without its name)
+    for folder in (home, tmp_path):  # the same path, or one around it
+        r = invoke("index", str(folder), "--library", library_at)
+        assert r.exit_code == 2 and r.stderr.startswith(
+            f"Error: {folder} overlaps {home}, a folder machine 'a' indexed by path: the same path on two "
+            f"machines must be indexed under a root name (--root-name NAME={folder}"), r.stderr
+    with Library.open(library_at).session() as s:
+        assert dict(s.execute(select(RootRow.path, RootRow.machine)).all()) == {str(home): "a"}
+
+
+def test_a_rebuild_or_switch_that_cannot_reach_every_picture_is_refused(library_at, tmp_path, on):
+    home_a, home_b, share = tmp_path / "a-home", tmp_path / "b-home", tmp_path / "share"
+    for folder, seed in ((home_a, 44), (home_b, 45), (share, 46)):
+        write_collection(folder, per_class=1, seed=seed, samples=[Sample("green", "circle")])
+    on("a")
+    index(library_at, str(home_a), str(share), "--root-name", f"archive={share}")
+    on("b")
+    places.forget_declared()
+    index(library_at, str(home_b))
+    before = Library.open(library_at).count()
+    for how in (["--rebuild"], ["--model", f"local-dir:{Path(__file__).parent / 'data' / 'tiny-b'}"]):
+        r = invoke("index", str(home_b), "--library", library_at, *how)
+        assert (r.exit_code, r.stderr) == (1, (
+            "Error: a rebuild or a model switch encodes every picture again, and 2 cannot be read from this "
+            "machine (b): 1 in folders of machine 'a'; 1 under root name 'archive', not declared here. Run it on "
+            "a machine that reaches them all (a folder machines share needs the same root name declared on "
+            "each)\n")), r.stderr
+    assert Library.open(library_at).count() == before == 3
+
+
+def test_a_server_follows_a_name_declared_after_it_started(library_at, tmp_path, on, monkeypatch):
+    share = tmp_path / "share"
+    write_collection(share, per_class=1, seed=47, samples=[Sample("red", "circle")])
+    on("a")
+    index(library_at, str(share), "--root-name", f"archive={share}")
+    mount_b = tmp_path / "b-mount"
+    shutil.copytree(share, mount_b)
+    on("b")
+    places.forget_declared()
+    monkeypatch.setattr(places, "MOUNTS_TTL_S", 0.0)  # (10 s in use)
+    client = create_app({"LIBRARY": library_at, "TESTING": True}).test_client()
+    picture = client.get("/api/search", query_string={"q": "a red circle", "k": 1}).get_json()["results"][0]["id"]
+    assert client.get(f"/api/images/{picture}/file").status_code == 404
+    index(library_at, str(mount_b), "--root-name", f"archive={mount_b}")
+    places.forget_declared()  # what the server knows now comes from the library alone
+    assert client.get(f"/api/images/{picture}/file").status_code == 200
+
+
+def test_a_missing_schema_is_one_line_and_info_says_which_machine_and_names(library_at, tmp_path, on):
+    r = invoke("index", str(tmp_path), "--library", f"{library_at}?options=-csearch_path%3Dnosuchschema")
+    assert r.exit_code == 1 and len(r.stderr.splitlines()) == 1 and r.stderr.startswith(
+        f"Error: cannot make the library {library_at}?options=-csearch_path%3Dnosuchschema: the schema its "
+        "search_path names does not exist in database"), r.stderr
+    share = tmp_path / "share"
+    write_collection(share, per_class=1, seed=48, samples=[Sample("red", "circle")])
+    on("a")
+    index(library_at, str(share), "--root-name", f"archive={share}")
+    places.forget_declared()
+    info = json.loads(invoke("info", "--library", library_at, "--json").stdout)
+    assert (info["machine"], info["root_names"]) == ("a", {"archive": str(share)})
+    text = invoke("info", "--library", library_at).stdout
+    assert "machine        a\n" in text and f"root names     archive={share}\n" in text
+    folder = Path(info["cache_folder"])
+    folder.chmod(0o777)
+    Library.open(library_at)
+    assert folder.stat().st_mode & 0o777 == 0o700
+    r = invoke("info", "--library", "file://elsewhere/x")
+    assert r.exit_code == 2 and "a file:// library URL names a folder on this machine, not on elsewhere" in r.stderr

@@ -75,7 +75,10 @@ def _folder_or_url(_ctx: click.Context, _param: click.Parameter, value: str | No
     """A database URL stays as typed; a ``file://`` URL is its folder; anything else is a folder."""
     from clipdex.library.paths import folder_or_url
 
-    return None if value is None else folder_or_url(value)
+    try:
+        return None if value is None else folder_or_url(value)
+    except ClipdexError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _declare_root_names(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> None:
@@ -118,7 +121,7 @@ def library_option(fn: Callable) -> Callable:
         help="PATH is this machine's mount point of a share known to the library as NAME: pictures under it are "
         "stored relative to NAME, so machines mounting the share elsewhere (each declaring the same NAME with "
         "its own PATH) find, serve and keep them. Recorded for this machine by index; repeatable. Env "
-        "CLIPDEX_ROOT_NAMES (space-separated).",
+        "CLIPDEX_ROOT_NAMES (space-separated). A machine is known by CLIPDEX_MACHINE, default its host name.",
     )(fn)
     return click.option(
         "--library",

@@ -51,7 +51,8 @@ def _rows(facts: dict) -> list[tuple[str, str]]:
     shown = {"library", "demo", "images", "skipped", "tagged_images", "tag_labels", "model", "embedding_dim",
              "index_type", "index_setting", "index_nlist", "index_nprobe", "index_recall_at_10", "index_trained_on",
              "index_generation", "generation", "size_bytes", "probes", "held_models"}
-    return rows + [(key.replace("_", " "), str(value)) for key, value in facts.items() if key not in shown]
+    return rows + [(key.replace("_", " "), ", ".join(f"{k}={v}" for k, v in value.items())
+                    if isinstance(value, dict) else str(value)) for key, value in facts.items() if key not in shown]
 
 
 @click.command()

@@ -366,7 +366,8 @@ class Library(VectorReads):
             size += dialect.database_bytes(conn) or 0
         return {
             "library": self.location,
-            **({"cache_folder": str(self.path)} if self.server else {}),
+            **({"cache_folder": str(self.path), "machine": self.places.machine} if self.server else {}),
+            **({"root_names": self.places.mounts()} if self.places.mounts() else {}),
             "images": images,
             "skipped": skipped,
             "tagged_images": tagged,

@@ -158,6 +158,10 @@ def _translate(where: str, url: URL):  # noqa: ANN202 - an event handler
         if isinstance(exc, errors.UniqueViolation):  # two runs stored the same pictures at once
             raise LibraryBusy(f"another clipdex process stored some of the same pictures in {where} at the "
                                f"same time ({_one_line(exc).split(' DETAIL:', 1)[0]}); run again") from None
+        if isinstance(exc, errors.InvalidSchemaName):  # a search_path (?options=-csearch_path=...) naming none
+            raise LibraryError(f"cannot make the library {where}: the schema its search_path names does not exist in "
+                               f"database {url.database} ({_one_line(exc).split(' LINE ', 1)[0]}); create it "
+                               "(CREATE SCHEMA name) or fix the URL") from None
         if isinstance(exc, errors.LockNotAvailable):
             raise LibraryBusy(f"another clipdex process has held a lock of {where} for "
                                f"{LOCK_TIMEOUT_S} s (frozen or cut off?); try again, or end it") from None

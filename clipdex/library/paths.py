@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from clipdex.errors import UsageError
 from clipdex.userdirs import user_folder
 
 DB_NAME = "clipdex.db"
@@ -20,7 +21,10 @@ def folder_or_url(value: str) -> Path | str:
     if is_url(value):
         return value
     if value.lower().startswith("file://"):
-        return Path(unquote(urlsplit(value).path))
+        parts = urlsplit(value)
+        if parts.netloc not in ("", "localhost"):
+            raise UsageError(f"a file:// library URL names a folder on this machine, not on {parts.netloc}: {value}")
+        return Path(unquote(parts.path))
     return Path(value).expanduser()
 
 

@@ -186,4 +186,6 @@ def cache_folder_for(folder: Path, location: str) -> Path:
         if hasattr(os, "getuid") and st.st_uid != os.getuid():
             raise LibraryError(f"the cache folder {made} of {location} belongs to another user; remove it, "
                                "or choose another with --cache-dir")
+        if st.st_mode & 0o077:  # made open by hand (or by an older clipdex): private again
+            os.chmod(made, 0o700)
     return folder.resolve()
