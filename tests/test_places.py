@@ -74,6 +74,11 @@ def test_root_names_that_overlap_are_refused_before_anything_is_written(library_
                "--root-name", f"stars={share / 'blue'}")
     assert r.exit_code == 2 and (f"root names cannot overlap: stars={share / 'blue'} is inside all={share}"
                                  in r.stderr), r.stderr
+    r = invoke("index", str(share), "--library", library_at, "--root-name", f"all={share}",
+               "--root-name", f"all={share / 'blue'}")
+    assert r.exit_code == 2 and f"root name all is given twice, at {share} and at {share / 'blue'}" in r.stderr
+    r = invoke("index", str(share), "--library", library_at, "--root-name", f"gone={tmp_path / 'nowhere'}")
+    assert r.exit_code == 2 and f"root name gone={tmp_path / 'nowhere'}: no such folder on this machine" in r.stderr
     index(library_at, str(share), "--root-name", f"all={share}")
     r = invoke("index", str(share / "blue"), "--library", library_at, "--root-name", f"stars={share / 'blue'}")
     assert r.exit_code == 2, r.stderr  # against the name recorded for this machine by the first run
@@ -92,8 +97,12 @@ def test_a_folder_indexed_before_its_name_was_declared_is_adopted_without_re_enc
     red = lib.places.stored(str(share / "red" / "square-000.jpg"))
     keep = [i for i, in lib.session().execute(select(ImageRow.id).where(ImageRow.path == red))]
     add_tag(lib, keep, "favourite")
-    again = index(library_at, str(share), "--root-name", f"archive={share}")
-    assert (again["indexed"], again["unchanged"], again["removed"]) == (0, 2 * len(COLORS), 0)
+    places.declare(f"archive={share}")
+    said: list[str] = []
+    again = Indexer(Library.open(library_at), TINY_MODEL, workers=1, say=said.append).run([str(share)])
+    assert (again.indexed, again.unchanged, again.removed) == (0, 2 * len(COLORS), 0)
+    assert f"{2 * len(COLORS)} pictures indexed by path are now stored under root name archive, nothing " \
+           "re-encoded" in said
     assert all(p.startswith("@archive/") for p in stored_paths(library_at))
     lib = Library.open(library_at)
     assert [t["label"] for t in tags_of(lib, keep[0])] == ["favourite"]

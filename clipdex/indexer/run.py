@@ -27,6 +27,7 @@ from clipdex.indexer.gpu import cpu_redecoder, encode_batch
 from clipdex.indexer.plan import Plan, make_plan
 from clipdex.indexer.scan import Scan, normalise_roots, scan
 from clipdex.library import Library, staging, writes
+from clipdex.library.places import adopted_line
 from clipdex.library.storage import DiskFull
 from clipdex.library.writes import Failure, Picture
 from clipdex.models import Encoder
@@ -236,7 +237,8 @@ class Indexer:
         tried again: a rebuild gives every other skipped file another chance.
         """
         self.say(f"scanning {', '.join(roots)} …")
-        self.lib.add_roots(roots)
+        for name, counts in self.lib.add_roots(roots).items():
+            self.say(adopted_line(name, *counts))
         found = scan(roots, exclude=[str(self.lib.path)])
         skipped = writes.skipped_facts(self.lib, found.covers)
         if fresh_skips is not None:

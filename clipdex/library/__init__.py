@@ -379,12 +379,13 @@ class Library(VectorReads):
             "size_bytes": size,
         }
 
-    def add_roots(self, roots: list[str]) -> None:
+    def add_roots(self, roots: list[str]) -> dict[str, tuple[int, int]]:
         """Remember folders given to ``index`` (with this machine, or under their root name): the only
-        places pictures may be served from."""
+        places pictures may be served from. What root names adopted (see :meth:`Places.record`)."""
         with self.session() as s:
-            self.places.record(s, roots)
+            adopted = self.places.record(s, roots)
             s.commit()
+        return adopted
 
     def roots(self) -> list[str]:
         """Local paths of the roots pictures may be served from on this machine (see :class:`Places`)."""

@@ -70,6 +70,8 @@ def forget_declared() -> None:
 def declare(text: str) -> tuple[str, str]:
     """Declare ``NAME=PATH`` for every library this process opens (what ``--root-name`` does)."""
     name, path = parse(text)
+    if _DECLARED.get(name, path) != path:
+        raise UsageError(f"root name {name} is given twice, at {_DECLARED[name]} and at {path}")
     _check_apart({**_DECLARED, name: path}, name)
     _DECLARED[name] = path
     return name, path
@@ -140,10 +142,11 @@ class Places:
         mount = self.mounts().get(name)
         return stored if mount is None else mount.rstrip(os.sep) + (os.sep + rest if rest else "")
 
-    def record(self, session: Session, roots: list[str]) -> None:
+    def record(self, session: Session, roots: list[str]) -> dict[str, tuple[int, int]]:
         """Remember ``roots`` (local paths given to ``index``) with this machine, and this process's
         root names (inside ``session``'s transaction), adopting what this machine indexed under a name's
-        mount point before the name was declared (:meth:`adopt`)."""
+        mount point before the name was declared (:meth:`adopt`): name -> (pictures now stored under
+        it, of which merged with a copy already stored so), for names that adopted any."""
         from clipdex.library import dialect
 
         self.mounts()  # refuses overlapping names before anything is written
@@ -151,9 +154,15 @@ class Places:
         for root in roots:
             self._check_not_foreign(session, root)
         gone: list[int] = []
+        adopted: dict[str, tuple[int, int]] = {}
         for name, path in _DECLARED.items():
+            if not os.path.isdir(path):
+                raise UsageError(f"root name {name}={path}: no such folder on this machine")
             dialect.upsert(session, Meta, {"key": f"{META}{self.machine}:{name}", "value": path}, ["key"])
-            gone += self.adopt(session, name, path)
+            moved, merged = self.adopt(session, name, path)
+            gone += merged
+            if moved:
+                adopted[name] = (moved, len(merged))
         for root in roots:
             stored = self.stored(root)
             dialect.upsert(session, RootRow, {"path": stored, "added_at": utcnow(),
@@ -162,6 +171,7 @@ class Places:
         if gone:
             self.lib.forget(session, gone)
             self.lib.bump_generation(session, gone)
+        return adopted
 
     def _check_moves(self, session: Session) -> None:
         """:class:`UsageError` when a declaration moves a name recorded on this machine while its recorded
@@ -221,14 +231,14 @@ class Places:
         return [path for path, owner in rows if not path.startswith(PREFIX)
                 and (owner is None or owner == self.machine or not self.lib.server)]
 
-    def adopt(self, session: Session, name: str, mount: str) -> list[int]:
+    def adopt(self, session: Session, name: str, mount: str) -> tuple[int, list[int]]:
         """Store this machine's pictures under ``mount`` by root ``name``, as indexing them now would.
 
         A folder indexed before its name was declared (or whose name was forgotten) then keeps its
         pictures, vectors and tags instead of being indexed a second time under the name. A picture
         the library already holds under the name too (another machine indexed the share) keeps that
-        row; this one's tags move to it, and the duplicate is to go: its id is returned for the caller
-        to forget, bumping the generation with it.
+        row; this one's tags move to it, and the duplicate is to go. Returns how many pictures were
+        adopted and the ids of those duplicates, for the caller to forget, bumping the generation.
         """
         from clipdex.library import dialect
 
@@ -248,7 +258,7 @@ class Places:
                       if any(_under(p, r) for r in owned)]
         inside = [(r, m) for r in owned for m in mounts if _under(r, m)]
         if not rows and not skips and not inside:
-            return []
+            return 0, []
         self.lib.need_exclusive()  # no other writer may store these paths in their old form meanwhile
         held: dict[str, int] = {}
         named = [n for _, n in rows.values()]
@@ -274,7 +284,7 @@ class Places:
             session.execute(delete(RootRow).where(RootRow.path == root))
             dialect.upsert(session, RootRow, {"path": PREFIX + name + root[len(m.rstrip(os.sep)):],
                                               "added_at": utcnow(), "machine": None}, ["path"])
-        return gone
+        return len(rows), gone
 
     def roots(self) -> list[str]:
         """The local paths of the roots pictures may be served from here: named roots declared on this
@@ -314,6 +324,12 @@ class Places:
         trailing = text.endswith(os.sep)
         stored = self.stored(text.rstrip(os.sep))
         return stored + os.sep if trailing and not stored.endswith(os.sep) else stored
+
+
+def adopted_line(name: str, moved: int, merged: int) -> str:
+    """What ``index`` says when a root name adopted pictures indexed by path."""
+    joined = f" ({merged} of them merged with copies stored so already, their tags joined)" if merged else ""
+    return f"{moved} pictures indexed by path are now stored under root name {name}{joined}, nothing re-encoded"
 
 
 def _tag_key(table: type) -> tuple:
