@@ -423,3 +423,36 @@ def test_people_tagging_the_same_pictures_at_once_never_collide(library_at, tmp_
     for t in threads:
         t.join(60)
     assert errors == [] and sorted(edits) == [0, 0, 0, len(ids)]
+
+
+def test_request_threads_sharing_a_library_each_hold_the_writer_lock_of_their_own(library_at, tmp_path):
+    """The web app's threads share one Library: a thread must never take another's hold for its own."""
+    import threading
+
+    lib = Library.create(library_at)
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    refused: list[str] = []
+
+    def first() -> None:
+        with lib.write_lock():
+            first_in.set()
+            second_in.wait(30)
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait(30)
+        with lib.write_lock():
+            second_in.set()
+            first_out.wait(30)  # the first thread's hold is gone; this one's must still keep others out
+            try:
+                with Library.create(library_at).write_lock(exclusive=True):
+                    pass
+            except LibraryError as exc:
+                refused.append(str(exc))
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert refused and refused[0].startswith("other clipdex processes are writing to")

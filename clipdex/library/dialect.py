@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -276,9 +277,20 @@ class WriterLock:
 
     def __init__(self, engine: Engine, where: str, key: int):
         self.engine, self.where, self.key = engine, where, key
-        self.conn: Connection | None = None
-        self.exclusive = False
-        self.pid: int | None = None
+        self._mine = threading.local()  # each thread's own hold: a server's request threads share a library
+
+    @property
+    def conn(self) -> Connection | None:
+        """The connection holding this thread's lock (None when this thread holds none)."""
+        return getattr(self._mine, "conn", None)
+
+    @property
+    def exclusive(self) -> bool:
+        return getattr(self._mine, "exclusive", False)
+
+    @property
+    def pid(self) -> int | None:
+        return getattr(self._mine, "pid", None)
 
     def check(self, session: Session) -> None:
         """:class:`LibraryError` unless this run's lock connection still holds the writers' lock."""
@@ -308,9 +320,10 @@ class WriterLock:
                 self.make_exclusive()
             yield
             return
-        self.conn = self.engine.connect()
+        mine = self._mine
+        mine.conn, mine.exclusive = self.engine.connect(), False
         try:
-            self.pid = self.conn.execute(text("SELECT pg_backend_pid()")).scalar()
+            mine.pid = self.conn.execute(text("SELECT pg_backend_pid()")).scalar()
             if (self.conn.dialect.server_version_info or (0,)) >= (14,):
                 self.conn.execute(text("SET idle_session_timeout = 0"))  # it is idle the whole run, on purpose
             self.conn.commit()
@@ -321,7 +334,7 @@ class WriterLock:
                 self.make_exclusive()
             yield
         finally:
-            conn, self.conn, self.exclusive, self.pid = self.conn, None, False, None
+            conn, mine.conn, mine.exclusive, mine.pid = mine.conn, None, False, None
             with contextlib.suppress(Exception):
                 conn.execute(text("SELECT pg_advisory_unlock_all()"))
                 conn.commit()
@@ -335,7 +348,7 @@ class WriterLock:
             if not self._try("pg_try_advisory_lock"):
                 raise LibraryBusy(f"other clipdex processes are writing to {self.where}; this needs the library "
                                    "to itself: wait for them to finish")
-            self.exclusive = True
+            self._mine.exclusive = True
 
 
 def copy_images(session: Session, rows: list[dict]) -> list[int]:
