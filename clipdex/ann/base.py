@@ -56,7 +56,7 @@ def ids_checksum(ids: np.ndarray) -> IdsChecksum:
     total = mixed = 0
     for start in range(0, len(ids), 1 << 16):  # small temporaries: a process near its memory limit checks too
         part = ids[start:start + (1 << 16)]
-        total += int(part.sum())
+        total += (int((part >> 32).sum()) << 32) + int((part & 0xFFFF_FFFF).sum())  # exact whatever the ids
         mixed += int(((part.astype(np.uint64) * np.uint64(2654435761)) % np.uint64(1 << 32)).sum())
     return IdsChecksum(len(ids), total, mixed)
 

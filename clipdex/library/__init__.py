@@ -38,6 +38,11 @@ INDEX_LOCK_NAME = ".index.lock"
 MAX_DIM = 1 << 16
 MAX_GENERATION = 1 << 62
 
+#: ``(id * 2654435761) mod 2**32`` as :func:`clipdex.ann.base.ids_checksum` computes it, in 64-bit integer SQL
+#: that never overflows whatever the id (2654435761 = 40503 * 65536 + 31153; ``low`` is the id mod 2**32).
+_LOW = "((id % 4294967296) + 4294967296) % 4294967296"
+_MIXED_SQL = f"(({_LOW}) * 40503 % 4294967296 * 65536 + ({_LOW}) * 31153) % 4294967296"
+
 __all__ = ["DB_NAME", "Library", "default_library_path", "demo_library_path", "resolve_library"]
 
 
@@ -347,11 +352,11 @@ class Library(VectorReads):
         """
         with self.engine.connect() as conn:
             row = conn.execute(text(
-                "SELECT (SELECT value FROM meta WHERE key = 'generation'), count(*), coalesce(sum(id), 0), "
-                "coalesce(sum((id * 2654435761) % 4294967296), 0) FROM images"
-            )).one()
+                "SELECT (SELECT value FROM meta WHERE key = 'generation'), count(*), coalesce(sum(id >> 32), 0), "
+                f"coalesce(sum(id & 4294967295), 0), coalesce(sum({_MIXED_SQL}), 0) FROM images"
+            )).one()  # the sum of ids in two halves: exact, never an overflow, whatever the ids
         generation = self.parse_generation(row[0]) if row[0] else 0
-        return generation, IdsChecksum(int(row[1]), int(row[2]), int(row[3]))
+        return generation, IdsChecksum(int(row[1]), (int(row[2]) << 32) + int(row[3]), int(row[4]))
 
     # -- facts ------------------------------------------------------------------
     def info(self) -> dict:
