@@ -38,7 +38,10 @@ def _worker(conn: Connection, fn: DecodeFn, max_pixels: int, niceness: int) -> N
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if niceness and hasattr(os, "nice"):
         os.nice(niceness)
-    conn.send(("ready", None))
+    try:
+        conn.send(("ready", None))
+    except OSError:  # the parent went away while this worker started (stopped, killed): nothing to do
+        return
     while True:
         try:
             task = conn.recv()

@@ -105,6 +105,17 @@ def test_a_ctrl_c_reaching_decoders_while_they_start_is_dropped_silently(tmp_pat
     assert "Traceback" not in capfd.readouterr().err
 
 
+def test_a_decoder_whose_parent_went_away_while_it_started_exits_quietly(capfd):
+    from clipdex.decodepool import DecodePool
+
+    pool = DecodePool(workers=1)
+    slot = pool._spawn()
+    slot.conn.close()  # what a parent stopped or killed at that moment leaves it
+    slot.proc.join(60)
+    assert slot.proc.exitcode == 0
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_a_fixed_file_is_retried_and_leaves_the_skip_list(messy, library_at):
     lib = Library.create(library_at)
     Indexer(lib, TINY_MODEL, workers=1).run([str(messy / "notes.jpg")])
