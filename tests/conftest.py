@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -9,6 +10,8 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -136,6 +139,29 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path
         [sys.executable, "-m", "clipdex", *args],
         capture_output=True, text=True, env=full_env, timeout=timeout, cwd=cwd,
     )
+
+
+@dataclass
+class Served:
+    """A real ``clipdex serve`` process: the first line it printed, and (once stopped) its stderr."""
+
+    proc: subprocess.Popen
+    ready: str
+    err: str = ""
+
+
+@contextlib.contextmanager
+def serve_process(*args: str) -> Iterator[Served]:
+    """``clipdex serve --port 0 ARGS`` in its own process until the block ends (then SIGTERM)."""
+    proc = subprocess.Popen([sys.executable, "-m", "clipdex", "serve", "--port", "0", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    served = Served(proc, proc.stdout.readline())
+    try:
+        yield served
+    finally:
+        proc.terminate()
+        served.err = proc.communicate(timeout=60)[1]
 
 
 def invoke(*args: str, env: dict | None = None) -> Result:

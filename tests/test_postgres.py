@@ -23,7 +23,7 @@ from clipdex.library.schema import ChangeRow, ImageRow
 from clipdex.models import TINY_MODEL
 from clipdex.synthetic import COLORS, Sample, draw, write_collection
 from clipdex.web import create_app
-from tests.conftest import invoke
+from tests.conftest import invoke, serve_process
 
 BACKENDS = ("postgresql",)
 
@@ -244,23 +244,16 @@ def test_a_real_server_on_a_url_with_a_password_never_shows_it(library_at, tmp_p
     write_collection(pics, per_class=1, seed=7, samples=[Sample("red", "circle"), Sample("blue", "star")])
     with_password = library_at.replace("postgres@", "postgres:s3cret-word@", 1)  # the test cluster trusts anyone
     assert invoke("index", str(pics), "--library", with_password, "--model", "tiny", "--workers", "1").exit_code == 0
-    proc = subprocess.Popen([sys.executable, "-m", "clipdex", "serve", "--port", "0", "--library", with_password],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    try:
-        ready = proc.stdout.readline()
+    with serve_process("--library", with_password) as served:
         match = re.fullmatch(rf"clipdex: serving {re.escape(library_at.replace('postgres@', 'postgres:***@'))} "
-                             r"on (http://127\.0\.0\.1:\d+/)  \(Ctrl-C stops\)\n", ready)
-        assert match, (ready, proc.poll())
+                             r"on (http://127\.0\.0\.1:\d+/)  \(Ctrl-C stops\)\n", served.ready)
+        assert match, (served.ready, served.proc.poll())
         with urllib.request.urlopen(match.group(1) + "api/search?q=a+red+circle&k=1") as r:
             hits = json.loads(r.read())["results"]
         assert Path(hits[0]["path"]).parent.name == "red"
         with urllib.request.urlopen(match.group(1)) as r:
             assert "s3cret-word" not in r.read().decode()
-    finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=60)
-    assert "s3cret-word" not in ready + err
+    assert "s3cret-word" not in served.ready + served.err
 
 
 # -- issue #11 reviews: lock files, roles, URLs, races, frozen writers ---------------------------------------------

@@ -20,7 +20,7 @@ from flask import template_rendered
 
 from clipdex.cli import main
 from clipdex.web import create_app
-from tests.conftest import BOTH
+from tests.conftest import BOTH, serve_process
 
 BACKENDS = BOTH  # the tests on a library run on SQLite and on PostgreSQL
 
@@ -59,21 +59,15 @@ def get(url: str) -> tuple[int, dict | str]:
 @pytest.mark.slow  # a whole `clipdex serve` process
 def test_serve_says_what_it_serves_and_answers(library):
     """The line people read names the library (a database URL without its password), and the API answers."""
-    proc = subprocess.Popen([sys.executable, "-m", "clipdex", "serve", "--library", library.location, "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    try:
-        ready = proc.stdout.readline()
+    with serve_process("--library", library.location) as served:
         match = re.fullmatch(rf"clipdex: serving {re.escape(library.location)} on (http://127\.0\.0\.1:\d+/)  "
-                             r"\(Ctrl-C stops\)\n", ready)
-        assert match, (ready, proc.poll())
+                             r"\(Ctrl-C stops\)\n", served.ready)
+        assert match, (served.ready, served.proc.poll())
         status, info = get(match.group(1) + "api/info")
         assert status == 200 and (info["images"], info["demo"]) == (120, False)
         status, found = get(match.group(1) + "api/search?q=a+red+circle&k=3")
         assert status == 200 and all("/red/circle-" in hit["path"] for hit in found["results"])
-    finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=60)
+    err = served.err
     assert err.splitlines()[0] == "clipdex: loading the model and the index …" and "Traceback" not in err, err
 
 
