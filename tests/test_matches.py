@@ -288,25 +288,42 @@ def test_a_filter_that_keeps_pictures_none_matching_is_not_blamed(world, client)
     assert "left out the ones that do" in out.stdout
 
 
-def test_a_search_does_not_wait_for_a_writer_to_store_the_calibration(backend, request, encoder):
-    if backend != "sqlite":
-        pytest.skip("holds SQLite's write lock on clipdex.db with sqlite3 (BEGIN IMMEDIATE)")
-    writable = request.getfixturevalue("writable")
+class _Writer:
+    """Another process in the middle of a write to ``lib``'s meta table (an ``index``, a ``tag``), reads allowed."""
+
+    def __init__(self, lib: Library):
+        if lib.server:
+            import psycopg
+
+            self.conn = psycopg.connect(lib.location)
+            self.conn.execute("LOCK TABLE meta IN SHARE ROW EXCLUSIVE MODE")  # inside psycopg's own transaction
+        else:
+            self.conn = sqlite3.connect(lib.path / "clipdex.db", isolation_level=None)
+            self.conn.execute("BEGIN IMMEDIATE")
+        self.mark = "%s" if lib.server else "?"
+
+    def count(self, key: str) -> int:
+        return self.conn.execute(f"SELECT count(*) FROM meta WHERE key = {self.mark}", (key,)).fetchone()[0]
+
+    def done(self) -> None:
+        self.conn.rollback() if hasattr(self.conn, "info") else self.conn.execute("ROLLBACK")
+        self.conn.close()
+
+
+def test_a_search_does_not_wait_for_a_writer_to_store_the_calibration(writable, encoder):
     key = stored.meta_key(encoder.spec.identity)
     with writable.session() as s:
         s.execute(delete(Meta).where(Meta.key == key))
         s.commit()
-    holder = sqlite3.connect(writable.path / "clipdex.db", isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")  # another process writing (index, tag)
+    holder = _Writer(writable)
     try:
         query = build_query(encoder, "a red star")
         began = time.perf_counter()
         hits = with_relevance(writable, encoder, query, search(writable, query, 3))
         assert time.perf_counter() - began < 5 and all(h.relevance is not None for h in hits)
-        assert holder.execute("SELECT count(*) FROM meta WHERE key = ?", (key,)).fetchone() == (0,)
+        assert holder.count(key) == 0
     finally:
-        holder.execute("ROLLBACK")
-        holder.close()
+        holder.done()
     with_relevance(writable, encoder, query, search(writable, query, 3))  # the writer is done: stored now
     assert writable.get_meta(key) is not None
 
