@@ -17,7 +17,7 @@ from sqlalchemy import delete, select
 from clipdex.errors import LibraryError, UsageError
 from clipdex.indexer import Indexer
 from clipdex.library import Library, paths, places
-from clipdex.library.persontags import add_tag, tags_of
+from clipdex.library.persontags import add_tag, picture_ids, tags_of
 from clipdex.library.schema import ImageRow, Meta, RootRow, utcnow
 from clipdex.models import TINY_MODEL
 from clipdex.synthetic import COLORS, Sample, write_collection
@@ -354,11 +354,12 @@ def test_a_name_is_not_moved_to_another_folder_while_its_mount_point_is_there(li
     r = invoke("index", str(other), "--library", library_at, "--root-name", f"archive={other}")
     assert (r.exit_code, r.stderr) == (2, f"Error: root name archive is recorded at {share} on this machine (b), "
                                           f"which is still there: a name moves to {other} only once its old mount "
-                                          "point is gone (unmounted or renamed), so a mistyped path never replaces "
+                                          "point is gone or empty (unmounted), so a mistyped path never replaces "
                                           "the share's pictures; give another folder another name\n")
     assert len(stored_paths(library_at)) == 3
     moved = tmp_path / "remounted"
-    share.rename(moved)  # the share really moved: its old mount point is gone
+    share.rename(moved)  # the share really moved: its old mount point is empty (an unmounted mount point)
+    share.mkdir()
     again = index(library_at, str(moved), "--root-name", f"archive={moved}")
     assert (again["indexed"], again["unchanged"], again["removed"]) == (0, 3, 0)
 
@@ -391,10 +392,10 @@ def test_a_rebuild_or_switch_that_cannot_reach_every_picture_is_refused(library_
     for how in (["--rebuild"], ["--model", f"local-dir:{Path(__file__).parent / 'data' / 'tiny-b'}"]):
         r = invoke("index", str(home_b), "--library", library_at, *how)
         assert (r.exit_code, r.stderr) == (1, (
-            "Error: a rebuild or a model switch encodes every picture again, and 2 cannot be read from this "
-            "machine (b): 1 in folders of machine 'a'; 1 under root name 'archive', not declared here. Run it on "
-            "a machine that reaches them all (a folder machines share needs the same root name declared on "
-            "each)\n")), r.stderr
+            "Error: a rebuild or a model switch reads every picture (to encode it, or to see it is unchanged), and "
+            "2 cannot be read on this machine (b): 1 in folders of machine 'a'; 1 under root name 'archive', not "
+            "declared here. Nothing was changed: run it on a machine that reaches them all (a folder machines share "
+            "needs the same root name declared on each)\n")), r.stderr
     assert Library.open(library_at).count() == before == 3
 
 
@@ -436,3 +437,65 @@ def test_a_missing_schema_is_one_line_and_info_says_which_machine_and_names(libr
     assert folder.stat().st_mode & 0o777 == 0o700
     r = invoke("info", "--library", "file://elsewhere/x")
     assert r.exit_code == 2 and "a file:// library URL names a folder on this machine, not on elsewhere" in r.stderr
+
+
+def test_a_rebuild_with_a_share_or_folder_not_mounted_is_refused_and_loses_nothing(library_at, tmp_path, on):
+    share, home = tmp_path / "mnt" / "share", tmp_path / "home"
+    write_collection(share, per_class=1, seed=49, samples=[Sample(c, "star") for c in list(COLORS)[:3]])
+    write_collection(home, per_class=1, seed=50, samples=[Sample("red", "circle")])
+    on("a")
+    index(library_at, str(share), str(home), "--root-name", f"archive={share}")
+    lib = Library.open(library_at)
+    add_tag(lib, picture_ids(lib, [str(share / "red" / "star-000.jpg")]), "kept")
+    aside = tmp_path / "unmounted"
+    share.rename(aside)
+    share.mkdir()  # what an unmounted mount point looks like
+    for how in (["--rebuild"], ["--model", f"local-dir:{Path(__file__).parent / 'data' / 'tiny-b'}"]):
+        r = invoke("index", str(home), "--library", library_at, *how)
+        assert r.exit_code == 1 and r.stderr == (
+            "Error: a rebuild or a model switch reads every picture (to encode it, or to see it is unchanged), and "
+            f"3 cannot be read on this machine (a): 3 in {share}, missing or empty here (not mounted?). Nothing was "
+            "changed: mount what is missing again (or, to drop its pictures, run with --prune-empty)\n"), r.stderr
+    backup = tmp_path / "home" / "backup"
+    shutil.copytree(aside, backup)  # a private copy of the share, while the share is not mounted
+    report = index(library_at, str(home))
+    assert (report["moved"], report["removed"]) == (0, 0)  # the share's pictures stay the share's
+    shutil.rmtree(share)
+    aside.rename(share)
+    assert len([p for p in stored_paths(library_at) if p.startswith("@archive/")]) == 3
+    lib = Library.open(library_at)
+    kept = [i for i, in lib.session().execute(select(ImageRow.id).where(ImageRow.path == "@archive/red/star-000.jpg"))]
+    assert [t["label"] for t in tags_of(lib, kept[0])] == ["kept"]
+
+
+def test_a_name_declared_for_the_first_time_must_hold_the_shares_pictures(library_at, tmp_path, on):
+    share = tmp_path / "a" / "share"
+    write_collection(share, per_class=1, seed=51, samples=[Sample(c, "square") for c in list(COLORS)[:4]])
+    on("a")
+    index(library_at, str(share), "--root-name", f"share={share}")
+    wrong = tmp_path / "c" / "share"
+    shutil.copytree(share / "red", wrong / "red")  # a folder holding only part of it, or the wrong folder
+    on("c")
+    r = invoke("index", str(wrong), "--library", library_at, "--root-name", f"share={wrong}")
+    assert (r.exit_code, r.stderr) == (2, (
+        f"Error: root name share is declared on this machine (c) for the first time at {wrong}, but 3 of 4 "
+        "pictures the library holds under it are not there: is that where this machine mounts the share? "
+        "(Indexing it would take them for deleted, for every machine.)\n")), r.stderr
+    r = invoke("index", str(tmp_path / "c"), "--library", library_at, "--root-name", f"share={tmp_path / 'c'}")
+    assert r.exit_code == 2, r.stderr  # one folder too high: nothing where the pictures should be
+    assert len(stored_paths(library_at)) == 4
+
+
+def test_a_single_machine_rebuild_keeps_a_picture_indexed_by_itself_and_refuses_a_missing_folder(tmp_path):
+    pics, drive = tmp_path / "pics", tmp_path / "drive"
+    write_collection(pics, per_class=1, seed=52, samples=[Sample("red", "circle")])
+    write_collection(drive, per_class=1, seed=53, samples=[Sample("blue", "star")])
+    lib = tmp_path / "lib"  # SQLite: one machine
+    index(str(lib), str(pics / "red" / "circle-000.jpg"), str(drive))
+    shutil.rmtree(drive)  # unplugged
+    r = invoke("index", str(pics), "--library", str(lib), "--rebuild")
+    assert r.exit_code == 1 and f"1 cannot be read on this machine ({places.machine()}): 1 in {drive}, missing or " \
+        "empty here (not mounted?)" in r.stderr, r.stderr
+    dropped = invoke("index", str(pics), "--library", str(lib), "--rebuild", "--prune-empty", "--json")
+    assert dropped.exit_code == 0, dropped.stderr
+    assert [Path(p).name for p in stored_paths(str(lib))] == ["circle-000.jpg"]

@@ -79,13 +79,16 @@ def rebuild_library(indexer: Indexer, encoder: Encoder, roots: Scan, stats: Inde
     """
     lib = indexer.lib
     rows = writes.known_rows(lib, lambda _path: True)
-    away = lib.places.unreachable([r.path for r in rows])
-    if away:  # they would be taken for deleted, and leave the library for every machine
+    away = lib.places.unreachable([r.path for r in rows], absent_too=not indexer.prune_empty)
+    if away:  # they would be taken for deleted, and leave the library (for every machine)
         where = "; ".join(f"{n} {w}" for w, n in sorted(away.items()))
-        raise LibraryError(f"a rebuild or a model switch encodes every picture again, and {sum(away.values())} "
-                           f"cannot be read from this machine ({lib.places.machine}): {where}. Run it on a "
-                           "machine that reaches them all (a folder machines share needs the same root name "
-                           "declared on each)")
+        fix = ("mount what is missing again (or, to drop its pictures, run with --prune-empty)"
+               if any("missing or empty" in w for w in away) else
+               "run it on a machine that reaches them all (a folder machines share needs the same root name "
+               "declared on each)")
+        raise LibraryError(f"a rebuild or a model switch reads every picture (to encode it, or to see it is "
+                           f"unchanged), and {sum(away.values())} cannot be read on this machine "
+                           f"({lib.places.machine}): {where}. Nothing was changed: {fix}")
     kept = held.held_spec(lib, encoder.spec.identity) if reuse else None
     pool = None
     try:

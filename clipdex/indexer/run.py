@@ -243,7 +243,8 @@ class Indexer:
         skipped = writes.skipped_facts(self.lib, found.covers)
         if fresh_skips is not None:
             skipped = {path: facts for path, facts in skipped.items() if path in fresh_skips}
-        plan = make_plan(found, writes.known_rows(self.lib, found.covers), skipped, prune_empty=self.prune_empty)
+        plan = make_plan(found, writes.known_rows(self.lib, found.covers, self.lib.places.absent_mounts()), skipped,
+                         prune_empty=self.prune_empty)
         self.say(plan.describe())
         stats.unchanged = len(set(plan.unchanged_ids).difference(fresh))
         stats.moved = len(plan.moves)

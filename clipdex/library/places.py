@@ -77,6 +77,20 @@ def declare(text: str) -> tuple[str, str]:
     return name, path
 
 
+def _holds_anything(folder: str) -> bool:
+    """Whether ``folder`` is there and not empty (an unmounted drive's mount point is missing or empty); a
+    root that is a file (``index PICTURE``) is there when the file is."""
+    if os.path.isfile(folder):
+        return True
+    try:
+        with os.scandir(folder) as entries:
+            return next(entries, None) is not None
+    except PermissionError:
+        return True  # there, but closed to us: what is under it is reported file by file
+    except OSError:
+        return False
+
+
 def _under(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
@@ -151,6 +165,7 @@ class Places:
 
         self.mounts()  # refuses overlapping names before anything is written
         self._check_moves(session)
+        self._check_first_mounts(session)
         for root in roots:
             self._check_not_foreign(session, root)
         gone: list[int] = []
@@ -180,11 +195,28 @@ class Places:
         for name, path in _DECLARED.items():
             row = session.get(Meta, f"{META}{self.machine}:{name}")
             old = row.value if row is not None else None
-            if old and os.path.realpath(old) != os.path.realpath(path) and os.path.isdir(old):
+            if old and os.path.realpath(old) != os.path.realpath(path) and _holds_anything(old):
                 raise UsageError(
                     f"root name {name} is recorded at {old} on this machine ({self.machine}), which is still "
-                    f"there: a name moves to {path} only once its old mount point is gone (unmounted or renamed), "
+                    f"there: a name moves to {path} only once its old mount point is gone or empty (unmounted), "
                     "so a mistyped path never replaces the share's pictures; give another folder another name")
+
+    def _check_first_mounts(self, session: Session, sample: int = 200) -> None:
+        """:class:`UsageError` when a name declared on this machine for the first time is not mounted at the
+        path given: most of the pictures the library holds under it (other machines indexed them) are not
+        there. Indexing it would take them for deleted, for every machine."""
+        for name, path in _DECLARED.items():
+            if session.get(Meta, f"{META}{self.machine}:{name}") is not None:
+                continue  # recorded before: _check_moves
+            prefix = f"{PREFIX}{name}/"
+            held = session.scalars(select(ImageRow.path).where(ImageRow.path.startswith(prefix, autoescape=True))
+                                   .order_by(ImageRow.id).limit(sample)).all()
+            missing = sum(not os.path.lexists(os.path.join(path, p[len(prefix):])) for p in held)
+            if held and missing * 2 > len(held):
+                raise UsageError(f"root name {name} is declared on this machine ({self.machine}) for the first time "
+                                 f"at {path}, but {missing} of {len(held)} pictures the library holds under it are "
+                                 "not there: is that where this machine mounts the share? (Indexing it would take "
+                                 "them for deleted, for every machine.)")
 
     def _check_not_foreign(self, session: Session, root: str) -> None:
         """:class:`UsageError` when ``root`` is stored by path and overlaps a folder another machine indexed
@@ -199,24 +231,31 @@ class Places:
                 raise UsageError(
                     f"{root} overlaps {path}, a folder machine {owner!r} indexed by path: the same path on two "
                     f"machines must be indexed under a root name (--root-name NAME={root}; on {owner} too, if it "
-                    "is one shared folder; a name of its own for each, if they are different folders)")
+                    f"is one shared folder; a name of its own for each, if they are different folders; if {owner} is "
+                    f"this machine under a former name, run with CLIPDEX_MACHINE={owner})")
 
-    def unreachable(self, paths: list[str]) -> dict[str, int]:
-        """Of pictures at ``paths`` (local forms), how many this machine cannot reach, by where they are
-        (another machine's folder, a root name not declared here); empty on SQLite (one machine)."""
-        if not self.lib.server:
-            return {}
+    def unreachable(self, paths: list[str], absent_too: bool = True) -> dict[str, int]:
+        """Of pictures at ``paths`` (local forms), how many this machine cannot reach, by where they are:
+        a root name not declared here, another machine's folder, and (``absent_too``) a folder of this
+        machine's that is missing or empty now (an unmounted drive or share)."""
         with self.lib.session() as s:
             rows = s.execute(select(RootRow.path, RootRow.machine)).all()
-        mine = [self.local(p) for p, owner in rows if p.startswith(PREFIX) or owner in (None, self.machine)]
+        server = self.lib.server
+        mine = [self.local(p) for p, owner in rows if p.startswith(PREFIX) or owner in (None, self.machine)
+                or not server]
         mine = [m for m in mine if not m.startswith(PREFIX)]
-        theirs = [(p, owner) for p, owner in rows if owner and owner != self.machine and not p.startswith(PREFIX)]
+        absent = {m for m in mine if absent_too and not _holds_anything(m)}
+        theirs = [(p, owner) for p, owner in rows if server and owner and owner != self.machine
+                  and not p.startswith(PREFIX)]
         out: dict[str, int] = {}
         for path in paths:
+            inside = [m for m in mine if _under(path, m)]
             if path.startswith(PREFIX):
                 where = f"under root name {path[len(PREFIX):].partition('/')[0]!r}, not declared here"
-            elif any(_under(path, m) for m in mine):
-                continue
+            elif inside:
+                if not all(m in absent for m in inside):
+                    continue
+                where = f"in {max(inside, key=len)}, missing or empty here (not mounted?)"
             else:
                 owners = sorted({owner for p, owner in theirs if _under(path, p)})
                 if not owners:
@@ -224,6 +263,10 @@ class Places:
                 where = f"in folders of machine {owners[0]!r}"
             out[where] = out.get(where, 0) + 1
         return out
+
+    def absent_mounts(self) -> list[str]:
+        """This machine's mount points of root names that are missing or empty now (unmounted shares)."""
+        return [m for m in self.mounts().values() if not _holds_anything(m)]
 
     def _plain_roots(self, session: Session) -> list[str]:
         """This machine's roots stored as plain paths (on SQLite, which one machine uses, all of them)."""

@@ -9,6 +9,7 @@ to it (:mod:`clipdex.library.places`), and those whose root is not mounted here 
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -76,13 +77,15 @@ class Failure:
     mtime: float = -1.0
 
 
-def known_rows(lib: Library, covers: Callable[[str], bool]) -> list[KnownRow]:
-    """Indexed pictures whose path ``covers`` accepts (those under the folders being swept)."""
+def known_rows(lib: Library, covers: Callable[[str], bool], absent: Sequence[str] = ()) -> list[KnownRow]:
+    """Indexed pictures whose path ``covers`` accepts (those under the folders being swept), but none under
+    the ``absent`` folders (a share not mounted here: its pictures are neither gone nor moved)."""
     stmt = select(ImageRow.id, ImageRow.path, ImageRow.size, ImageRow.mtime, ImageRow.content_hash)
     local = lib.places.local
+    away = tuple(a.rstrip(os.sep) + os.sep for a in absent)
     with lib.session() as s:
         rows = [KnownRow(r.id, local(r.path), r.size, r.mtime, r.content_hash) for r in s.execute(stmt)]
-    return [r for r in rows if covers(r.path)]
+    return [r for r in rows if covers(r.path) and not (away and r.path.startswith(away))]
 
 
 def skipped_facts(lib: Library, covers: Callable[[str], bool]) -> dict[str, tuple[int, float]]:
