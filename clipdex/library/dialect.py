@@ -226,8 +226,15 @@ def upsert(session: Session, table: Any, values: dict, keys: list[str]) -> None:
 def _xact_lock(session: Session, key: int) -> None:
     """Take advisory lock ``key`` until the transaction ends, waiting :data:`LOCK_TIMEOUT_S` at most (as does
     any lock the rest of this transaction waits for: a writer's commit never hangs on another)."""
-    session.execute(text("SELECT set_config('lock_timeout', :t, true)"), {"t": f"{LOCK_TIMEOUT_S * 1000}"})
+    limit_lock_waits(session, LOCK_TIMEOUT_S)
     session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _signed(key)})
+
+
+def limit_lock_waits(session: Session, seconds: float) -> None:
+    """On a server, no lock this transaction waits for is awaited longer than ``seconds`` (then
+    :class:`LibraryBusy`); SQLite's connections have their own busy timeout."""
+    if on_server(session):
+        session.execute(text("SELECT set_config('lock_timeout', :t, true)"), {"t": str(int(seconds * 1000))})
 
 
 def lock_person_tags(session: Session) -> None:

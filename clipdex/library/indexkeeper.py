@@ -33,7 +33,7 @@ from clipdex.ann import policy
 from clipdex.ann.build import BuildReport, Say, build
 from clipdex.ann.live import LiveIndex
 from clipdex.errors import LibraryError
-from clipdex.library import changes, places
+from clipdex.library import changes, dialect, places
 from clipdex.library.schema import Meta
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,6 +44,9 @@ CHUNK = 50_000
 #: A machine whose index file is older than this no longer holds the change log back (a machine gone for
 #: good would keep it forever); should it come back, it loads its index afresh instead of by delta.
 STALE_S = 14 * 24 * 3600
+#: How long a search that built the index waits to record it while a writer holds the database (it then
+#: keeps the index in memory, and the next search or writer records one).
+READER_WAIT_S = 0.5
 
 
 class IndexKeeper:
@@ -173,19 +176,22 @@ class IndexKeeper:
     def _save_if_unlocked(self, base: bases.Base, report: BuildReport, distrust: bool = False) -> bool:
         try:
             with self.lib.index_lock():
-                self._install(base, report, distrust)
+                self._install(base, report, distrust, wait_s=READER_WAIT_S)
             return True
         except (LibraryError, OSError):
             return False  # a writer is busy (it keeps its own) or the folder is read-only: keep it in memory
 
-    def _install(self, base: bases.Base, report: BuildReport, distrust: bool = False) -> None:
+    def _install(self, base: bases.Base, report: BuildReport, distrust: bool = False,
+                 wait_s: float = dialect.LOCK_TIMEOUT_S) -> None:
         """Save ``base``, record it, prune the log the previous base needed no more, delete older files.
-        ``distrust``: the log before ``base`` missed changes, so it is cut there."""
+        ``distrust``: the log before ``base`` missed changes, so it is cut there. ``wait_s``: how long the
+        record may wait for another writer's locks (a search saving what it built must not wait long)."""
         previous = self.record()
         path, fingerprint = base.save(self.lib.path)
         record = {**report.as_dict(), "file": path.name, "checksum": list(bases.ids_checksum(base.ids)),
                   "fingerprint": fingerprint, "built_at": time.time()}
         with self.lib.session() as s:
+            dialect.limit_lock_waits(s, wait_s)
             self.lib.set_meta(s, self.record_key, json.dumps(record))
             if previous is not None and previous["generation"] < base.generation:
                 changes.prune(s, self._prunable(s, previous["generation"]))
