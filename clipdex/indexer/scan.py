@@ -9,6 +9,7 @@ from pathlib import Path
 
 from clipdex.errors import UsageError
 from clipdex.imaging import is_image_path
+from clipdex.library.paths import under
 
 
 @dataclass
@@ -27,7 +28,7 @@ class Scan:
 
     def covers(self, path: str) -> bool:
         """True when ``path`` lies under one of the scanned roots."""
-        return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in self.roots)
+        return any(under(path, r) for r in self.roots)
 
 
 def displayable(path: str) -> str:

@@ -46,6 +46,7 @@ from clipdex.imaging import is_image_path
 from clipdex.indexer.run import Indexer, IndexStats
 from clipdex.indexer.scan import Scan, normalise_roots
 from clipdex.library import Library, writes
+from clipdex.library.paths import under
 from clipdex.library.storage import DiskFull
 
 #: What the watcher tells its caller: ``(kind, details)``; see :class:`Watcher`.
@@ -85,10 +86,6 @@ class _Batch:
     events: int = 0
     first: float = 0.0
     last: float = 0.0
-
-
-def _under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def _hidden(path: str, root: str) -> bool:
@@ -181,7 +178,7 @@ class Watcher:
             if kind == EVENT_TYPE_EVENTS_LOST:  # the kernel's queue overflowed: sweep everything
                 b.roots.update(list(self._watches))
             else:
-                wanted = [p for p in (src, dest) if p and _under(p, root) and not _under(p, library)
+                wanted = [p for p in (src, dest) if p and under(p, root) and not under(p, library)
                           and not _hidden(p, root) and (event.is_directory or is_image_path(p))]
                 if not wanted:
                     return
@@ -236,7 +233,7 @@ class Watcher:
         if self.follow_library:
             self.roots.extend(r for r in self.lib.roots() if r not in self.roots and not os.path.isfile(r))
         for root in self.roots:
-            if any(_under(root, other) for other in self.roots if other != root):
+            if any(under(root, other) for other in self.roots if other != root):
                 if root in self._watches:  # a folder around it is watched now
                     self._unwatch(root)
                 continue
@@ -247,7 +244,7 @@ class Watcher:
             if watched is not None:
                 self._unwatch(root)
                 with self._lock:  # paths the old watch reported say nothing of what is there now
-                    self._batch.gone = {g for g in self._batch.gone if not _under(g, root)}
+                    self._batch.gone = {g for g in self._batch.gone if not under(g, root)}
             if key is None:
                 if watched is not None or root not in self._offline:
                     self._offline.add(root)
@@ -327,7 +324,7 @@ class Watcher:
 
     def _forget(self, gone: set[str], roots: list[str]) -> int:
         """Remove pictures at or under ``gone`` paths (never a watched folder itself) that are not on disk."""
-        seen = sorted(g for g in gone if any(_under(g, r) and g != r for r in roots) and not os.path.lexists(g))
+        seen = sorted(g for g in gone if any(under(g, r) and g != r for r in roots) and not os.path.lexists(g))
         if not seen:
             return 0
         with self.lib.write_lock():

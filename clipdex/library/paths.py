@@ -1,4 +1,5 @@
-"""Where libraries live: the default one, the demo's, and which one a command works on."""
+"""Where libraries live: the default one, the demo's, and which one a command works on; whether a path
+lies under a folder."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ from clipdex.errors import UsageError
 from clipdex.userdirs import user_folder
 
 DB_NAME = "clipdex.db"
+
+
+def under(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies beneath it (as written: no symlink is followed)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def folder_or_url(value: str) -> Path | str:

@@ -29,6 +29,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from clipdex.errors import UsageError
+from clipdex.library.paths import under
 from clipdex.library.schema import ImageRow, Meta, RootRow, SkippedRow, TagRejectionRow, TagRow, utcnow
 from clipdex.library.writes import delete_in_chunks
 
@@ -91,10 +92,6 @@ def _holds_anything(folder: str) -> bool:
         return False
 
 
-def _under(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
 def _check_apart(mounts: dict[str, str], name: str) -> None:
     """:class:`UsageError` when ``name``'s mount point is another name's, or inside or around it (as
     written, or where symlinks lead): a picture would then have two stored paths, and be indexed twice."""
@@ -103,8 +100,8 @@ def _check_apart(mounts: dict[str, str], name: str) -> None:
         if other == name:
             continue
         for a, b in ((mine, mount), (os.path.realpath(mine), os.path.realpath(mount))):
-            if _under(a, b) or _under(b, a):
-                how = "the same folder as" if a == b else "inside" if _under(a, b) else "around"
+            if under(a, b) or under(b, a):
+                how = "the same folder as" if a == b else "inside" if under(a, b) else "around"
                 raise UsageError(f"root names cannot overlap: {name}={mine} is {how} {other}={mount}")
 
 
@@ -143,7 +140,7 @@ class Places:
         if not self.mounts():
             return path
         for name, mount in self._by_length():
-            if path == mount or path.startswith(mount.rstrip(os.sep) + os.sep):
+            if under(path, mount):
                 return PREFIX + name + path[len(mount.rstrip(os.sep)):]
         return path
 
@@ -227,7 +224,7 @@ class Places:
             return
         for path, owner in session.execute(select(RootRow.path, RootRow.machine)):
             if owner and owner != self.machine and not path.startswith(PREFIX) \
-                    and (_under(stored, path) or _under(path, stored)):
+                    and (under(stored, path) or under(path, stored)):
                 raise UsageError(
                     f"{root} overlaps {path}, a folder machine {owner!r} indexed by path: the same path on two "
                     f"machines must be indexed under a root name (--root-name NAME={root}; on {owner} too, if it "
@@ -249,7 +246,7 @@ class Places:
                   and not p.startswith(PREFIX)]
         out: dict[str, int] = {}
         for path in paths:
-            inside = [m for m in mine if _under(path, m)]
+            inside = [m for m in mine if under(path, m)]
             if path.startswith(PREFIX):
                 where = f"under root name {path[len(PREFIX):].partition('/')[0]!r}, not declared here"
             elif inside:
@@ -257,7 +254,7 @@ class Places:
                     continue
                 where = f"in {max(inside, key=len)}, missing or empty here (not mounted?)"
             else:
-                owners = sorted({owner for p, owner in theirs if _under(path, p)})
+                owners = sorted({owner for p, owner in theirs if under(path, p)})
                 if not owners:
                     continue
                 where = f"in folders of machine {owners[0]!r}"
@@ -287,7 +284,7 @@ class Places:
 
         plain = self._plain_roots(session)
         mounts = sorted({mount.rstrip(os.sep) or os.sep, os.path.realpath(mount)})  # and where a link leads
-        owned = [r for r in plain if any(_under(m, r) or _under(r, m) for m in mounts)]
+        owned = [r for r in plain if any(under(m, r) or under(r, m) for m in mounts)]
         rows: dict[int, tuple[str, str]] = {}  # id -> (the mount prefix it is under, its named form)
         skips = []
         for m in mounts:
@@ -295,11 +292,11 @@ class Places:
             found = session.execute(select(ImageRow.id, ImageRow.path)
                                     .where(ImageRow.path.startswith(prefix, autoescape=True))).all()
             rows.update((i, (prefix, PREFIX + name + p[len(prefix) - 1:])) for i, p in found
-                        if any(_under(p, r) for r in owned))
+                        if any(under(p, r) for r in owned))
             skips += [p for p in session.scalars(select(SkippedRow.path)
                                                  .where(SkippedRow.path.startswith(prefix, autoescape=True)))
-                      if any(_under(p, r) for r in owned)]
-        inside = [(r, m) for r in owned for m in mounts if _under(r, m)]
+                      if any(under(p, r) for r in owned)]
+        inside = [(r, m) for r in owned for m in mounts if under(r, m)]
         if not rows and not skips and not inside:
             return 0, []
         self.lib.need_exclusive()  # no other writer may store these paths in their old form meanwhile
@@ -354,7 +351,7 @@ class Places:
         with self.lib.session() as s:
             rows = s.execute(select(RootRow.path, RootRow.machine)).all()
         owners = [(path, owner) for path, owner in rows if owner and not path.startswith(PREFIX)
-                  and _under(local, path)]
+                  and under(local, path)]
         if self.lib.server and owners and all(owner != self.machine for _, owner in owners):
             path, owner = max(owners, key=lambda r: len(r[0]))
             return (f"is in {path} on machine {owner!r}, not this one ({self.machine}); a folder that several "

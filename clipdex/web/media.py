@@ -26,6 +26,7 @@ from clipdex.errors import DecodeError
 from clipdex.imaging import image_type, is_image_path
 from clipdex.library import Library
 from clipdex.library.catalog import Picture, picture
+from clipdex.library.paths import under
 from clipdex.web.errors import APIError
 from clipdex.web.uploads import DecoderBusy, UploadDecoder
 
@@ -60,7 +61,7 @@ def _inside(real: str, roots: list[str]) -> bool:
         root_real = os.path.realpath(root)
         if root_real == os.path.realpath(os.sep):  # the whole filesystem is no picture folder
             continue
-        if real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep):
+        if under(real, root_real):
             return True
     return False
 
