@@ -20,7 +20,7 @@ import numpy as np
 from clipdex.decoding import Decoded
 from clipdex.errors import LibraryError, ModelUnavailable
 from clipdex.indexer.scan import Scan
-from clipdex.library import held, staging, writes
+from clipdex.library import held, places, staging, writes
 from clipdex.library.staging import Unusable
 from clipdex.library.writes import KnownRow, Picture
 from clipdex.models import Encoder
@@ -81,9 +81,9 @@ def rebuild_library(indexer: Indexer, encoder: Encoder, roots: Scan, stats: Inde
     rows = writes.known_rows(lib, lambda _path: True)
     away = lib.places.unreachable([r.path for r in rows], absent_too=not indexer.prune_empty)
     if away:  # they would be taken for deleted, and leave the library (for every machine)
-        where = "; ".join(f"{n} {w}" for w, n in sorted(away.items()))
+        where = "; ".join(f"{n} {w}" for (_, w), n in sorted(away.items(), key=lambda item: item[0][1]))
         fix = ("mount what is missing again (or, to drop its pictures, run with --prune-empty)"
-               if any("missing or empty" in w for w in away) else
+               if any(kind == places.ABSENT for kind, _ in away) else
                "run it on a machine that reaches them all (a folder machines share needs the same root name "
                "declared on each)")
         raise LibraryError(f"a rebuild or a model switch reads every picture (to encode it, or to see it is "

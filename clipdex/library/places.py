@@ -41,6 +41,8 @@ META = "root_name:"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _DECLARED: dict[str, str] = {}  # this process's --root-name declarations
 MOUNTS_TTL_S = 10.0
+#: Why :meth:`Places.unreachable` says a picture cannot be read here.
+UNDECLARED, FOREIGN, ABSENT = "undeclared", "foreign", "absent"
 _CHUNK = 5000  # values per IN (): PostgreSQL takes 65,535 parameters a statement, SQLite 32,766
 
 
@@ -161,8 +163,12 @@ class Places:
         from clipdex.library import dialect
 
         self.mounts()  # refuses overlapping names before anything is written
-        self._check_moves(session)
-        self._check_first_mounts(session)
+        for name, path in _DECLARED.items():
+            row = session.get(Meta, f"{META}{self.machine}:{name}")
+            if row is not None:
+                self._check_move(name, row.value, path)
+            else:
+                self._check_first_mount(session, name, path)
         for root in roots:
             self._check_not_foreign(session, root)
         gone: list[int] = []
@@ -185,35 +191,29 @@ class Places:
             self.lib.bump_generation(session, gone)
         return adopted
 
-    def _check_moves(self, session: Session) -> None:
-        """:class:`UsageError` when a declaration moves a name recorded on this machine while its recorded
+    def _check_move(self, name: str, old: str, path: str) -> None:
+        """:class:`UsageError` when a declaration moves a name recorded on this machine at ``old`` while that
         mount point is still there: a mistyped path would replace the share's pictures (for every
         machine) with another folder's. A share that really moved has left its old mount point."""
-        for name, path in _DECLARED.items():
-            row = session.get(Meta, f"{META}{self.machine}:{name}")
-            old = row.value if row is not None else None
-            if old and os.path.realpath(old) != os.path.realpath(path) and _holds_anything(old):
-                raise UsageError(
-                    f"root name {name} is recorded at {old} on this machine ({self.machine}), which is still "
-                    f"there: a name moves to {path} only once its old mount point is gone or empty (unmounted), "
-                    "so a mistyped path never replaces the share's pictures; give another folder another name")
+        if old and os.path.realpath(old) != os.path.realpath(path) and _holds_anything(old):
+            raise UsageError(
+                f"root name {name} is recorded at {old} on this machine ({self.machine}), which is still "
+                f"there: a name moves to {path} only once its old mount point is gone or empty (unmounted), "
+                "so a mistyped path never replaces the share's pictures; give another folder another name")
 
-    def _check_first_mounts(self, session: Session, sample: int = 200) -> None:
-        """:class:`UsageError` when a name declared on this machine for the first time is not mounted at the
-        path given: most of the pictures the library holds under it (other machines indexed them) are not
+    def _check_first_mount(self, session: Session, name: str, path: str, sample: int = 200) -> None:
+        """:class:`UsageError` when a name declared on this machine for the first time is not mounted at
+        ``path``: most of the pictures the library holds under it (other machines indexed them) are not
         there. Indexing it would take them for deleted, for every machine."""
-        for name, path in _DECLARED.items():
-            if session.get(Meta, f"{META}{self.machine}:{name}") is not None:
-                continue  # recorded before: _check_moves
-            prefix = f"{PREFIX}{name}/"
-            held = session.scalars(select(ImageRow.path).where(ImageRow.path.startswith(prefix, autoescape=True))
-                                   .order_by(ImageRow.id).limit(sample)).all()
-            missing = sum(not os.path.lexists(os.path.join(path, p[len(prefix):])) for p in held)
-            if held and missing * 2 > len(held):
-                raise UsageError(f"root name {name} is declared on this machine ({self.machine}) for the first time "
-                                 f"at {path}, but {missing} of {len(held)} pictures the library holds under it are "
-                                 "not there: is that where this machine mounts the share? (Indexing it would take "
-                                 "them for deleted, for every machine.)")
+        prefix = f"{PREFIX}{name}/"
+        held = session.scalars(select(ImageRow.path).where(ImageRow.path.startswith(prefix, autoescape=True))
+                               .order_by(ImageRow.id).limit(sample)).all()
+        missing = sum(not os.path.lexists(os.path.join(path, p[len(prefix):])) for p in held)
+        if held and missing * 2 > len(held):
+            raise UsageError(f"root name {name} is declared on this machine ({self.machine}) for the first time "
+                             f"at {path}, but {missing} of {len(held)} pictures the library holds under it are "
+                             "not there: is that where this machine mounts the share? (Indexing it would take "
+                             "them for deleted, for every machine.)")
 
     def _check_not_foreign(self, session: Session, root: str) -> None:
         """:class:`UsageError` when ``root`` is stored by path and overlaps a folder another machine indexed
@@ -231,45 +231,45 @@ class Places:
                     f"is one shared folder; a name of its own for each, if they are different folders; if {owner} is "
                     f"this machine under a former name, run with CLIPDEX_MACHINE={owner})")
 
-    def unreachable(self, paths: list[str], absent_too: bool = True) -> dict[str, int]:
-        """Of pictures at ``paths`` (local forms), how many this machine cannot reach, by where they are:
-        a root name not declared here, another machine's folder, and (``absent_too``) a folder of this
-        machine's that is missing or empty now (an unmounted drive or share)."""
-        with self.lib.session() as s:
-            rows = s.execute(select(RootRow.path, RootRow.machine)).all()
-        server = self.lib.server
-        mine = [self.local(p) for p, owner in rows if p.startswith(PREFIX) or owner in (None, self.machine)
-                or not server]
-        mine = [m for m in mine if not m.startswith(PREFIX)]
+    def unreachable(self, paths: list[str], absent_too: bool = True) -> dict[tuple[str, str], int]:
+        """Of pictures at ``paths`` (local forms), how many this machine cannot reach, by ``(kind, where in
+        words)``: :data:`UNDECLARED` (a root name not declared here), :data:`FOREIGN` (another machine's
+        folder) and, with ``absent_too``, :data:`ABSENT` (a folder of this machine's that is missing or
+        empty now: an unmounted drive or share)."""
+        rows = self._root_rows()
+        mine = self._local_roots(rows)
         absent = {m for m in mine if absent_too and not _holds_anything(m)}
-        theirs = [(p, owner) for p, owner in rows if server and owner and owner != self.machine
-                  and not p.startswith(PREFIX)]
-        out: dict[str, int] = {}
+        theirs = [(p, owner) for p, owner in rows if not p.startswith(PREFIX) and not self._owns(owner)]
+        out: dict[tuple[str, str], int] = {}
         for path in paths:
             inside = [m for m in mine if under(path, m)]
             if path.startswith(PREFIX):
-                where = f"under root name {path[len(PREFIX):].partition('/')[0]!r}, not declared here"
+                key = (UNDECLARED, f"under root name {path[len(PREFIX):].partition('/')[0]!r}, not declared here")
             elif inside:
                 if not all(m in absent for m in inside):
                     continue
-                where = f"in {max(inside, key=len)}, missing or empty here (not mounted?)"
+                key = (ABSENT, f"in {max(inside, key=len)}, missing or empty here (not mounted?)")
             else:
                 owners = sorted({owner for p, owner in theirs if under(path, p)})
                 if not owners:
                     continue
-                where = f"in folders of machine {owners[0]!r}"
-            out[where] = out.get(where, 0) + 1
+                key = (FOREIGN, f"in folders of machine {owners[0]!r}")
+            out[key] = out.get(key, 0) + 1
         return out
 
     def absent_mounts(self) -> list[str]:
         """This machine's mount points of root names that are missing or empty now (unmounted shares)."""
         return [m for m in self.mounts().values() if not _holds_anything(m)]
 
+    def _owns(self, owner: str | None) -> bool:
+        """Whether a root stored by path and recorded with ``owner`` is this machine's (a root recorded before
+        roots had machines counts as this one's; on SQLite, which one machine uses, every root does)."""
+        return owner is None or owner == self.machine or not self.lib.server
+
     def _plain_roots(self, session: Session) -> list[str]:
-        """This machine's roots stored as plain paths (on SQLite, which one machine uses, all of them)."""
+        """This machine's roots stored as plain paths."""
         rows = session.execute(select(RootRow.path, RootRow.machine)).all()
-        return [path for path, owner in rows if not path.startswith(PREFIX)
-                and (owner is None or owner == self.machine or not self.lib.server)]
+        return [path for path, owner in rows if not path.startswith(PREFIX) and self._owns(owner)]
 
     def adopt(self, session: Session, name: str, mount: str) -> tuple[int, list[int]]:
         """Store this machine's pictures under ``mount`` by root ``name``, as indexing them now would.
@@ -329,15 +329,20 @@ class Places:
     def roots(self) -> list[str]:
         """The local paths of the roots pictures may be served from here: named roots declared on this
         machine, and this machine's own folders (on SQLite, which one machine uses, every folder)."""
+        return self._local_roots(self._root_rows())
+
+    def _root_rows(self) -> list[tuple[str, str | None]]:
         with self.lib.session() as s:
-            rows = s.execute(select(RootRow.path, RootRow.machine)).all()
+            return [tuple(r) for r in s.execute(select(RootRow.path, RootRow.machine))]
+
+    def _local_roots(self, rows: list[tuple[str, str | None]]) -> list[str]:
         out = []
         for path, owner in rows:
             if path.startswith(PREFIX):
                 local = self.local(path)
                 if not local.startswith(PREFIX):
                     out.append(local)
-            elif owner is None or owner == self.machine or not self.lib.server:
+            elif self._owns(owner):
                 out.append(path)
         return out
 
@@ -348,11 +353,11 @@ class Places:
             name = local[len(PREFIX):].partition("/")[0]
             return (f"is under the shared root name {name!r}, which this machine ({self.machine}) has not "
                     f"declared: index with --root-name {name}=PATH where that share is mounted here")
-        with self.lib.session() as s:
-            rows = s.execute(select(RootRow.path, RootRow.machine)).all()
-        owners = [(path, owner) for path, owner in rows if owner and not path.startswith(PREFIX)
+        if not self.lib.server:  # one machine: every folder is its own
+            return None
+        owners = [(path, owner) for path, owner in self._root_rows() if owner and not path.startswith(PREFIX)
                   and under(local, path)]
-        if self.lib.server and owners and all(owner != self.machine for _, owner in owners):
+        if owners and all(owner != self.machine for _, owner in owners):
             path, owner = max(owners, key=lambda r: len(r[0]))
             return (f"is in {path} on machine {owner!r}, not this one ({self.machine}); a folder that several "
                     "machines reach is shared by a root name (--root-name NAME=PATH on each)")
