@@ -369,10 +369,11 @@ class Library(VectorReads):
         size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
         with self.engine.connect() as conn:
             size += dialect.database_bytes(conn) or 0
+        names = self.places.mounts()
         return {
             "library": self.location,
             **({"cache_folder": str(self.path), "machine": self.places.machine} if self.server else {}),
-            **({"root_names": self.places.mounts()} if self.places.mounts() else {}),
+            **({"root_names": names} if names else {}),
             "images": images,
             "skipped": skipped,
             "tagged_images": tagged,

@@ -13,12 +13,11 @@ import base64
 import json
 
 import numpy as np
-from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from clipdex.errors import LibraryError
-from clipdex.library import Library
+from clipdex.library import Library, dialect
 
 PREFIX = "calibration:"
 #: How long a search waits to store a calibration while another process writes (it is optional).
@@ -75,8 +74,7 @@ def store(lib: Library, model_identity: str, value: dict) -> bool:
                 conn.commit()  # out of the autobegun transaction, so the session's commit is a real one
             try:
                 with Session(bind=conn) as s:
-                    if lib.server:  # PostgreSQL: for this transaction only
-                        s.execute(text(f"SET LOCAL lock_timeout = {wait_ms}"))
+                    dialect.limit_lock_waits(s, WAIT_SECONDS)  # PostgreSQL: for this transaction only
                     Library.set_meta(s, meta_key(model_identity), json.dumps(value, separators=(",", ":")))
                     s.commit()
             finally:

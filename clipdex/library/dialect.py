@@ -131,6 +131,12 @@ def _one_line(exc: BaseException) -> str:
     return said[:400]
 
 
+def _raced(exc: BaseException, where: str = "") -> LibraryBusy:
+    """Another run stored some of the same pictures (or skips) at the same moment, in words."""
+    return LibraryBusy(f"another clipdex process stored some of the same pictures{where} at the same time "
+                       f"({_one_line(exc).split(' DETAIL:', 1)[0]}); run again")
+
+
 def _denied(exc: BaseException, statement: str | None, url: URL, where: str) -> LibraryError:
     """Permission denied, in words: what the role may not do, and what to grant."""
     from clipdex.library.storage import ReadOnlyLibrary
@@ -157,8 +163,7 @@ def _translate(where: str, url: URL):  # noqa: ANN202 - an event handler
         if isinstance(exc, (errors.InsufficientPrivilege, errors.ReadOnlySqlTransaction)):
             raise _denied(exc, ctx.statement, url, where) from None
         if isinstance(exc, errors.UniqueViolation):  # two runs stored the same pictures at once
-            raise LibraryBusy(f"another clipdex process stored some of the same pictures in {where} at the "
-                               f"same time ({_one_line(exc).split(' DETAIL:', 1)[0]}); run again") from None
+            raise _raced(exc, f" in {where}") from None
         if isinstance(exc, errors.InvalidSchemaName):  # a search_path (?options=-csearch_path=...) naming none
             raise LibraryError(f"cannot make the library {where}: the schema its search_path names does not exist in "
                                f"database {url.database} ({_one_line(exc).split(' LINE ', 1)[0]}); create it "
@@ -370,8 +375,7 @@ def copy_images(session: Session, rows: list[dict]) -> list[int]:
     try:
         return _copy(conn, rows)
     except errors.UniqueViolation as exc:  # another run stored one of these pictures since we looked
-        raise LibraryBusy(f"another clipdex process stored some of the same pictures at the same time "
-                           f"({_one_line(exc).split(' DETAIL:', 1)[0]}); run again") from None
+        raise _raced(exc) from None
 
 
 def _copy(conn: Any, rows: list[dict]) -> list[int]:
