@@ -41,8 +41,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "sqlite_only: in a module run on both databases (BACKENDS = BOTH), this test runs on SQLite "
         "alone: it is about SQLite's own files, or about nothing a database changes")
-    config.addinivalue_line(
-        "markers", "xfail_on_postgresql(reason): a known PostgreSQL bug: a strict xfail in the test's PostgreSQL run")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -53,15 +51,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test driving the browser is ``slow`` without saying so; a test marked ``xfail_on_postgresql``
-    is a strict xfail in its PostgreSQL run only."""
+    """Every test driving the browser is ``slow`` without saying so."""
     for item in items:
         if "browser" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
-        known = item.get_closest_marker("xfail_on_postgresql")
-        callspec = getattr(item, "callspec", None)
-        if known and callspec is not None and callspec.params.get("backend") == "postgresql":
-            item.add_marker(pytest.mark.xfail(strict=True, reason=known.kwargs["reason"]))
 
 
 # -- SQLite and PostgreSQL -----------------------------------------------------------------------
